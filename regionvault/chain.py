@@ -1,0 +1,424 @@
+"""The six steps of a backup chain, as plain functions over a ``DomainContext``.
+
+    dump -> encrypt -> upload (S3) -> replicate (GCS) -> verify -> expire
+
+Each step is idempotent: it reads what the earlier steps left (spool files, objects,
+manifests), finishes its own work or notices it is already done, and otherwise raises
+``StepOrderError`` naming the step that must run again. Steps never take secrets or data as
+arguments: only the backup id, from which domain and source follow.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import BinaryIO
+
+import zstandard
+
+from regionvault import spool as sp
+from regionvault.checksums import StreamDigest
+from regionvault.config import SourceConfig
+from regionvault.context import DomainContext
+from regionvault.errors import (
+    IntegrityError,
+    NotFound,
+    ResidencyError,
+    StepOrderError,
+)
+from regionvault.keyring import WrappedKey, new_data_key, wrap_context
+from regionvault.manifest import (
+    MANIFEST_SUFFIX,
+    BackupRef,
+    Manifest,
+    Step,
+    expiry_for,
+    key_prefix,
+    manifest_key,
+    new_backup_id,
+    object_key,
+)
+from regionvault.retention import BackupSummary, RetentionPolicy, apply_policy
+from regionvault.sources import open_source
+from regionvault.stores.base import ObjectStore
+from regionvault.streamformat import EncryptingWriter, decrypt_chunks
+
+Progress = Callable[[int], None]
+ZSTD_LEVEL = 3
+READ_SIZE = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """What a step did; small and safe to return through the result backend."""
+
+    backup_id: str
+    step: Step
+    detail: str
+    skipped: bool = False
+
+    def as_dict(self) -> dict[str, object]:
+        return {"backup_id": self.backup_id, "step": self.step.value, "detail": self.detail,
+                "skipped": self.skipped}
+
+
+def _no_progress(_: int) -> None:
+    return None
+
+
+def resolve(ctx: DomainContext, backup_id: str) -> tuple[BackupRef, SourceConfig]:
+    """Parse a backup id and check it belongs to this context's domain and a known source."""
+    ref = BackupRef.parse(backup_id)
+    if ref.domain is not ctx.domain:
+        raise ResidencyError(
+            f"backup {backup_id} belongs to domain {ref.domain.value!r} and is refused by "
+            f"domain {ctx.domain.value!r}"
+        )
+    return ref, ctx.config.source(ref.domain, ref.source)
+
+
+def new_backup(ctx: DomainContext, source: str) -> str:
+    """A fresh backup id for a configured source (raises for an unknown one)."""
+    ctx.config.source(ctx.domain, source)
+    return new_backup_id(ctx.domain, source, ctx.clock())
+
+
+def stream_context(ref: BackupRef, purpose: str) -> bytes:
+    return wrap_context(ref.domain, ref.backup_id, purpose)
+
+
+def keys_of(ref: BackupRef, src: SourceConfig) -> tuple[str, str]:
+    """(object key, manifest key) of a backup."""
+    return (object_key(ref.domain, src.data_class, ref.source, ref.backup_id),
+            manifest_key(ref.domain, src.data_class, ref.source, ref.backup_id))
+
+
+def read_manifest(store: ObjectStore, key: str) -> Manifest | None:
+    try:
+        data = store.get_bytes(key)
+    except NotFound:
+        return None
+    return Manifest.from_json(data, where=f"{store.name}:{store.bucket}/{key}")
+
+
+def _object_matches(store: ObjectStore, key: str, manifest: Manifest) -> bool:
+    try:
+        info = store.stat(key)
+    except NotFound:
+        return False
+    return info.size == manifest.ciphertext_size and info.crc32c == manifest.ciphertext_crc32c
+
+
+class _DigestingSink:
+    """A write-only stream that digests what passes through to ``fh``."""
+
+    def __init__(self, fh: BinaryIO, digest: StreamDigest) -> None:
+        self._fh = fh
+        self._digest = digest
+
+    def write(self, data: bytes) -> int:
+        self._digest.update(data)
+        self._fh.write(data)
+        return len(data)
+
+
+# --- 1. dump ---------------------------------------------------------------------------------
+
+
+def dump(ctx: DomainContext, backup_id: str, progress: Progress = _no_progress) -> StepOutcome:
+    """Stream a consistent snapshot of the source into the spool, already encrypted.
+
+    The spool stream is sealed with a one-off spool key wrapped by the domain key, so the
+    spool never holds a readable byte of the source, even between ``dump`` and ``encrypt``.
+    """
+    ref, src = resolve(ctx, backup_id)
+    spool = ctx.spool
+    if spool.exists(backup_id, sp.DUMP_META) or spool.exists(backup_id, sp.MANIFEST_FILE):
+        return StepOutcome(backup_id, Step.DUMP, "already dumped", skipped=True)
+    started = ctx.clock()
+    spool_key = new_data_key()
+    wrapped = ctx.keyring.wrap(spool_key, stream_context(ref, "spool-key"))
+    source = open_source(ref.domain, src)
+    written = 0
+
+    with spool.atomic_write(backup_id, sp.DUMP_FILE) as fh:
+        writer = EncryptingWriter(fh, spool_key, stream_context(ref, "spool-stream"))
+
+        def write(chunk: bytes) -> None:
+            nonlocal written
+            writer.write(chunk)
+            written += len(chunk)
+            progress(written)
+
+        source.dump(write)
+        writer.close()
+    meta = {"key_id": wrapped.key_id, "wrapped_key": wrapped.encoded(),
+            "started_at": started.isoformat(), "source_kind": src.kind, "size": written}
+    spool.write_bytes(backup_id, sp.DUMP_META, json.dumps(meta).encode())
+    return StepOutcome(backup_id, Step.DUMP, f"{written} bytes dumped")
+
+
+# --- 2. encrypt ------------------------------------------------------------------------------
+
+
+def encrypt(ctx: DomainContext, backup_id: str, progress: Progress = _no_progress) -> StepOutcome:
+    """Compress (zstd) and encrypt the dump under a fresh data key, in one pass.
+
+    The same pass measures size and SHA-256 of the plaintext and size, SHA-256 and CRC32C of
+    the ciphertext for the manifest.
+    """
+    ref, src = resolve(ctx, backup_id)
+    spool = ctx.spool
+    if spool.exists(backup_id, sp.BACKUP_FILE) and spool.exists(backup_id, sp.MANIFEST_FILE):
+        _drop_dump(ctx, backup_id)
+        return StepOutcome(backup_id, Step.ENCRYPT, "already encrypted", skipped=True)
+    if not spool.exists(backup_id, sp.DUMP_META):
+        okey, mkey = keys_of(ref, src)
+        if read_manifest(ctx.s3, mkey) is not None:
+            return StepOutcome(backup_id, Step.ENCRYPT, "already uploaded", skipped=True)
+        raise StepOrderError(
+            f"backup {backup_id} has no complete dump in the spool of domain "
+            f"{ref.domain.value!r}; run step 'dump' again",
+            rerun_step=Step.DUMP.value,
+        )
+    meta = json.loads(spool.read_bytes(backup_id, sp.DUMP_META))
+    spool_key = ctx.keyring.unwrap(WrappedKey.decode(meta["key_id"], meta["wrapped_key"]),
+                                   stream_context(ref, "spool-key"))
+    data_key = new_data_key()
+    wrapped = ctx.keyring.wrap(data_key, stream_context(ref, "data-key"))
+    plain, cipher = StreamDigest(), StreamDigest()
+
+    with spool.atomic_write(backup_id, sp.BACKUP_FILE) as out, \
+            spool.path(backup_id, sp.DUMP_FILE).open("rb") as dumped:
+        encryptor = EncryptingWriter(_DigestingSink(out, cipher), data_key,  # type: ignore[arg-type]
+                                     stream_context(ref, "backup-stream"))
+        compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL).stream_writer(
+            encryptor, closefd=False)
+        for chunk in decrypt_chunks(dumped, spool_key, stream_context(ref, "spool-stream")):
+            plain.update(chunk)
+            compressor.write(chunk)
+            progress(plain.size)
+        compressor.close()  # ends the zstd frame; closefd=False keeps the encryptor open
+        encryptor.close()
+
+    created = _parse_time(meta["started_at"])
+    now = ctx.clock()
+    dcfg = ctx.dcfg
+    okey, _ = keys_of(ref, src)
+    manifest = Manifest(
+        backup_id=backup_id, domain=ref.domain, source=ref.source, source_kind=src.kind,
+        data_class=src.data_class, created_at=created,
+        expires_at=expiry_for(created, ctx.config.retention.period_for(src.data_class)),
+        key_id=wrapped.key_id, wrapped_data_key=wrapped.encoded(),
+        plaintext_size=plain.size, plaintext_sha256=plain.sha256,
+        ciphertext_size=cipher.size, ciphertext_sha256=cipher.sha256,
+        ciphertext_crc32c=cipher.crc32c, object_key=okey,
+        s3_bucket=dcfg.s3_bucket, gcs_bucket=dcfg.gcs_bucket,
+    ).with_step(Step.DUMP, created, f"{plain.size} bytes").with_step(
+        Step.ENCRYPT, now, f"{cipher.size} bytes")
+    spool.write_bytes(backup_id, sp.MANIFEST_FILE, manifest.to_json())
+    _drop_dump(ctx, backup_id)
+    return StepOutcome(backup_id, Step.ENCRYPT,
+                       f"{plain.size} bytes -> {cipher.size} bytes encrypted")
+
+
+def _drop_dump(ctx: DomainContext, backup_id: str) -> None:
+    ctx.spool.remove(backup_id, sp.DUMP_FILE)
+    ctx.spool.remove(backup_id, sp.DUMP_META)
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def _spool_manifest(ctx: DomainContext, backup_id: str) -> Manifest | None:
+    if not ctx.spool.exists(backup_id, sp.MANIFEST_FILE):
+        return None
+    return Manifest.from_json(ctx.spool.read_bytes(backup_id, sp.MANIFEST_FILE),
+                              where=f"spool/{backup_id}")
+
+
+def _earlier_step_missing(ctx: DomainContext, ref: BackupRef, wanted: str) -> StepOrderError:
+    rerun = Step.ENCRYPT if ctx.spool.exists(ref.backup_id, sp.DUMP_META) else Step.DUMP
+    return StepOrderError(
+        f"backup {ref.backup_id} cannot {wanted}: its encrypted file is not in the spool of "
+        f"domain {ref.domain.value!r}; run step '{rerun.value}' again",
+        rerun_step=rerun.value,
+    )
+
+
+# --- 3. upload -------------------------------------------------------------------------------
+
+
+def upload(ctx: DomainContext, backup_id: str, progress: Progress = _no_progress) -> StepOutcome:
+    """Upload the encrypted file and its manifest to the domain's S3 bucket."""
+    ref, src = resolve(ctx, backup_id)
+    okey, mkey = keys_of(ref, src)
+    remote = read_manifest(ctx.s3, mkey)
+    if remote is not None and Step.UPLOAD in remote.steps and _object_matches(ctx.s3, okey, remote):
+        return StepOutcome(backup_id, Step.UPLOAD, f"already in s3://{ctx.s3.bucket}/{okey}",
+                           skipped=True)
+    local = _spool_manifest(ctx, backup_id)
+    if local is None or not ctx.spool.exists(backup_id, sp.BACKUP_FILE):
+        raise _earlier_step_missing(ctx, ref, "be uploaded")
+    ctx.ensure_resident(ctx.s3)
+    if not _object_matches(ctx.s3, okey, local):
+        ctx.s3.put_file(okey, str(ctx.spool.path(backup_id, sp.BACKUP_FILE)),
+                        crc32c=local.ciphertext_crc32c)
+    progress(local.ciphertext_size)
+    uploaded = local.with_step(Step.UPLOAD, ctx.clock(), f"s3://{ctx.s3.bucket}/{okey}")
+    ctx.s3.put_bytes(mkey, uploaded.to_json())
+    ctx.spool.write_bytes(backup_id, sp.MANIFEST_FILE, uploaded.to_json())
+    return StepOutcome(backup_id, Step.UPLOAD, f"s3://{ctx.s3.bucket}/{okey}")
+
+
+# --- 4. replicate ----------------------------------------------------------------------------
+
+
+def _uploaded_manifest(ctx: DomainContext, ref: BackupRef, mkey: str, wanted: str) -> Manifest:
+    manifest = read_manifest(ctx.s3, mkey)
+    if manifest is None or Step.UPLOAD not in manifest.steps:
+        raise StepOrderError(
+            f"backup {ref.backup_id} cannot {wanted}: it has no manifest in "
+            f"s3://{ctx.s3.bucket}; run step 'upload' again",
+            rerun_step=Step.UPLOAD.value,
+        )
+    return manifest
+
+
+def replicate(ctx: DomainContext, backup_id: str,
+              progress: Progress = _no_progress) -> StepOutcome:
+    """Stream the S3 object into the domain's GCS bucket (no local copy), then the manifest."""
+    ref, src = resolve(ctx, backup_id)
+    okey, mkey = keys_of(ref, src)
+    where = f"gs://{ctx.gcs.bucket}/{okey}"
+    replica = read_manifest(ctx.gcs, mkey)
+    if (replica is not None and Step.REPLICATE in replica.steps
+            and _object_matches(ctx.gcs, okey, replica)):
+        return StepOutcome(backup_id, Step.REPLICATE, f"already in {where}", skipped=True)
+    manifest = _uploaded_manifest(ctx, ref, mkey, "be replicated")
+    if not _object_matches(ctx.s3, okey, manifest):
+        raise StepOrderError(
+            f"backup {backup_id}: the S3 copy s3://{ctx.s3.bucket}/{okey} does not match its "
+            "manifest; run step 'upload' again",
+            rerun_step=Step.UPLOAD.value,
+        )
+    ctx.ensure_resident(ctx.gcs)
+    if not _object_matches(ctx.gcs, okey, manifest):
+        body = ctx.s3.open_read(okey)
+        try:
+            ctx.gcs.put_stream(okey, body, manifest.ciphertext_size,
+                               crc32c=manifest.ciphertext_crc32c)
+        finally:
+            body.close()
+    progress(manifest.ciphertext_size)
+    replicated = manifest.with_step(Step.REPLICATE, ctx.clock(), where)
+    ctx.gcs.put_bytes(mkey, replicated.to_json())
+    ctx.s3.put_bytes(mkey, replicated.to_json())
+    return StepOutcome(backup_id, Step.REPLICATE, where)
+
+
+# --- 5. verify -------------------------------------------------------------------------------
+
+
+def check_copy(store: ObjectStore, key: str, manifest: Manifest, *, deep: bool) -> list[str]:
+    """Problems of one copy against its manifest (empty when it matches)."""
+    where = f"{store.name} copy {store.name}://{store.bucket}/{key}"
+    try:
+        info = store.stat(key)
+    except NotFound:
+        return [f"the {where} is missing"]
+    problems: list[str] = []
+    if info.size != manifest.ciphertext_size:
+        problems.append(f"the {where} has {info.size} bytes, the manifest says "
+                        f"{manifest.ciphertext_size}")
+    if info.crc32c != manifest.ciphertext_crc32c:
+        problems.append(f"the {where} reports CRC32C {info.crc32c}, the manifest says "
+                        f"{manifest.ciphertext_crc32c}")
+    if deep and not problems:
+        digest = StreamDigest()
+        body = store.open_read(key)
+        try:
+            while chunk := body.read(READ_SIZE):
+                digest.update(chunk)
+        finally:
+            body.close()
+        if digest.sha256 != manifest.ciphertext_sha256 or digest.size != manifest.ciphertext_size:
+            problems.append(f"the {where} has SHA-256 {digest.sha256[:16]}..., the manifest "
+                            f"says {manifest.ciphertext_sha256[:16]}...")
+    return problems
+
+
+def verify(ctx: DomainContext, backup_id: str, *, deep: bool = False) -> StepOutcome:
+    """Check both copies against the manifest; only then mark the backup verified."""
+    ref, src = resolve(ctx, backup_id)
+    okey, mkey = keys_of(ref, src)
+    manifest = _uploaded_manifest(ctx, ref, mkey, "be verified")
+    if Step.REPLICATE not in manifest.steps:
+        raise StepOrderError(
+            f"backup {backup_id} cannot be verified: it has not been replicated to GCS; "
+            "run step 'replicate' again",
+            rerun_step=Step.REPLICATE.value,
+        )
+    problems = check_copy(ctx.s3, okey, manifest, deep=deep)
+    problems += check_copy(ctx.gcs, okey, manifest, deep=deep)
+    replica = read_manifest(ctx.gcs, mkey)
+    if replica is None or replica.ciphertext_sha256 != manifest.ciphertext_sha256:
+        problems.append(f"the gcs manifest gs://{ctx.gcs.bucket}/{mkey} is missing or differs")
+    if problems:
+        raise IntegrityError(f"backup {backup_id} failed verification: " + "; ".join(problems))
+    how = "deep (SHA-256 of both copies)" if deep else "store checksums of both copies"
+    verified = manifest.with_step(Step.VERIFY, ctx.clock(), how)
+    ctx.gcs.put_bytes(mkey, verified.to_json())
+    ctx.s3.put_bytes(mkey, verified.to_json())
+    ctx.spool.clean(backup_id)
+    return StepOutcome(backup_id, Step.VERIFY, how)
+
+
+# --- 6. expire -------------------------------------------------------------------------------
+
+
+def source_manifests(ctx: DomainContext, src: SourceConfig) -> dict[str, list[Manifest]]:
+    """Every manifest of a source in both stores, by backup id."""
+    prefix = key_prefix(ctx.domain, src.data_class, src.name)
+    found: dict[str, list[Manifest]] = {}
+    for store in (ctx.s3, ctx.gcs):
+        for key in store.list_keys(prefix):
+            if key.endswith(MANIFEST_SUFFIX):
+                manifest = read_manifest(store, key)
+                if manifest is not None:
+                    found.setdefault(manifest.backup_id, []).append(manifest)
+    return found
+
+
+def expire(ctx: DomainContext, backup_id: str) -> StepOutcome:
+    """Apply the source's retention policy in both clouds."""
+    ref, src = resolve(ctx, backup_id)
+    now = ctx.clock()
+    found = source_manifests(ctx, src)
+    summaries = [
+        BackupSummary(backup_id=bid, source=src.name, created_at=copies[0].created_at,
+                      verified=any(m.verified for m in copies))
+        for bid, copies in found.items()
+    ]
+    policy = RetentionPolicy.for_data_class(src.data_class, ctx.config.retention)
+    decision = apply_policy(summaries, policy, now)
+    for bid in decision.remove:
+        old = BackupRef(backup_id=bid, domain=ref.domain, source=ref.source)
+        okey, mkey = keys_of(old, src)
+        for store in (ctx.s3, ctx.gcs):
+            store.abort_incomplete_uploads(okey)
+            # object first: a manifest without its object is still listed and removed next
+            # time; an object without its manifest would be invisible to the catalogue.
+            store.delete(okey)
+            store.delete(mkey)
+    detail = f"removed {len(decision.remove)}, kept {len(decision.keep)}"
+    if backup_id not in decision.remove:
+        _, mkey = keys_of(ref, src)
+        for store in (ctx.gcs, ctx.s3):
+            manifest = read_manifest(store, mkey)
+            if manifest is not None:
+                store.put_bytes(mkey, manifest.with_step(Step.EXPIRE, now, detail).to_json())
+    return StepOutcome(backup_id, Step.EXPIRE, detail)

@@ -1,0 +1,313 @@
+"""The configuration: one YAML file validated into typed, frozen models.
+
+Secrets are never in the file itself: a source's DSN and a domain's key are *references*
+(``env: NAME`` or ``file: /path``) resolved only when the domain's own worker needs them, so a
+worker of one domain never reads another domain's secrets. Endpoints and the broker URL may be
+overridden from the environment (see ``ENV_OVERRIDES``) so the same file serves every stack.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from datetime import timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from croniter import croniter
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from regionvault.domains import DOMAIN_TABLE, Domain, parse_domain
+from regionvault.errors import ConfigError, SecretError, UnknownSourceError
+
+#: GDPR ceiling from the source policy: backups holding personal data are gone within 29 days.
+PII_MAX_RETENTION_DAYS = 29
+
+SOURCE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+
+#: environment variable -> what it overrides
+ENV_OVERRIDES = {
+    "REGIONVAULT_BROKER_URL": "broker_url",
+    "REGIONVAULT_RESULT_BACKEND": "result_backend",
+    "REGIONVAULT_S3_ENDPOINT": "s3.endpoint_url",
+    "REGIONVAULT_GCS_ENDPOINT": "gcs.endpoint_url",
+    "REGIONVAULT_SPOOL_DIR": "spool_dir",
+}
+
+
+class DataClass(StrEnum):
+    """What a backup holds; decides its retention and its object-key prefix."""
+
+    PII = "pii"
+    METADATA = "metadata"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SecretRef(_Frozen):
+    """Where a secret lives: exactly one of an environment variable or a file."""
+
+    env: str | None = None
+    file: Path | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretRef:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("give exactly one of 'env' or 'file'")
+        return self
+
+    def describe(self) -> str:
+        return f"environment variable {self.env}" if self.env else f"file {self.file}"
+
+    def read(self, what: str) -> str:
+        """The secret's value; a SecretError naming ``what`` and where it was looked for."""
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if not value:
+                raise SecretError(
+                    f"{what} is not set: environment variable {self.env} is missing or empty"
+                )
+            return value.strip()
+        assert self.file is not None
+        try:
+            value = self.file.read_text().strip()
+        except OSError as exc:
+            raise SecretError(f"{what} cannot be read from file {self.file}: {exc.strerror}") from None
+        if not value:
+            raise SecretError(f"{what} is empty in file {self.file}")
+        return value
+
+
+class KeyRef(_Frozen):
+    """A domain key: its id (recorded in manifests) and where its 32 bytes (base64) live."""
+
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+    secret: SecretRef
+
+
+class SourceConfig(_Frozen):
+    name: str
+    kind: Literal["postgres"] = "postgres"
+    dsn: SecretRef
+    data_class: DataClass
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not SOURCE_NAME_RE.fullmatch(value):
+            raise ValueError(
+                f"source name {value!r} must match [a-z0-9][a-z0-9-]{{0,62}} "
+                "(lower-case letters, digits and '-', no '/' or '.')"
+            )
+        return value
+
+
+class DomainConfig(_Frozen):
+    aws_region: str
+    s3_bucket: str
+    gcp_location: str
+    gcs_bucket: str
+    key: KeyRef
+    previous_keys: tuple[KeyRef, ...] = ()
+    schedule: str = "0 2 * * *"
+    sources: tuple[SourceConfig, ...] = ()
+
+    @field_validator("schedule")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        if not croniter.is_valid(value) or len(value.split()) != 5:
+            raise ValueError(f"schedule {value!r} is not a 5-field cron expression")
+        return value
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_sources(cls, value: tuple[SourceConfig, ...]) -> tuple[SourceConfig, ...]:
+        names = [s.name for s in value]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"source names must be unique, repeated: {', '.join(duplicates)}")
+        return value
+
+    def source(self, name: str, domain: Domain) -> SourceConfig:
+        for src in self.sources:
+            if src.name == name:
+                return src
+        configured = ", ".join(s.name for s in self.sources) or "none"
+        raise UnknownSourceError(
+            f"source {name!r} is not configured in domain {domain.value!r} "
+            f"(configured: {configured})"
+        )
+
+    def keys(self) -> tuple[KeyRef, ...]:
+        return (self.key, *self.previous_keys)
+
+
+class RetentionConfig(_Frozen):
+    pii_days: int = Field(default=PII_MAX_RETENTION_DAYS, ge=1)
+    metadata_days: int = Field(default=365, ge=1)
+
+    @field_validator("pii_days")
+    @classmethod
+    def _gdpr_ceiling(cls, value: int) -> int:
+        if value > PII_MAX_RETENTION_DAYS:
+            raise ValueError(
+                f"pii backups may be kept at most {PII_MAX_RETENTION_DAYS} days (GDPR), got {value}"
+            )
+        return value
+
+    def days_for(self, data_class: DataClass) -> int:
+        return self.pii_days if data_class is DataClass.PII else self.metadata_days
+
+    def period_for(self, data_class: DataClass) -> timedelta:
+        return timedelta(days=self.days_for(data_class))
+
+
+class S3Config(_Frozen):
+    endpoint_url: str | None = None
+    #: parts of a multipart upload; S3 needs at least 5 MiB
+    part_size_mib: int = Field(default=16, ge=5, le=5120)
+
+
+class GCSConfig(_Frozen):
+    endpoint_url: str | None = None
+    project: str = "regionvault"
+    chunk_size_mib: int = Field(default=16, ge=1)
+
+
+class Config(_Frozen):
+    version: Literal[1] = 1
+    #: allows http:// endpoints and anonymous GCS access; never set in production
+    development: bool = False
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    result_backend: str | None = None
+    spool_dir: Path = Path("/var/lib/regionvault/spool")
+    #: longest a single step may take; the broker's visibility timeout is set above it
+    step_timeout_seconds: int = Field(default=4 * 3600, ge=60)
+    s3: S3Config = S3Config()
+    gcs: GCSConfig = GCSConfig()
+    retention: RetentionConfig = RetentionConfig()
+    domains: dict[Domain, DomainConfig]
+
+    @model_validator(mode="after")
+    def _checks(self) -> Config:
+        for domain, dcfg in self.domains.items():
+            _check_regions(domain, dcfg)
+        if not self.development:
+            for field, url in (("s3.endpoint_url", self.s3.endpoint_url),
+                               ("gcs.endpoint_url", self.gcs.endpoint_url)):
+                if url is not None and not url.startswith("https://"):
+                    raise ValueError(
+                        f"{field} must be an https:// URL (got {url!r}); "
+                        "plain http is allowed only with 'development: true'"
+                    )
+        return self
+
+    def domain(self, name: str | Domain) -> DomainConfig:
+        domain = parse_domain(name) if isinstance(name, str) else name
+        try:
+            return self.domains[domain]
+        except KeyError:
+            configured = ", ".join(d.value for d in self.domains) or "none"
+            raise ConfigError(
+                f"domain {domain.value!r} is not configured (configured: {configured})"
+            ) from None
+
+    def source(self, domain: str | Domain, source: str) -> SourceConfig:
+        d = parse_domain(domain) if isinstance(domain, str) else domain
+        return self.domain(d).source(source, d)
+
+    def spool_for(self, domain: Domain) -> Path:
+        return self.spool_dir / domain.value
+
+
+def _check_regions(domain: Domain, dcfg: DomainConfig) -> None:
+    table = DOMAIN_TABLE[domain]
+    if dcfg.aws_region not in table.allowed_aws_regions:
+        raise ValueError(
+            f"domains.{domain.value}.aws_region {dcfg.aws_region!r} is outside domain "
+            f"{domain.value!r} (allowed: {', '.join(sorted(table.allowed_aws_regions))})"
+        )
+    if dcfg.gcp_location not in table.allowed_gcp_locations:
+        raise ValueError(
+            f"domains.{domain.value}.gcp_location {dcfg.gcp_location!r} is outside domain "
+            f"{domain.value!r} (allowed: {', '.join(sorted(table.allowed_gcp_locations))})"
+        )
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: str) -> None:
+    node = data
+    *parents, last = dotted.split(".")
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[last] = value
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    message = str(err["msg"]).removeprefix("Value error, ")
+    return f"{where}: {message}"
+
+
+def parse_config(data: Any, *, origin: str, env: Mapping[str, str] | None = None) -> Config:
+    """Validate already-parsed YAML (plus environment overrides) into a Config."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"configuration {origin} must be a mapping at the top level")
+    env = os.environ if env is None else env
+    for var, dotted in ENV_OVERRIDES.items():
+        if env.get(var):
+            _set_dotted(data, dotted, env[var])
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"configuration {origin} is invalid: {_first_error(exc)}{extra}") from None
+
+
+def config_path(explicit: str | Path | None = None) -> Path:
+    """The configuration file: ``--config``, else ``REGIONVAULT_CONFIG``."""
+    if explicit:
+        return Path(explicit)
+    from_env = os.environ.get("REGIONVAULT_CONFIG")
+    if from_env:
+        return Path(from_env)
+    raise ConfigError(
+        "no configuration given: pass --config FILE or set REGIONVAULT_CONFIG"
+    )
+
+
+def load_config(path: str | Path | None = None, *, env: Mapping[str, str] | None = None) -> Config:
+    """Read, parse and validate the configuration file."""
+    file = config_path(path)
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise ConfigError(f"configuration file {file} cannot be read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"configuration file {file} is not valid YAML{where}") from None
+    return parse_config(data, origin=f"file {file}", env=env)
+
+
+def read_source_dsn(source: SourceConfig, domain: Domain) -> str:
+    """The DSN of a source, read from where the configuration points (never logged)."""
+    return source.dsn.read(f"the DSN of source {source.name!r} in domain {domain.value!r}")

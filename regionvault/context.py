@@ -1,0 +1,93 @@
+"""Everything a step needs for one domain: configuration, stores, keys, spool and clock.
+
+Built lazily so that a worker of domain D only ever reads D's secrets and opens D's buckets.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import cached_property
+
+from regionvault.config import Config, DomainConfig
+from regionvault.domains import Domain
+from regionvault.keyring import KeyWrapper, LocalKeyring
+from regionvault.spool import Spool
+from regionvault.stores.base import ObjectStore
+
+Clock = Callable[[], datetime]
+
+MIB = 1024 * 1024
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+# Residency is checked against the cloud once per process and bucket, before the first write.
+_residency_checked: set[tuple[str, str]] = set()
+_residency_lock = threading.Lock()
+
+
+class DomainContext:
+    def __init__(self, config: Config, domain: Domain, *, clock: Clock = utc_now,
+                 s3: ObjectStore | None = None, gcs: ObjectStore | None = None,
+                 keyring: KeyWrapper | None = None) -> None:
+        self.config = config
+        self.domain = domain
+        self.dcfg: DomainConfig = config.domain(domain)
+        self.clock = clock
+        if s3 is not None:
+            self.__dict__["s3"] = s3
+        if gcs is not None:
+            self.__dict__["gcs"] = gcs
+        if keyring is not None:
+            self.__dict__["keyring"] = keyring
+
+    @cached_property
+    def s3(self) -> ObjectStore:
+        from regionvault.stores.s3 import S3Store
+
+        return S3Store(self.dcfg.s3_bucket, self.dcfg.aws_region,
+                       endpoint_url=self.config.s3.endpoint_url,
+                       part_size=self.config.s3.part_size_mib * MIB)
+
+    @cached_property
+    def gcs(self) -> ObjectStore:
+        from regionvault.stores.gcs import GCSStore
+
+        return GCSStore(self.dcfg.gcs_bucket, self.dcfg.gcp_location,
+                        project=self.config.gcs.project,
+                        endpoint_url=self.config.gcs.endpoint_url,
+                        anonymous=self.config.development,
+                        chunk_size=self.config.gcs.chunk_size_mib * MIB)
+
+    @cached_property
+    def keyring(self) -> KeyWrapper:
+        return LocalKeyring.from_config(self.domain, self.dcfg)
+
+    @cached_property
+    def spool(self) -> Spool:
+        return Spool(self.config.spool_for(self.domain))
+
+    def store(self, name: str) -> ObjectStore:
+        if name == "s3":
+            return self.s3
+        if name == "gcs":
+            return self.gcs
+        raise ValueError(f"unknown store {name!r} (stores: s3, gcs)")
+
+    def ensure_resident(self, store: ObjectStore) -> None:
+        """Refuse to write unless the bucket really lies in this domain (asked of the cloud)."""
+        # The configured region (already validated to lie inside the domain) is the only one
+        # accepted: a bucket elsewhere in the same domain still means a misconfiguration.
+        region = self.dcfg.aws_region if store.name == "s3" else self.dcfg.gcp_location
+        allowed = frozenset({region.lower()})
+        token = (store.name, store.bucket)
+        with _residency_lock:
+            if token in _residency_checked:
+                return
+        store.check_residency(allowed)
+        with _residency_lock:
+            _residency_checked.add(token)

@@ -1,0 +1,125 @@
+"""Sample sources for the embedded stack: a small seeded database per domain and source,
+the configuration that points at them, and a fingerprint to compare databases row by row."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import yaml
+from psycopg import sql
+
+from regionvault.domains import DOMAIN_TABLE, Domain
+from regionvault.keyring import generate_domain_key
+
+
+@dataclass(frozen=True)
+class SampleSource:
+    name: str
+    data_class: str
+    seed_sql: str
+
+
+SAMPLE_SOURCES: tuple[SampleSource, ...] = (
+    SampleSource(
+        name="accounts",
+        data_class="pii",
+        seed_sql="""
+            CREATE TABLE customers (id serial PRIMARY KEY, email text NOT NULL, name text,
+                                    created timestamptz NOT NULL DEFAULT now());
+            INSERT INTO customers (email, name)
+                SELECT 'user' || i || '@example.{domain}', 'Customer ' || i
+                FROM generate_series(1, 500) AS i;
+        """,
+    ),
+    SampleSource(
+        name="catalog",
+        data_class="metadata",
+        seed_sql="""
+            CREATE TABLE plans (id serial PRIMARY KEY, code text UNIQUE NOT NULL,
+                                seats int NOT NULL);
+            INSERT INTO plans (code, seats)
+                SELECT 'plan-{domain}-' || i, i * 5 FROM generate_series(1, 50) AS i;
+        """,
+    ),
+)
+
+
+def database_name(domain: Domain, source: str) -> str:
+    return f"{domain.value}_{source.replace('-', '_')}"
+
+
+def write_domain_keys(keys_dir: Path) -> dict[Domain, Path]:
+    """One key file per domain (kept if present), readable by its owner only."""
+    keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    paths = {}
+    for domain in Domain:
+        path = keys_dir / f"{domain.value}.key"
+        if not path.exists():
+            path.touch(mode=0o600)
+            path.write_text(generate_domain_key() + "\n")
+        paths[domain] = path
+    return paths
+
+
+def sample_config(*, data_dir: Path, dsn_files: dict[tuple[Domain, str], Path],
+                  key_files: dict[Domain, Path]) -> dict[str, Any]:
+    """A development configuration: three domains, the sample sources, local endpoints.
+
+    Endpoints and the broker URL are not written here: they come from the environment
+    (``dev.env``), so the file stays valid across restarts of the stack on new ports.
+    """
+    domains: dict[str, Any] = {}
+    for domain in Domain:
+        regions = DOMAIN_TABLE[domain]
+        domains[domain.value] = {
+            "aws_region": regions.aws_region,
+            "s3_bucket": f"rv-dev-{domain.value}-primary",
+            "gcp_location": regions.gcp_location,
+            "gcs_bucket": f"rv-dev-{domain.value}-replica",
+            "key": {"id": f"{domain.value}-dev-1", "secret": {"file": str(key_files[domain])}},
+            "schedule": "0 2 * * *",
+            "sources": [
+                {"name": src.name, "kind": "postgres", "data_class": src.data_class,
+                 "dsn": {"file": str(dsn_files[(domain, src.name)])}}
+                for src in SAMPLE_SOURCES
+            ],
+        }
+    return {
+        "version": 1,
+        "development": True,
+        "spool_dir": str(data_dir / "spool"),
+        "s3": {"part_size_mib": 5},
+        "gcs": {"project": "regionvault-dev", "chunk_size_mib": 1},
+        "retention": {"pii_days": 29, "metadata_days": 365},
+        "domains": domains,
+    }
+
+
+def write_yaml(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def seed(dsn: str, domain: Domain, source: SampleSource) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(source.seed_sql.replace("{domain}", domain.value).encode())
+
+
+def fingerprint(dsn: str) -> dict[str, tuple[int, str]]:
+    """Per user table: (row count, SHA-256 of its rows in primary-key order)."""
+    out: dict[str, tuple[int, str]] = {}
+    with psycopg.connect(dsn) as conn:
+        tables = [r[0] for r in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")]
+        for table in tables:
+            digest = hashlib.sha256()
+            count = 0
+            query = sql.SQL("SELECT t::text FROM {} AS t ORDER BY 1").format(sql.Identifier(table))
+            for (row,) in conn.execute(query):
+                digest.update(row.encode() + b"\n")
+                count += 1
+            out[table] = (count, digest.hexdigest())
+    return out

@@ -1,0 +1,74 @@
+"""The regulatory domains and where their data may live.
+
+This is the one place that holds the domain table from the source policy. Configuration may pick
+other regions, but only regions that lie inside the same domain (see ``allowed_*``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from regionvault.errors import UnknownDomainError
+
+
+class Domain(StrEnum):
+    US = "us"
+    EU = "eu"
+    AU = "au"
+
+
+@dataclass(frozen=True)
+class DomainRegions:
+    """Default regions of a domain and the region names that stay inside it."""
+
+    aws_region: str
+    gcp_location: str
+    allowed_aws_regions: frozenset[str]
+    allowed_gcp_locations: frozenset[str]
+
+
+DOMAIN_TABLE: dict[Domain, DomainRegions] = {
+    Domain.US: DomainRegions(
+        aws_region="us-east-2",  # Ohio
+        gcp_location="us-central1",  # Iowa
+        allowed_aws_regions=frozenset({"us-east-1", "us-east-2", "us-west-1", "us-west-2"}),
+        allowed_gcp_locations=frozenset(
+            {"us-central1", "us-east1", "us-east4", "us-east5", "us-south1", "us-west1",
+             "us-west2", "us-west3", "us-west4"}
+        ),
+    ),
+    Domain.EU: DomainRegions(
+        aws_region="eu-central-1",  # Frankfurt
+        gcp_location="europe-west4",  # Eemshaven, NL
+        allowed_aws_regions=frozenset(
+            {"eu-central-1", "eu-central-2", "eu-west-1", "eu-west-2", "eu-west-3",
+             "eu-north-1", "eu-south-1", "eu-south-2"}
+        ),
+        allowed_gcp_locations=frozenset(
+            {"europe-west1", "europe-west3", "europe-west4", "europe-west8", "europe-west9",
+             "europe-west10", "europe-west12", "europe-north1", "europe-central2",
+             "europe-southwest1"}
+        ),
+    ),
+    Domain.AU: DomainRegions(
+        aws_region="ap-southeast-2",  # Sydney
+        gcp_location="australia-southeast2",  # Melbourne
+        allowed_aws_regions=frozenset({"ap-southeast-2", "ap-southeast-4"}),
+        allowed_gcp_locations=frozenset({"australia-southeast1", "australia-southeast2"}),
+    ),
+}
+
+
+def parse_domain(value: str) -> Domain:
+    """Turn user input into a Domain, or raise an error listing the valid ones."""
+    try:
+        return Domain(value.strip().lower())
+    except ValueError:
+        valid = ", ".join(d.value for d in Domain)
+        raise UnknownDomainError(f"unknown domain {value!r} (domains: {valid})") from None
+
+
+def queue_name(domain: Domain | str) -> str:
+    """The Celery queue that carries every task of a domain, and nothing else."""
+    return f"backup.{Domain(domain).value}"

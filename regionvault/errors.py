@@ -1,0 +1,77 @@
+"""The project's own errors.
+
+Every error a person may read is one sentence that names the thing and says what to do.
+Vendor exceptions (botocore, google-api-core, psycopg, subprocess) are translated into these
+where they enter, so callers and Celery tasks never see vendor types.
+"""
+
+from __future__ import annotations
+
+
+class RegionvaultError(Exception):
+    """Base of every error regionvault raises on purpose."""
+
+    #: process exit code used by the CLI for this kind of error
+    exit_code: int = 1
+
+
+class ConfigError(RegionvaultError):
+    """The configuration (file, environment, or a CLI argument naming part of it) is wrong."""
+
+    exit_code = 2
+
+
+class UnknownDomainError(ConfigError):
+    """A domain that is not one of the regulatory domains, or is not configured."""
+
+
+class UnknownSourceError(ConfigError):
+    """A source that is not configured in the given domain."""
+
+
+class SecretError(ConfigError):
+    """A secret (DSN, key) could not be read from where the configuration says it lives."""
+
+
+class ResidencyError(RegionvaultError):
+    """Data, a key or a task would leave its domain; refused."""
+
+
+class StepOrderError(RegionvaultError):
+    """A step found that an earlier step's output is missing; the message names that step."""
+
+    def __init__(self, message: str, *, rerun_step: str) -> None:
+        super().__init__(message)
+        self.rerun_step = rerun_step
+
+
+class IntegrityError(RegionvaultError):
+    """Bytes do not match their checksum, authentication tag or manifest."""
+
+
+class WrongKeyError(IntegrityError):
+    """A key cannot open this data: it belongs to another domain or is not the key it was made with."""
+
+
+class SourceError(RegionvaultError):
+    """Dumping from or restoring into a source database failed."""
+
+
+class StoreError(RegionvaultError):
+    """An object store operation failed."""
+
+
+class NotFound(StoreError):
+    """The object or bucket does not exist."""
+
+
+class TransientStoreError(StoreError):
+    """The store failed in a way that may succeed when tried again (throttling, 5xx, connection)."""
+
+
+class PermanentStoreError(StoreError):
+    """The store refused in a way that retrying will not fix (access denied, bad request)."""
+
+
+class ChecksumMismatch(IntegrityError, PermanentStoreError):
+    """What the store holds (or was about to hold) does not match the expected checksum."""

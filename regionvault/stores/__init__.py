@@ -1,0 +1,5 @@
+"""Object stores: the seam between regionvault and S3/GCS (see ``base.ObjectStore``)."""
+
+from regionvault.stores.base import ObjectInfo, ObjectStore
+
+__all__ = ["ObjectInfo", "ObjectStore"]

@@ -1,0 +1,364 @@
+"""The Google Cloud Storage object store: one bucket in one location, via google-cloud-storage.
+
+Integrity: the expected CRC32C travels with every upload (``blob.crc32c``) so GCS refuses an
+object whose bytes differ; the bytes are also checksummed here as the upload reads them, and
+the read that reaches the end raises before the final chunk is sent if they are wrong, so the
+object is never committed. After the upload the object's CRC32C as GCS reports it is compared
+once more, and a mismatch deletes what was stored.
+
+Vendor errors (google-api-core, google-auth, requests, the storage media layer) are translated
+in ``translate_error`` and nowhere else.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, BinaryIO
+
+import google_crc32c
+import requests
+from google.api_core import exceptions as api_exceptions
+from google.auth import exceptions as auth_exceptions
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+from google.cloud.storage import exceptions as media_exceptions
+from google.cloud.storage.retry import DEFAULT_RETRY
+
+from regionvault.checksums import crc32c_b64, crc32c_of_bytes
+from regionvault.errors import (
+    ChecksumMismatch,
+    ConfigError,
+    NotFound,
+    PermanentStoreError,
+    RegionvaultError,
+    ResidencyError,
+    StoreError,
+    TransientStoreError,
+)
+from regionvault.stores.base import ObjectInfo
+
+MiB = 1024 * 1024
+#: GCS resumable uploads send chunks in multiples of 256 KiB.
+CHUNK_QUANTUM = 256 * 1024
+
+#: (connect, read) seconds for each HTTP request.
+TIMEOUT = (10.0, 60.0)
+#: The library retries idempotent calls (and, with this, upload chunks, which resume cheaply)
+#: for at most this long; anything longer is the caller's (Celery's) retry.
+RETRY = DEFAULT_RETRY.with_timeout(30.0)
+
+_DATA_CORRUPTION: tuple[type[BaseException], ...] = (media_exceptions.DataCorruption,)
+_INVALID_RESPONSE: tuple[type[BaseException], ...] = (media_exceptions.InvalidResponse,)
+try:  # google-cloud-storage < 3 raised these from google-resumable-media
+    from google import resumable_media
+
+    _DATA_CORRUPTION += (resumable_media.DataCorruption,)
+    _INVALID_RESPONSE += (resumable_media.InvalidResponse,)
+except ImportError:  # pragma: no cover - depends on what is installed
+    pass
+
+_TRANSIENT_API_ERRORS = (
+    api_exceptions.TooManyRequests,
+    api_exceptions.ServerError,  # InternalServerError, BadGateway, ServiceUnavailable, ...
+    api_exceptions.RetryError,  # the library's own retries ran out of time
+)
+_CONNECTION_ERRORS = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    auth_exceptions.TransportError,
+)
+_VENDOR_ERRORS = (
+    api_exceptions.GoogleAPIError,
+    auth_exceptions.GoogleAuthError,
+    requests.RequestException,
+    *_DATA_CORRUPTION,
+    *_INVALID_RESPONSE,
+)
+
+
+def make_gcs_client(
+    project: str, endpoint_url: str | None = None, *, anonymous: bool = False
+) -> storage.Client:
+    """A storage client; credentials come from Application Default Credentials unless
+    ``anonymous`` (for the emulator)."""
+    return storage.Client(
+        project=project,
+        credentials=AnonymousCredentials() if anonymous else None,  # type: ignore[no-untyped-call]
+        client_options={"api_endpoint": endpoint_url} if endpoint_url else None,
+    )
+
+
+def _status_of(exc: BaseException) -> int:
+    response = getattr(exc, "response", None)
+    return int(getattr(response, "status_code", 0) or 0)
+
+
+def translate_error(exc: BaseException, where: str, action: str) -> StoreError:
+    """The project's error for a Google client exception raised while doing ``action``."""
+    if isinstance(exc, _DATA_CORRUPTION):
+        return ChecksumMismatch(
+            f"cannot {action} {where}: the bytes GCS holds do not match their checksum"
+        )
+    if isinstance(exc, api_exceptions.BadRequest) and "crc32c" in str(exc.message).lower():
+        # GCS refuses an upload whose bytes do not match the CRC32C sent with it with a plain
+        # 400 ("Provided CRC32C ... doesn't match calculated CRC32C ..."); nothing is stored.
+        return ChecksumMismatch(
+            f"cannot {action} {where}: GCS refused the bytes, their CRC32C is not the one sent"
+        )
+    status = _status_of(exc) if isinstance(exc, _INVALID_RESPONSE) else 0
+    if isinstance(exc, api_exceptions.NotFound) or status == 404:
+        return NotFound(f"cannot {action} {where}: it does not exist")
+    if isinstance(exc, _TRANSIENT_API_ERRORS) or status == 429 or status >= 500:
+        return TransientStoreError(
+            f"cannot {action} {where}: GCS is throttling or unavailable ({_describe(exc)}); "
+            "retry later"
+        )
+    if isinstance(exc, _CONNECTION_ERRORS):
+        return TransientStoreError(
+            f"cannot {action} {where}: the connection to GCS failed ({type(exc).__name__}); "
+            "retry later"
+        )
+    return PermanentStoreError(
+        f"cannot {action} {where}: GCS refused ({_describe(exc)}); "
+        "check the bucket, the object name and the permissions"
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, api_exceptions.GoogleAPICallError):
+        return f"{exc.code} {exc.message}"
+    return type(exc).__name__
+
+
+class _CheckedReader:
+    """What the upload reads: exactly ``size`` bytes of ``stream``, CRC32C computed on the way.
+
+    The read that reaches the end (or finds the stream short or long) raises
+    ``ChecksumMismatch`` instead of returning the last chunk, so a wrong upload is never
+    finalised. ``tell`` is all the resumable upload needs besides ``read``.
+    """
+
+    def __init__(self, stream: BinaryIO, size: int, crc32c: str, where: str) -> None:
+        self._stream = stream
+        self._size = size
+        self._expected = crc32c
+        self._where = where
+        self._crc = google_crc32c.Checksum()
+        self._position = 0
+
+    def tell(self) -> int:
+        return self._position
+
+    def read(self, n: int | None = -1) -> bytes:
+        remaining = self._size - self._position
+        want = remaining if n is None or n < 0 else min(n, remaining)
+        chunks: list[bytes] = []
+        got = 0
+        # Pipes and HTTP bodies may return short reads; a resumable chunk must be whole.
+        while got < want:
+            chunk = self._stream.read(want - got)
+            if not chunk:
+                raise ChecksumMismatch(
+                    f"refusing to store {self._where}: the stream ended after "
+                    f"{self._position + got} of {self._size} bytes"
+                )
+            chunks.append(chunk)
+            got += len(chunk)
+        data = b"".join(chunks)
+        self._crc.update(data)
+        self._position += len(data)
+        if self._position == self._size:
+            self._check_end()
+        return data
+
+    def _check_end(self) -> None:
+        if self._stream.read(1):
+            raise ChecksumMismatch(
+                f"refusing to store {self._where}: the stream is longer than {self._size} bytes"
+            )
+        actual = crc32c_b64(self._crc.digest())
+        if actual != self._expected:
+            raise ChecksumMismatch(
+                f"refusing to store {self._where}: its bytes have CRC32C {actual}, "
+                f"not the expected {self._expected}"
+            )
+
+
+class _TranslatingReader(io.RawIOBase):
+    """A blob reader whose errors come out as the project's errors."""
+
+    def __init__(self, reader: Any, where: str) -> None:
+        super().__init__()
+        self._reader = reader
+        self._where = where
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            data = self._reader.read(len(buffer))
+        except _VENDOR_ERRORS as exc:
+            raise translate_error(exc, self._where, "read") from exc
+        n = len(data)
+        buffer[:n] = data
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._reader.close()
+        super().close()
+
+
+class GCSStore:
+    """An ``ObjectStore`` on one GCS bucket (see ``regionvault.stores.base`` for the contract)."""
+
+    name = "gcs"
+
+    def __init__(
+        self,
+        bucket: str,
+        location: str,
+        *,
+        project: str,
+        endpoint_url: str | None = None,
+        anonymous: bool = False,
+        chunk_size: int = 8 * MiB,
+        client: storage.Client | None = None,
+    ) -> None:
+        if chunk_size <= 0 or chunk_size % CHUNK_QUANTUM:
+            raise ConfigError(
+                f"GCS chunk size {chunk_size} for bucket '{bucket}' is not a multiple of "
+                "256 KiB; configure one that is"
+            )
+        self.bucket = bucket
+        self.location = location
+        self.chunk_size = chunk_size
+        self._client = client or make_gcs_client(project, endpoint_url, anonymous=anonymous)
+        self._bucket = self._client.bucket(bucket)
+
+    # -- naming and error translation -------------------------------------------------------
+
+    def _where(self, key: str | None = None) -> str:
+        return f"gs://{self.bucket}" if key is None else f"gs://{self.bucket}/{key}"
+
+    @contextmanager
+    def _translated(self, action: str, key: str | None = None) -> Iterator[None]:
+        try:
+            yield
+        except RegionvaultError:
+            raise
+        except _VENDOR_ERRORS as exc:
+            raise translate_error(exc, self._where(key), action) from exc
+
+    # -- the contract -----------------------------------------------------------------------
+
+    def check_residency(self, allowed: frozenset[str]) -> None:
+        with self._translated("find the location of"):
+            self._bucket.reload(timeout=TIMEOUT, retry=RETRY)
+        location = (self._bucket.location or "").lower()
+        permitted = {name.lower() for name in allowed}
+        if location not in permitted:
+            raise ResidencyError(
+                f"bucket {self._where()} is in {location or 'an unreported location'}, outside "
+                f"the allowed locations ({', '.join(sorted(permitted)) or 'none'}); "
+                "use a bucket in one of those"
+            )
+
+    def put_file(self, key: str, path: str, *, crc32c: str) -> ObjectInfo:
+        with open(path, "rb") as f:
+            return self.put_stream(key, f, os.fstat(f.fileno()).st_size, crc32c=crc32c)
+
+    def put_stream(self, key: str, stream: BinaryIO, size: int, *, crc32c: str) -> ObjectInfo:
+        blob = self._bucket.blob(key, chunk_size=self.chunk_size)
+        # Sent with the upload: GCS refuses to create the object if its bytes have another CRC32C.
+        blob.crc32c = crc32c
+        reader = _CheckedReader(stream, size, crc32c, self._where(key))
+        try:
+            with self._translated("upload", key):
+                blob.upload_from_file(
+                    reader,
+                    size=size,
+                    checksum="crc32c",
+                    timeout=TIMEOUT,
+                    retry=RETRY,
+                )
+        except ChecksumMismatch as exc:
+            # From the reader: raised before the last chunk went out, so nothing was committed.
+            # From the library's own check (DataCorruption): the object exists and is wrong.
+            if isinstance(exc.__cause__, _DATA_CORRUPTION):
+                self._delete_quietly(key)
+            raise
+        return self._verify_stored(key, size, crc32c)
+
+    def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
+        return self.put_stream(key, io.BytesIO(data), len(data), crc32c=crc32c_of_bytes(data))
+
+    def get_bytes(self, key: str) -> bytes:
+        with self._translated("read", key):
+            data: bytes = self._bucket.blob(key).download_as_bytes(
+                checksum="crc32c", timeout=TIMEOUT, retry=RETRY
+            )
+        return data
+
+    def open_read(self, key: str) -> BinaryIO:
+        blob = self._reload(key, "open")  # NotFound now, not at the first read
+        with self._translated("open", key):
+            # The reloaded blob carries its generation, so an overwrite while we read does not
+            # mix two objects; the reader fetches one chunk at a time (bounded memory).
+            reader = blob.open("rb", chunk_size=self.chunk_size, timeout=TIMEOUT, retry=RETRY)
+        return io.BufferedReader(_TranslatingReader(reader, self._where(key)), 1 * MiB)
+
+    def stat(self, key: str) -> ObjectInfo:
+        blob = self._reload(key, "stat")
+        return ObjectInfo(key=key, size=int(blob.size or 0), crc32c=blob.crc32c)
+
+    def list_keys(self, prefix: str) -> Iterator[str]:
+        # GCS lists names in lexicographic order, page by page.
+        with self._translated("list", f"{prefix}*"):
+            for blob in self._client.list_blobs(
+                self._bucket, prefix=prefix, timeout=TIMEOUT, retry=RETRY
+            ):
+                yield blob.name
+
+    def delete(self, key: str) -> None:
+        try:
+            with self._translated("delete", key):
+                self._bucket.blob(key).delete(timeout=TIMEOUT, retry=RETRY)
+        except NotFound:
+            pass  # already gone: deleting is idempotent
+
+    def abort_incomplete_uploads(self, prefix: str) -> int:
+        # An unfinished GCS resumable upload stores nothing under its name, and GCS drops the
+        # session by itself after a week; there is no API to list sessions, and none to abort.
+        return 0
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _reload(self, key: str, action: str) -> Any:
+        blob = self._bucket.blob(key)
+        with self._translated(action, key):
+            blob.reload(timeout=TIMEOUT, retry=RETRY)
+        return blob
+
+    def _delete_quietly(self, key: str) -> None:
+        # Called while a ChecksumMismatch propagates: that error is the one to report.
+        try:
+            self.delete(key)
+        except StoreError:
+            pass
+
+    def _verify_stored(self, key: str, size: int, crc32c: str) -> ObjectInfo:
+        blob = self._reload(key, "check")
+        if blob.size != size or blob.crc32c != crc32c:
+            with self._translated("delete", key):
+                blob.delete(timeout=TIMEOUT, retry=RETRY)  # this generation only
+            raise ChecksumMismatch(
+                f"deleted {self._where(key)} after writing it: GCS reports {blob.size} bytes with "
+                f"CRC32C {blob.crc32c}, expected {size} bytes with {crc32c}"
+            )
+        return ObjectInfo(key=key, size=int(blob.size), crc32c=blob.crc32c)

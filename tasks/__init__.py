@@ -1,0 +1,10 @@
+"""The Celery tasks: one thin task per step, each calling the core in ``regionvault.chain``.
+
+Task arguments are small JSON, safe to show in Flower: a backup id, a domain, a source name.
+"""
+
+from tasks import backup_domain, dump, encrypt, expire, replicate, upload, verify
+from tasks.canvas import backup_chain
+
+__all__ = ["backup_chain", "backup_domain", "dump", "encrypt", "expire", "replicate",
+           "upload", "verify"]

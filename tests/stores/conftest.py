@@ -1,0 +1,250 @@
+"""Fixtures for the object-store conformance suite.
+
+S3 and GCS are real servers on real sockets: moto's HTTP server and gcp-storage-emulator, each
+started once per session on a free port. Each test gets a fresh bucket, so tests do not see
+each other's objects.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from regionvault.stores.base import ObjectStore
+from regionvault.stores.gcs import GCSStore, make_gcs_client
+from regionvault.stores.memory import MemoryStore
+from regionvault.stores.s3 import S3Store, make_s3_client
+
+MiB = 1024 * 1024
+S3_REGION = "eu-central-1"
+GCS_LOCATION = "europe-west4"
+GCS_PROJECT = "regionvault-test"
+S3_PART_SIZE = 5 * MiB  # the smallest S3 allows, so a multipart test needs only ~11 MiB
+GCS_CHUNK_SIZE = 256 * 1024  # the smallest GCS allows
+
+_BIN = Path(sys.executable).parent
+_STARTUP_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (the OS picks it, so never 6379 or 5432 in use)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + _STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server on port {port} exited early:\n{log.read_text()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"server on port {port} did not listen within {_STARTUP_TIMEOUT}s")
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_server(args: list[str], port: int, log: Path) -> ServerProcess:
+    with log.open("wb") as out:
+        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+    server = ServerProcess(process, port)
+    try:
+        _wait_for_port(port, process, log)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def start_moto(log: Path) -> ServerProcess:
+    port = free_port()
+    return start_server([str(_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], port, log)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _aws_test_environment() -> Iterator[None]:
+    """Fake credentials for moto, and nothing from the developer's own AWS setup."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
+            mp.delenv(name, raising=False)
+        mp.setenv("AWS_CONFIG_FILE", os.devnull)
+        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        mp.setenv("NO_PROXY", "127.0.0.1,localhost")
+        yield
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    server = start_moto(tmp_path_factory.mktemp("moto") / "moto.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    port = free_port()
+    args = [str(_BIN / "gcp-storage-emulator"), "start", "--host", "127.0.0.1"]
+    args += ["--port", str(port), "--in-memory"]
+    server = start_server(args, port, tmp_path_factory.mktemp("gcs") / "gcs.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_client(moto_server: ServerProcess) -> Any:
+    return make_s3_client(S3_REGION, moto_server.url)
+
+
+@pytest.fixture(scope="session")
+def gcs_client(gcs_server: ServerProcess) -> Any:
+    return make_gcs_client(GCS_PROJECT, gcs_server.url, anonymous=True)
+
+
+def new_bucket_name() -> str:
+    return f"rv-test-{uuid.uuid4().hex[:16]}"
+
+
+@dataclass
+class Backend:
+    """One store under test, plus what a test needs to look behind it."""
+
+    name: str
+    store: ObjectStore
+    #: where the store's bucket really is
+    region: str
+    #: a store on a bucket that does not exist (None where that cannot happen)
+    missing_bucket_store: ObjectStore | None
+    #: how many multipart uploads are open under a prefix, asked of the server directly
+    open_uploads: Callable[[str], int]
+    #: leaves an upload open under a key, as a crashed writer would (None: no such thing)
+    leave_open_upload: Callable[[str], None] | None
+
+
+@pytest.fixture
+def memory_backend() -> Backend:
+    return Backend(
+        name="memory",
+        store=MemoryStore(new_bucket_name(), GCS_LOCATION),
+        region=GCS_LOCATION,
+        missing_bucket_store=None,
+        open_uploads=lambda prefix: 0,
+        leave_open_upload=None,
+    )
+
+
+@pytest.fixture
+def s3_backend(moto_server: ServerProcess, s3_client: Any) -> Backend:
+    bucket = new_bucket_name()
+    s3_client.create_bucket(
+        Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": S3_REGION}
+    )
+
+    def open_uploads(prefix: str) -> int:
+        response = s3_client.list_multipart_uploads(Bucket=bucket, Prefix=prefix)
+        return len(response.get("Uploads", []))
+
+    def leave_open_upload(key: str) -> None:
+        upload = s3_client.create_multipart_upload(Bucket=bucket, Key=key)
+        s3_client.upload_part(
+            Bucket=bucket, Key=key, UploadId=upload["UploadId"], PartNumber=1, Body=b"partial"
+        )
+
+    def store_on(name: str) -> S3Store:
+        return S3Store(name, S3_REGION, endpoint_url=moto_server.url, part_size=S3_PART_SIZE)
+
+    return Backend(
+        name="s3",
+        store=store_on(bucket),
+        region=S3_REGION,
+        missing_bucket_store=store_on(new_bucket_name()),
+        open_uploads=open_uploads,
+        leave_open_upload=leave_open_upload,
+    )
+
+
+@pytest.fixture
+def gcs_backend(gcs_server: ServerProcess, gcs_client: Any) -> Backend:
+    bucket = gcs_client.create_bucket(new_bucket_name())
+    # The emulator ignores the location given at creation; set it the way GCS would report it.
+    bucket._patch_property("location", GCS_LOCATION.upper())
+    bucket.patch()
+
+    def store_on(name: str) -> GCSStore:
+        return GCSStore(
+            name,
+            GCS_LOCATION,
+            project=GCS_PROJECT,
+            endpoint_url=gcs_server.url,
+            anonymous=True,
+            chunk_size=GCS_CHUNK_SIZE,
+        )
+
+    def leave_open_upload(key: str) -> None:
+        # A resumable session with its first chunk sent and never finished.
+        total = 2 * GCS_CHUNK_SIZE
+        session = bucket.blob(key).create_resumable_upload_session(size=total)
+        response = requests.put(
+            session,
+            data=b"\0" * GCS_CHUNK_SIZE,
+            headers={"Content-Range": f"bytes 0-{GCS_CHUNK_SIZE - 1}/{total}"},
+            timeout=10,
+        )
+        assert response.status_code == 308, response.text
+
+    return Backend(
+        name="gcs",
+        store=store_on(bucket.name),
+        region=GCS_LOCATION,
+        missing_bucket_store=store_on(new_bucket_name()),
+        # GCS cannot list unfinished resumable sessions; they store nothing and expire.
+        open_uploads=lambda prefix: 0,
+        leave_open_upload=leave_open_upload,
+    )
+
+
+@pytest.fixture(params=["memory", "s3", "gcs"])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    # Looked up by name so that the servers start only when a test needs them.
+    found: Backend = request.getfixturevalue(f"{request.param}_backend")
+    return found
+
+
+@pytest.fixture
+def store(backend: Backend) -> ObjectStore:
+    return backend.store

@@ -1,0 +1,70 @@
+"""The residency guard of a worker: it serves one domain and refuses everything else.
+
+A worker is started with ``REGIONVAULT_DOMAIN``; it must consume exactly that domain's queue
+(checked at start-up) and refuses, without running it, any task whose ``domain`` argument
+names another domain (checked before every task). A refused task is rejected (not requeued)
+and logged, so a misrouted message can neither run here nor loop between workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from celery import Task
+from celery.exceptions import Reject
+from celery.signals import celeryd_after_setup
+
+from regionvault.domains import Domain, parse_domain, queue_name
+
+log = logging.getLogger("regionvault.guard")
+
+
+def worker_domain() -> Domain | None:
+    """The domain this process serves, or None outside a domain worker (CLI, beat, tests)."""
+    value = os.environ.get("REGIONVAULT_DOMAIN")
+    return parse_domain(value) if value else None
+
+
+@celeryd_after_setup.connect
+def _check_queues(sender: str, instance: Any, **_: Any) -> None:
+    domain = worker_domain()
+    if domain is None:
+        raise RuntimeError(
+            "REGIONVAULT_DOMAIN is not set: start a worker with the domain it serves, e.g. "
+            "REGIONVAULT_DOMAIN=eu celery -A workers worker -Q backup.eu"
+        )
+    consumed = set(instance.app.amqp.queues.consume_from or instance.app.amqp.queues)
+    expected = {queue_name(domain)}
+    if consumed != expected:
+        raise RuntimeError(
+            f"worker of domain {domain.value!r} must consume exactly {queue_name(domain)} "
+            f"(it was given: {', '.join(sorted(consumed))}); pass -Q {queue_name(domain)}"
+        )
+    log.info("worker %s serves domain %s from queue %s", sender, domain.value,
+             queue_name(domain))
+
+
+class DomainTask(Task):  # type: ignore[misc]
+    """Base of every regionvault task: refuse tasks of another domain before they run."""
+
+    abstract = True
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        served = worker_domain()
+        requested = kwargs.get("domain")
+        if served is not None and requested != served.value:
+            log.error(
+                "REFUSED misrouted task %s[%s]: it is for domain %r but this worker serves "
+                "domain %r; rejected without running",
+                self.name, self.request.id, requested, served.value,
+            )
+            from workers.metrics import MISROUTED
+
+            MISROUTED.labels(worker_domain=served.value, task_domain=str(requested)).inc()
+            raise Reject(
+                f"task for domain {requested!r} refused by a worker of domain {served.value!r}",
+                requeue=False,
+            )
+        return super().__call__(*args, **kwargs)
