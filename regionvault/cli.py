@@ -92,6 +92,32 @@ def backup(
     guarded(run)
 
 
+@app.command()
+def check(
+    domain: Annotated[str | None, typer.Option("--domain", "-d")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Preflight: configuration valid, keys and DSNs readable, buckets in their regions."""
+
+    def run() -> None:
+        from regionvault.keyring import LocalKeyring
+        from regionvault.sources import open_source
+
+        cfg = _config(config)
+        domains = [parse_domain(domain)] if domain else list(cfg.domains)
+        for d in domains:
+            ctx = _context(cfg, d)
+            LocalKeyring.from_config(d, ctx.dcfg)
+            for src in ctx.dcfg.sources:
+                open_source(d, src)  # reads the DSN: a missing secret fails here
+            ctx.ensure_resident(ctx.s3)
+            ctx.ensure_resident(ctx.gcs)
+            out.print(f"domain {d.value}: keys, {len(ctx.dcfg.sources)} source DSNs and both "
+                      "buckets ok")
+
+    guarded(run)
+
+
 # --- catalogue -------------------------------------------------------------------------------
 
 

@@ -65,7 +65,7 @@ def write_domain_keys(keys_dir: Path) -> dict[Domain, Path]:
     return paths
 
 
-def sample_config(*, data_dir: Path, dsn_files: dict[tuple[Domain, str], Path],
+def sample_config(*, data_dir: Path, sources: tuple[SampleSource, ...], dsn_files: dict[tuple[Domain, str], Path],
                   key_files: dict[Domain, Path]) -> dict[str, Any]:
     """A development configuration: three domains, the sample sources, local endpoints.
 
@@ -85,7 +85,7 @@ def sample_config(*, data_dir: Path, dsn_files: dict[tuple[Domain, str], Path],
             "sources": [
                 {"name": src.name, "kind": "postgres", "data_class": src.data_class,
                  "dsn": {"file": str(dsn_files[(domain, src.name)])}}
-                for src in SAMPLE_SOURCES
+                for src in sources
             ],
         }
     return {

@@ -57,6 +57,8 @@ class DevStack:
     beat: bool = True
     flower: bool = True
     concurrency: int = 1
+    #: sample sources created in every domain when no config_file is given
+    sources: tuple[sample.SampleSource, ...] = sample.SAMPLE_SOURCES
     say: Say = field(default=lambda _: None)
 
     group: ServiceGroup = field(default_factory=ServiceGroup, init=False)
@@ -121,7 +123,7 @@ class DevStack:
         secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         dsn_files: dict[tuple[Domain, str], Path] = {}
         for domain in Domain:
-            for src in sample.SAMPLE_SOURCES:
+            for src in self.sources:
                 db = sample.database_name(domain, src.name)
                 self.postgres.create_database(db)
                 sample.seed(self.postgres.dsn(db), domain, src)
@@ -133,7 +135,8 @@ class DevStack:
         key_files = sample.write_domain_keys(self.data_dir / "keys")
         path = self.data_dir / "regionvault.yaml"
         sample.write_yaml(path, sample.sample_config(
-            data_dir=self.data_dir, dsn_files=dsn_files, key_files=key_files))
+            data_dir=self.data_dir, sources=self.sources, dsn_files=dsn_files,
+            key_files=key_files))
         return path
 
     def _create_buckets(self, config: Config) -> None:

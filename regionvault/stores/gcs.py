@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, BinaryIO
 
 import google_crc32c
@@ -71,7 +71,7 @@ _CONNECTION_ERRORS = (
     requests.exceptions.ChunkedEncodingError,
     auth_exceptions.TransportError,
 )
-_VENDOR_ERRORS = (
+_VENDOR_ERRORS: tuple[type[BaseException], ...] = (
     api_exceptions.GoogleAPIError,
     auth_exceptions.GoogleAuthError,
     requests.RequestException,
@@ -87,7 +87,7 @@ def make_gcs_client(
     ``anonymous`` (for the emulator)."""
     return storage.Client(
         project=project,
-        credentials=AnonymousCredentials() if anonymous else None,  # type: ignore[no-untyped-call]
+        credentials=AnonymousCredentials() if anonymous else None,
         client_options={"api_endpoint": endpoint_url} if endpoint_url else None,
     )
 
@@ -347,10 +347,8 @@ class GCSStore:
 
     def _delete_quietly(self, key: str) -> None:
         # Called while a ChecksumMismatch propagates: that error is the one to report.
-        try:
+        with suppress(StoreError):
             self.delete(key)
-        except StoreError:
-            pass
 
     def _verify_stored(self, key: str, size: int, crc32c: str) -> ObjectInfo:
         blob = self._reload(key, "check")

@@ -306,9 +306,7 @@ class S3Store:
 
     def stat(self, key: str) -> ObjectInfo:
         with self._translated("stat", key):
-            response = self._client.head_object(
-                Bucket=self.bucket, Key=key, ChecksumMode="ENABLED"
-            )
+            response = self._client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
         crc = response.get("ChecksumCRC32C")
         # A composite checksum ("<crc>-<parts>") is a checksum of part checksums, not of the
         # object's bytes, so it cannot be compared with anything we know.

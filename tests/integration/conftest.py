@@ -1,0 +1,47 @@
+"""The real embedded stack, once per test session, on free ports.
+
+Redis-protocol server, PostgreSQL, moto's S3 server and the GCS emulator as real processes,
+and one real ``celery worker`` process per domain. Tests talk to them over sockets.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from regionvault.devstack import sample
+from regionvault.devstack.stack import DevStack
+
+#: a pii source used only by the retention test, so its expiry cannot touch other tests' data
+LEDGER = sample.SampleSource(
+    name="ledger",
+    data_class="pii",
+    seed_sql="""
+        CREATE TABLE entries (id serial PRIMARY KEY, customer text NOT NULL, cents int);
+        INSERT INTO entries (customer, cents)
+            SELECT 'customer-' || i || '@{domain}.example', i * 100
+            FROM generate_series(1, 100) AS i;
+    """,
+)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
+    root = tmp_path_factory.mktemp("stack")
+    dev = DevStack(data_dir=root, beat=False, flower=False,
+                   sources=(*sample.SAMPLE_SOURCES, LEDGER))
+    dev.start()
+    saved = dict(os.environ)
+    os.environ.update(dev.env)
+    from regionvault.config import load_config
+    from workers.app import app, configure
+
+    configure(app, load_config())
+    try:
+        yield dev
+    finally:
+        dev.stop()
+        os.environ.clear()
+        os.environ.update(saved)

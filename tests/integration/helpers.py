@@ -1,0 +1,96 @@
+"""Small helpers shared by the integration tests: run chains, look inside the stores."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import boto3
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+
+from regionvault.config import Config
+from regionvault.context import DomainContext
+from regionvault.devstack.stack import DEV_AWS_ENV, DevStack
+from regionvault.domains import Domain
+from regionvault.manifest import STEPS, Step, new_backup_id
+
+
+def config_of(stack: DevStack) -> Config:
+    assert stack.config is not None
+    return stack.config
+
+
+def context(stack: DevStack, domain: Domain) -> DomainContext:
+    return DomainContext(config_of(stack), domain)
+
+
+def run_chain(stack: DevStack, domain: Domain, source: str, *, deep: bool = True,
+              timeout: float = 120) -> str:
+    """Run a whole backup chain through the real workers; return the backup id."""
+    from tasks.canvas import backup_chain
+
+    backup_id = new_backup_id(domain, source, context(stack, domain).clock())
+    result = backup_chain(domain.value, source, backup_id, deep_verify=deep).apply_async()
+    result.get(timeout=timeout)
+    return backup_id
+
+
+def run_step(stack: DevStack, step: Step, backup_id: str, domain: Domain, source: str,
+             *, timeout: float = 60) -> dict[str, Any]:
+    """Run one step as a Celery task on the domain's worker and return its result."""
+    from tasks.canvas import step_signature
+
+    outcome = step_signature(step, backup_id, domain.value, source,
+                             deep_verify=True).apply_async().get(timeout=timeout)
+    assert isinstance(outcome, dict)
+    return outcome
+
+
+def s3_client(stack: DevStack, region: str = "us-east-2") -> Any:
+    return boto3.client("s3", endpoint_url=stack.env["REGIONVAULT_S3_ENDPOINT"],
+                        region_name=region,
+                        aws_access_key_id=DEV_AWS_ENV["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=DEV_AWS_ENV["AWS_SECRET_ACCESS_KEY"])
+
+
+def gcs_client(stack: DevStack) -> storage.Client:
+    return storage.Client(project="regionvault-dev", credentials=AnonymousCredentials(),
+                          client_options={"api_endpoint": stack.env["REGIONVAULT_GCS_ENDPOINT"]})
+
+
+def all_objects(stack: DevStack) -> dict[str, dict[str, bytes]]:
+    """Every object of every bucket on both emulators: {"s3://b" or "gs://b": {key: bytes}}."""
+    s3 = s3_client(stack)
+    found: dict[str, dict[str, bytes]] = {}
+    for bucket in s3.list_buckets()["Buckets"]:
+        name = bucket["Name"]
+        objects: dict[str, bytes] = {}
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=name):
+            for item in page.get("Contents", []):
+                objects[item["Key"]] = s3.get_object(Bucket=name, Key=item["Key"])["Body"].read()
+        found[f"s3://{name}"] = objects
+    gcs = gcs_client(stack)
+    for bucket in gcs.list_buckets():
+        found[f"gs://{bucket.name}"] = {
+            blob.name: blob.download_as_bytes() for blob in gcs.list_blobs(bucket.name)}
+    return found
+
+
+def object_names(stack: DevStack) -> dict[str, set[str]]:
+    return {bucket: set(objs) for bucket, objs in all_objects(stack).items()}
+
+
+def regionvault_cli(stack: DevStack, *args: str, env: dict[str, str] | None = None,
+                    timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    import os
+
+    full_env = {**os.environ, **stack.env, **(env or {})}
+    return subprocess.run([str(Path(sys.executable).parent / "regionvault"), *args],
+                          capture_output=True, text=True, env=full_env, timeout=timeout,
+                          check=False)
+
+
+__all__ = ["STEPS", "Step"]
