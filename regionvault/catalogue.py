@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from regionvault.config import SourceConfig
 from regionvault.chain import keys_of, read_manifest, resolve
+from regionvault.config import SourceConfig
 from regionvault.context import DomainContext
 from regionvault.errors import NotFound, TransientStoreError
 from regionvault.manifest import MANIFEST_SUFFIX, Manifest, key_prefix

@@ -195,7 +195,7 @@ def encrypt(ctx: DomainContext, backup_id: str, progress: Progress = _no_progres
         encryptor = EncryptingWriter(_DigestingSink(out, cipher), data_key,  # type: ignore[arg-type]
                                      stream_context(ref, "backup-stream"))
         compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL).stream_writer(
-            encryptor, closefd=False)
+            encryptor, closefd=False)  # type: ignore[arg-type]  # a write()-only stream is enough
         for chunk in decrypt_chunks(dumped, spool_key, stream_context(ref, "spool-stream")):
             plain.update(chunk)
             compressor.write(chunk)

@@ -33,7 +33,9 @@ err = Console(stderr=True)
 T = TypeVar("T")
 
 ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="configuration file (else REGIONVAULT_CONFIG)")]
+    Path | None,
+    typer.Option("--config", "-c", help="configuration file (else REGIONVAULT_CONFIG)"),
+]
 
 
 def _fail(message: str, code: int) -> typer.Exit:

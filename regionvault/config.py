@@ -84,7 +84,8 @@ class SecretRef(_Frozen):
         try:
             value = self.file.read_text().strip()
         except OSError as exc:
-            raise SecretError(f"{what} cannot be read from file {self.file}: {exc.strerror}") from None
+            raise SecretError(
+                f"{what} cannot be read from file {self.file}: {exc.strerror}") from None
         if not value:
             raise SecretError(f"{what} is empty in file {self.file}")
         return value
@@ -150,7 +151,7 @@ class DomainConfig(_Frozen):
             f"(configured: {configured})"
         )
 
-    def keys(self) -> tuple[KeyRef, ...]:
+    def all_keys(self) -> tuple[KeyRef, ...]:
         return (self.key, *self.previous_keys)
 
 
@@ -277,7 +278,8 @@ def parse_config(data: Any, *, origin: str, env: Mapping[str, str] | None = None
         return Config.model_validate(data)
     except ValidationError as exc:
         extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise ConfigError(f"configuration {origin} is invalid: {_first_error(exc)}{extra}") from None
+        raise ConfigError(
+            f"configuration {origin} is invalid: {_first_error(exc)}{extra}") from None
 
 
 def config_path(explicit: str | Path | None = None) -> Path:

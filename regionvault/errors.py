@@ -7,6 +7,8 @@ where they enter, so callers and Celery tasks never see vendor types.
 
 from __future__ import annotations
 
+import re
+
 
 class RegionvaultError(Exception):
     """Base of every error regionvault raises on purpose."""
@@ -38,10 +40,17 @@ class ResidencyError(RegionvaultError):
 
 
 class StepOrderError(RegionvaultError):
-    """A step found that an earlier step's output is missing; the message names that step."""
+    """A step found that an earlier step's output is missing; the message names that step.
 
-    def __init__(self, message: str, *, rerun_step: str) -> None:
+    Built from the message alone too (``rerun_step`` is read back from "run step 'X' again"),
+    because Celery rebuilds exceptions from their ``args`` when it reads a task's result.
+    """
+
+    def __init__(self, message: str, rerun_step: str | None = None) -> None:
         super().__init__(message)
+        if rerun_step is None:
+            found = re.search(r"run step '([a-z]+)' again", message)
+            rerun_step = found.group(1) if found else ""
         self.rerun_step = rerun_step
 
 
@@ -50,7 +59,7 @@ class IntegrityError(RegionvaultError):
 
 
 class WrongKeyError(IntegrityError):
-    """A key cannot open this data: it belongs to another domain or is not the key it was made with."""
+    """A key cannot open this data: another domain's key, or not the key it was made with."""
 
 
 class SourceError(RegionvaultError):

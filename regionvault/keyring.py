@@ -95,7 +95,7 @@ class LocalKeyring:
 
     @classmethod
     def from_config(cls, domain: Domain, dcfg: DomainConfig) -> LocalKeyring:
-        keys = {ref.id: _decode_key(ref, domain) for ref in dcfg.keys()}
+        keys = {ref.id: _decode_key(ref, domain) for ref in dcfg.all_keys()}
         return cls(domain, keys, current=dcfg.key.id)
 
     def __repr__(self) -> str:  # never show key bytes

@@ -144,7 +144,8 @@ class Manifest(BaseModel):
         try:
             manifest = cls.model_validate_json(data)
         except ValidationError as exc:
-            raise IntegrityError(f"manifest {where} is malformed: {exc.errors()[0]['msg']}") from None
+            problem = exc.errors()[0]["msg"]
+            raise IntegrityError(f"manifest {where} is malformed: {problem}") from None
         if manifest.version != MANIFEST_VERSION:
             raise IntegrityError(
                 f"manifest {where} has version {manifest.version}; this regionvault reads "

@@ -93,7 +93,8 @@ def restore(ctx: DomainContext, backup_id: str, target_dsn: str, *, from_store: 
         def plaintext() -> Iterator[bytes]:
             try:
                 for chunk in zstandard.ZstdDecompressor().read_to_iter(
-                        decrypted, read_size=READ_SIZE, write_size=READ_SIZE):
+                        decrypted,  # type: ignore[arg-type]  # a read()-only stream is enough
+                        read_size=READ_SIZE, write_size=READ_SIZE):
                     plain.update(chunk)
                     yield chunk
             except IntegrityError as exc:

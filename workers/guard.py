@@ -46,7 +46,7 @@ def _check_queues(sender: str, instance: Any, **_: Any) -> None:
              queue_name(domain))
 
 
-class DomainTask(Task):  # type: ignore[misc]
+class DomainTask(Task):
     """Base of every regionvault task: refuse tasks of another domain before they run."""
 
     abstract = True
