@@ -137,6 +137,9 @@ def dump(ctx: DomainContext, backup_id: str, progress: Progress = _no_progress) 
     spool = ctx.spool
     if spool.exists(backup_id, sp.DUMP_META) or spool.exists(backup_id, sp.MANIFEST_FILE):
         return StepOutcome(backup_id, Step.DUMP, "already dumped", skipped=True)
+    # After verify the spool is empty again: the stores tell whether this backup went further.
+    if read_manifest(ctx.s3, keys_of(ref, src)[1]) is not None:
+        return StepOutcome(backup_id, Step.DUMP, "already uploaded", skipped=True)
     started = ctx.clock()
     spool_key = new_data_key()
     wrapped = ctx.keyring.wrap(spool_key, stream_context(ref, "spool-key"))
@@ -263,7 +266,7 @@ def upload(ctx: DomainContext, backup_id: str, progress: Progress = _no_progress
     local = _spool_manifest(ctx, backup_id)
     if local is None or not ctx.spool.exists(backup_id, sp.BACKUP_FILE):
         raise _earlier_step_missing(ctx, ref, "be uploaded")
-    ctx.ensure_resident(ctx.s3)
+    ctx.ensure_resident("s3")
     if not _object_matches(ctx.s3, okey, local):
         ctx.s3.put_file(okey, str(ctx.spool.path(backup_id, sp.BACKUP_FILE)),
                         crc32c=local.ciphertext_crc32c)
@@ -305,7 +308,7 @@ def replicate(ctx: DomainContext, backup_id: str,
             "manifest; run step 'upload' again",
             rerun_step=Step.UPLOAD.value,
         )
-    ctx.ensure_resident(ctx.gcs)
+    ctx.ensure_resident("gcs")
     if not _object_matches(ctx.gcs, okey, manifest):
         body = ctx.s3.open_read(okey)
         try:
@@ -323,9 +326,11 @@ def replicate(ctx: DomainContext, backup_id: str,
 # --- 5. verify -------------------------------------------------------------------------------
 
 
-def check_copy(store: ObjectStore, key: str, manifest: Manifest, *, deep: bool) -> list[str]:
-    """Problems of one copy against its manifest (empty when it matches)."""
-    where = f"{store.name} copy {store.name}://{store.bucket}/{key}"
+def check_copy(role: str, store: ObjectStore, key: str, manifest: Manifest, *,
+               deep: bool) -> list[str]:
+    """Problems of the ``role`` ("s3" or "gcs") copy against its manifest (empty if none)."""
+    scheme = "gs" if role == "gcs" else role
+    where = f"{role} copy {scheme}://{store.bucket}/{key}"
     try:
         info = store.stat(key)
     except NotFound:
@@ -362,8 +367,8 @@ def verify(ctx: DomainContext, backup_id: str, *, deep: bool = False) -> StepOut
             "run step 'replicate' again",
             rerun_step=Step.REPLICATE.value,
         )
-    problems = check_copy(ctx.s3, okey, manifest, deep=deep)
-    problems += check_copy(ctx.gcs, okey, manifest, deep=deep)
+    problems = check_copy("s3", ctx.s3, okey, manifest, deep=deep)
+    problems += check_copy("gcs", ctx.gcs, okey, manifest, deep=deep)
     replica = read_manifest(ctx.gcs, mkey)
     if replica is None or replica.ciphertext_sha256 != manifest.ciphertext_sha256:
         problems.append(f"the gcs manifest gs://{ctx.gcs.bucket}/{mkey} is missing or differs")

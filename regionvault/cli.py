@@ -112,8 +112,8 @@ def check(
             LocalKeyring.from_config(d, ctx.dcfg)
             for src in ctx.dcfg.sources:
                 open_source(d, src)  # reads the DSN: a missing secret fails here
-            ctx.ensure_resident(ctx.s3)
-            ctx.ensure_resident(ctx.gcs)
+            ctx.ensure_resident("s3")
+            ctx.ensure_resident("gcs")
             out.print(f"domain {d.value}: keys, {len(ctx.dcfg.sources)} source DSNs and both "
                       "buckets ok")
 

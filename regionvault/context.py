@@ -78,13 +78,15 @@ class DomainContext:
             return self.gcs
         raise ValueError(f"unknown store {name!r} (stores: s3, gcs)")
 
-    def ensure_resident(self, store: ObjectStore) -> None:
-        """Refuse to write unless the bucket really lies in this domain (asked of the cloud)."""
+    def ensure_resident(self, role: str) -> None:
+        """Refuse to write unless the bucket of ``role`` ("s3" or "gcs") really lies in this
+        domain's configured region, as the cloud itself reports it."""
         # The configured region (already validated to lie inside the domain) is the only one
         # accepted: a bucket elsewhere in the same domain still means a misconfiguration.
-        region = self.dcfg.aws_region if store.name == "s3" else self.dcfg.gcp_location
+        store = self.store(role)
+        region = self.dcfg.aws_region if role == "s3" else self.dcfg.gcp_location
         allowed = frozenset({region.lower()})
-        token = (store.name, store.bucket)
+        token = (role, store.bucket)
         with _residency_lock:
             if token in _residency_checked:
                 return

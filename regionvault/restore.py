@@ -48,10 +48,10 @@ class _DigestingReader:
         return data
 
 
-def _fail(backup_id: str, store: ObjectStore, problem: str) -> IntegrityError:
+def _fail(backup_id: str, role: str, store: ObjectStore, problem: str) -> IntegrityError:
+    scheme = "gs" if role == "gcs" else role
     return IntegrityError(
-        f"backup {backup_id} cannot be restored from {store.name} "
-        f"({store.name}://{store.bucket}): {problem}"
+        f"backup {backup_id} cannot be restored from {role} ({scheme}://{store.bucket}): {problem}"
     )
 
 
@@ -60,7 +60,7 @@ def load_manifest(ctx: DomainContext, backup_id: str, store: ObjectStore) -> Man
     _, mkey = keys_of(ref, src)
     manifest = read_manifest(store, mkey)
     if manifest is None:
-        raise NotFound(f"backup {backup_id} has no manifest in {store.name}://{store.bucket}")
+        raise NotFound(f"backup {backup_id} has no manifest in bucket {store.bucket}")
     return manifest
 
 
@@ -73,9 +73,9 @@ def restore(ctx: DomainContext, backup_id: str, target_dsn: str, *, from_store: 
     try:
         info = store.stat(okey)
     except NotFound:
-        raise _fail(backup_id, store, "its object is missing") from None
+        raise _fail(backup_id, from_store, store, "its object is missing") from None
     if info.size != manifest.ciphertext_size or info.crc32c != manifest.ciphertext_crc32c:
-        raise _fail(backup_id, store, "the stored object does not match its manifest "
+        raise _fail(backup_id, from_store, store, "the stored object does not match its manifest "
                     f"(size {info.size} vs {manifest.ciphertext_size}, CRC32C {info.crc32c} "
                     f"vs {manifest.ciphertext_crc32c})")
     try:
@@ -98,16 +98,16 @@ def restore(ctx: DomainContext, backup_id: str, target_dsn: str, *, from_store: 
                     plain.update(chunk)
                     yield chunk
             except IntegrityError as exc:
-                raise _fail(backup_id, store, str(exc)) from None
+                raise _fail(backup_id, from_store, store, str(exc)) from None
             except zstandard.ZstdError:
-                raise _fail(backup_id, store, "the decrypted stream is not valid zstd") from None
+                raise _fail(backup_id, from_store, store, "the decrypted stream is not valid zstd") from None
             if cipher.sha256 != manifest.ciphertext_sha256:
-                raise _fail(backup_id, store, "the ciphertext SHA-256 differs from the manifest")
+                raise _fail(backup_id, from_store, store, "the ciphertext SHA-256 differs from the manifest")
             if plain.sha256 != manifest.plaintext_sha256:
-                raise _fail(backup_id, store, "the plaintext SHA-256 differs from the manifest")
+                raise _fail(backup_id, from_store, store, "the plaintext SHA-256 differs from the manifest")
 
         restore_dump(plaintext(), target_dsn, label=f"backup {backup_id}")
     finally:
         raw.close()
-    return RestoreResult(backup_id=backup_id, store=store.name, bytes_read=cipher.size,
+    return RestoreResult(backup_id=backup_id, store=from_store, bytes_read=cipher.size,
                          plaintext_bytes=plain.size)

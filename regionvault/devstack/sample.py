@@ -66,7 +66,8 @@ def write_domain_keys(keys_dir: Path) -> dict[Domain, Path]:
 
 
 def sample_config(*, data_dir: Path, sources: tuple[SampleSource, ...],
-                  dsn_files: dict[tuple[Domain, str], Path], key_files: dict[Domain, Path]) -> dict[str, Any]:
+                  dsn_files: dict[tuple[Domain, str], Path],
+                  key_files: dict[Domain, Path]) -> dict[str, Any]:
     """A development configuration: three domains, the sample sources, local endpoints.
 
     Endpoints and the broker URL are not written here: they come from the environment

@@ -7,7 +7,10 @@ and one real ``celery worker`` process per domain. Tests talk to them over socke
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -28,8 +31,11 @@ LEDGER = sample.SampleSource(
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
-    root = tmp_path_factory.mktemp("stack")
+def stack() -> Iterator[DevStack]:
+    # Not under pytest's basetemp: every pytest session resets /tmp/pytest-of-<user> to 0700,
+    # which would lock PostgreSQL's unprivileged user out of its data directory if another
+    # pytest run starts while this stack is up.
+    root = Path(tempfile.mkdtemp(prefix="rv-test-stack-"))
     dev = DevStack(data_dir=root, beat=False, flower=False,
                    sources=(*sample.SAMPLE_SOURCES, LEDGER))
     dev.start()
@@ -45,3 +51,4 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
         dev.stop()
         os.environ.clear()
         os.environ.update(saved)
+        shutil.rmtree(root, ignore_errors=True)

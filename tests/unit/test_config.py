@@ -169,7 +169,7 @@ def test_env_overrides_are_applied() -> None:
 
 
 def test_env_override_is_validated_like_the_file() -> None:
-    with pytest.raises(ConfigError, match="s3.endpoint_url"):
+    with pytest.raises(ConfigError, match=r"s3\.endpoint_url"):
         parse(config_data(), env={"REGIONVAULT_S3_ENDPOINT": "http://127.0.0.1:5000"})
 
 
