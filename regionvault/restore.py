@@ -78,6 +78,9 @@ def restore(ctx: DomainContext, backup_id: str, target_dsn: str, *, from_store: 
         raise _fail(backup_id, from_store, store, "the stored object does not match its manifest "
                     f"(size {info.size} vs {manifest.ciphertext_size}, CRC32C {info.crc32c} "
                     f"vs {manifest.ciphertext_crc32c})")
+    def fail(problem: str) -> IntegrityError:
+        return _fail(backup_id, from_store, store, problem)
+
     try:
         data_key = ctx.keyring.unwrap(WrappedKey.decode(manifest.key_id, manifest.wrapped_data_key),
                                       stream_context(ref, "data-key"))
@@ -98,13 +101,13 @@ def restore(ctx: DomainContext, backup_id: str, target_dsn: str, *, from_store: 
                     plain.update(chunk)
                     yield chunk
             except IntegrityError as exc:
-                raise _fail(backup_id, from_store, store, str(exc)) from None
+                raise fail(str(exc)) from None
             except zstandard.ZstdError:
-                raise _fail(backup_id, from_store, store, "the decrypted stream is not valid zstd") from None
+                raise fail("the decrypted stream is not valid zstd") from None
             if cipher.sha256 != manifest.ciphertext_sha256:
-                raise _fail(backup_id, from_store, store, "the ciphertext SHA-256 differs from the manifest")
+                raise fail("the ciphertext SHA-256 differs from the manifest")
             if plain.sha256 != manifest.plaintext_sha256:
-                raise _fail(backup_id, from_store, store, "the plaintext SHA-256 differs from the manifest")
+                raise fail("the plaintext SHA-256 differs from the manifest")
 
         restore_dump(plaintext(), target_dsn, label=f"backup {backup_id}")
     finally:

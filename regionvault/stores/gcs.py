@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any, BinaryIO
 
-import google_crc32c
 import requests
 from google.api_core import exceptions as api_exceptions
 from google.auth import exceptions as auth_exceptions
@@ -27,7 +26,7 @@ from google.cloud import storage
 from google.cloud.storage import exceptions as media_exceptions
 from google.cloud.storage.retry import DEFAULT_RETRY
 
-from regionvault.checksums import crc32c_b64, crc32c_of_bytes
+from regionvault.checksums import crc32c_of_bytes
 from regionvault.errors import (
     ChecksumMismatch,
     ConfigError,
@@ -39,6 +38,7 @@ from regionvault.errors import (
     TransientStoreError,
 )
 from regionvault.stores.base import ObjectInfo
+from regionvault.stores.streams import CheckedReader, TranslatingReader
 
 MiB = 1024 * 1024
 #: GCS resumable uploads send chunks in multiples of 256 KiB.
@@ -134,86 +134,6 @@ def _describe(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-class _CheckedReader:
-    """What the upload reads: exactly ``size`` bytes of ``stream``, CRC32C computed on the way.
-
-    The read that reaches the end (or finds the stream short or long) raises
-    ``ChecksumMismatch`` instead of returning the last chunk, so a wrong upload is never
-    finalised. ``tell`` is all the resumable upload needs besides ``read``.
-    """
-
-    def __init__(self, stream: BinaryIO, size: int, crc32c: str, where: str) -> None:
-        self._stream = stream
-        self._size = size
-        self._expected = crc32c
-        self._where = where
-        self._crc = google_crc32c.Checksum()
-        self._position = 0
-
-    def tell(self) -> int:
-        return self._position
-
-    def read(self, n: int | None = -1) -> bytes:
-        remaining = self._size - self._position
-        want = remaining if n is None or n < 0 else min(n, remaining)
-        chunks: list[bytes] = []
-        got = 0
-        # Pipes and HTTP bodies may return short reads; a resumable chunk must be whole.
-        while got < want:
-            chunk = self._stream.read(want - got)
-            if not chunk:
-                raise ChecksumMismatch(
-                    f"refusing to store {self._where}: the stream ended after "
-                    f"{self._position + got} of {self._size} bytes"
-                )
-            chunks.append(chunk)
-            got += len(chunk)
-        data = b"".join(chunks)
-        self._crc.update(data)
-        self._position += len(data)
-        if self._position == self._size:
-            self._check_end()
-        return data
-
-    def _check_end(self) -> None:
-        if self._stream.read(1):
-            raise ChecksumMismatch(
-                f"refusing to store {self._where}: the stream is longer than {self._size} bytes"
-            )
-        actual = crc32c_b64(self._crc.digest())
-        if actual != self._expected:
-            raise ChecksumMismatch(
-                f"refusing to store {self._where}: its bytes have CRC32C {actual}, "
-                f"not the expected {self._expected}"
-            )
-
-
-class _TranslatingReader(io.RawIOBase):
-    """A blob reader whose errors come out as the project's errors."""
-
-    def __init__(self, reader: Any, where: str) -> None:
-        super().__init__()
-        self._reader = reader
-        self._where = where
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        try:
-            data = self._reader.read(len(buffer))
-        except _VENDOR_ERRORS as exc:
-            raise translate_error(exc, self._where, "read") from exc
-        n = len(data)
-        buffer[:n] = data
-        return n
-
-    def close(self) -> None:
-        if not self.closed:
-            self._reader.close()
-        super().close()
-
-
 class GCSStore:
     """An ``ObjectStore`` on one GCS bucket (see ``regionvault.stores.base`` for the contract)."""
 
@@ -277,7 +197,7 @@ class GCSStore:
         blob = self._bucket.blob(key, chunk_size=self.chunk_size)
         # Sent with the upload: GCS refuses to create the object if its bytes have another CRC32C.
         blob.crc32c = crc32c
-        reader = _CheckedReader(stream, size, crc32c, self._where(key))
+        reader = CheckedReader(stream, size, crc32c, self._where(key))
         try:
             with self._translated("upload", key):
                 blob.upload_from_file(
@@ -311,7 +231,8 @@ class GCSStore:
             # The reloaded blob carries its generation, so an overwrite while we read does not
             # mix two objects; the reader fetches one chunk at a time (bounded memory).
             reader = blob.open("rb", chunk_size=self.chunk_size, timeout=TIMEOUT, retry=RETRY)
-        return io.BufferedReader(_TranslatingReader(reader, self._where(key)), 1 * MiB)
+        return io.BufferedReader(TranslatingReader(
+            reader, self._where(key), _VENDOR_ERRORS, translate_error), 1 * MiB)
 
     def stat(self, key: str) -> ObjectInfo:
         blob = self._reload(key, "stat")

@@ -34,9 +34,11 @@ class MemoryStore:
 
     name = "memory"
 
-    def __init__(self, bucket: str, location: str) -> None:
+    def __init__(self, bucket: str, location: str, *, exists: bool = True) -> None:
         self.bucket = bucket
         self.location = location
+        #: False models a bucket that was never created (or was deleted)
+        self.exists = exists
         self._objects: dict[str, _StoredObject] = {}
         # Celery's threads pool and tests with threads share one store.
         self._lock = threading.Lock()
@@ -44,7 +46,12 @@ class MemoryStore:
     def _where(self, key: str) -> str:
         return f"memory://{self.bucket}/{key}"
 
+    def _require_bucket(self) -> None:
+        if not self.exists:
+            raise NotFound(f"bucket memory://{self.bucket} does not exist")
+
     def check_residency(self, allowed: frozenset[str]) -> None:
+        self._require_bucket()
         permitted = {name.lower() for name in allowed}
         if self.location.lower() not in permitted:
             raise ResidencyError(
@@ -77,6 +84,7 @@ class MemoryStore:
         return ObjectInfo(key=key, size=len(stored.data), crc32c=stored.crc32c)
 
     def list_keys(self, prefix: str) -> Iterator[str]:
+        self._require_bucket()
         with self._lock:
             keys = sorted(key for key in self._objects if key.startswith(prefix))
         yield from keys
@@ -109,6 +117,7 @@ class MemoryStore:
             self._objects[key] = _StoredObject(bytes(data), crc)
 
     def _get(self, key: str) -> _StoredObject:
+        self._require_bucket()
         with self._lock:
             stored = self._objects.get(key)
         if stored is None:

@@ -20,7 +20,6 @@ from contextlib import contextmanager
 from typing import Any, BinaryIO
 
 import boto3
-import google_crc32c
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -34,7 +33,7 @@ from botocore.exceptions import (
     ResponseStreamingError,
 )
 
-from regionvault.checksums import crc32c_b64, crc32c_of_bytes
+from regionvault.checksums import crc32c_of_bytes
 from regionvault.errors import (
     ChecksumMismatch,
     ConfigError,
@@ -46,6 +45,7 @@ from regionvault.errors import (
     TransientStoreError,
 )
 from regionvault.stores.base import ObjectInfo
+from regionvault.stores.streams import CheckedReader, TranslatingReader
 
 log = logging.getLogger(__name__)
 
@@ -144,87 +144,6 @@ def translate_error(exc: BaseException, where: str, action: str) -> StoreError:
     )
 
 
-class _CheckedReader:
-    """Reads exactly ``size`` bytes of ``stream``, computing their CRC32C on the way.
-
-    The read that reaches the end (or finds the stream short or long) raises
-    ``ChecksumMismatch`` before returning its bytes, so the caller never sends the last of
-    a wrong upload and nothing gets committed.
-    """
-
-    def __init__(self, stream: BinaryIO, size: int, crc32c: str, where: str) -> None:
-        self._stream = stream
-        self._size = size
-        self._expected = crc32c
-        self._where = where
-        self._crc = google_crc32c.Checksum()
-        self.position = 0
-
-    @property
-    def remaining(self) -> int:
-        return self._size - self.position
-
-    def read(self, n: int) -> bytes:
-        """Up to ``n`` bytes (fewer only at the end); the last call checks the whole."""
-        want = min(n, self.remaining)
-        chunks: list[bytes] = []
-        got = 0
-        # Pipes and HTTP bodies may return short reads; a part must be whole.
-        while got < want:
-            chunk = self._stream.read(want - got)
-            if not chunk:
-                raise ChecksumMismatch(
-                    f"refusing to store {self._where}: the stream ended after "
-                    f"{self.position + got} of {self._size} bytes"
-                )
-            chunks.append(chunk)
-            got += len(chunk)
-        data = b"".join(chunks)
-        self._crc.update(data)
-        self.position += len(data)
-        if self.remaining == 0:
-            self._check_end()
-        return data
-
-    def _check_end(self) -> None:
-        if self._stream.read(1):
-            raise ChecksumMismatch(
-                f"refusing to store {self._where}: the stream is longer than {self._size} bytes"
-            )
-        actual = crc32c_b64(self._crc.digest())
-        if actual != self._expected:
-            raise ChecksumMismatch(
-                f"refusing to store {self._where}: its bytes have CRC32C {actual}, "
-                f"not the expected {self._expected}"
-            )
-
-
-class _TranslatingBody(io.RawIOBase):
-    """A botocore StreamingBody whose read errors come out as the project's errors."""
-
-    def __init__(self, body: Any, where: str) -> None:
-        super().__init__()
-        self._body = body
-        self._where = where
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        try:
-            data = self._body.read(len(buffer))
-        except _VENDOR_ERRORS as exc:
-            raise translate_error(exc, self._where, "read") from exc
-        n = len(data)
-        buffer[:n] = data
-        return n
-
-    def close(self) -> None:
-        if not self.closed:
-            self._body.close()
-        super().close()
-
-
 class S3Store:
     """An ``ObjectStore`` on one S3 bucket (see ``regionvault.stores.base`` for the contract)."""
 
@@ -283,7 +202,7 @@ class S3Store:
             return self.put_stream(key, f, os.fstat(f.fileno()).st_size, crc32c=crc32c)
 
     def put_stream(self, key: str, stream: BinaryIO, size: int, *, crc32c: str) -> ObjectInfo:
-        reader = _CheckedReader(stream, size, crc32c, self._where(key))
+        reader = CheckedReader(stream, size, crc32c, self._where(key))
         if size < self.part_size:
             self._put_single(key, reader, crc32c)
         else:
@@ -302,7 +221,8 @@ class S3Store:
     def open_read(self, key: str) -> BinaryIO:
         with self._translated("open", key):
             response = self._client.get_object(Bucket=self.bucket, Key=key)
-        return io.BufferedReader(_TranslatingBody(response["Body"], self._where(key)), 1 * MiB)
+        return io.BufferedReader(TranslatingReader(
+            response["Body"], self._where(key), _VENDOR_ERRORS, translate_error), 1 * MiB)
 
     def stat(self, key: str) -> ObjectInfo:
         with self._translated("stat", key):
@@ -345,7 +265,7 @@ class S3Store:
 
     # -- writing ----------------------------------------------------------------------------
 
-    def _put_single(self, key: str, reader: _CheckedReader, crc32c: str) -> None:
+    def _put_single(self, key: str, reader: CheckedReader, crc32c: str) -> None:
         data = reader.read(reader.remaining)  # below one part: bounded; raises if wrong
         with self._translated("upload", key):
             self._client.put_object(
@@ -361,7 +281,7 @@ class S3Store:
         needed = -(-size // MAX_PARTS)
         return max(self.part_size, -(-needed // MiB) * MiB)
 
-    def _put_multipart(self, key: str, reader: _CheckedReader, size: int, crc32c: str) -> None:
+    def _put_multipart(self, key: str, reader: CheckedReader, size: int, crc32c: str) -> None:
         part_size = self._part_size_for(size)
         with self._translated("start a multipart upload of", key):
             upload_id = self._client.create_multipart_upload(

@@ -149,7 +149,7 @@ class Backend:
     #: where the store's bucket really is
     region: str
     #: a store on a bucket that does not exist (None where that cannot happen)
-    missing_bucket_store: ObjectStore | None
+    missing_bucket_store: ObjectStore
     #: how many multipart uploads are open under a prefix, asked of the server directly
     open_uploads: Callable[[str], int]
     #: leaves an upload open under a key, as a crashed writer would (None: no such thing)
@@ -162,7 +162,7 @@ def memory_backend() -> Backend:
         name="memory",
         store=MemoryStore(new_bucket_name(), GCS_LOCATION),
         region=GCS_LOCATION,
-        missing_bucket_store=None,
+        missing_bucket_store=MemoryStore("never-created", GCS_LOCATION, exists=False),
         open_uploads=lambda prefix: 0,
         leave_open_upload=None,
     )

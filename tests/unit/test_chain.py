@@ -240,9 +240,9 @@ def test_later_steps_rerun_after_verify_change_nothing(rig: Rig) -> None:
 def test_dump_rerun_after_verify_is_a_no_op(rig: Rig) -> None:
     """A redelivered or operator-retried dump of a finished backup must not dump again.
 
-    BUG (regionvault/chain.py, dump): dump only looks in the spool for earlier work; verify
-    cleans the spool, so a rerun dumps the database again and leaves dump.rvs/dump.json in the
-    spool, which nothing cleans up (invariant 3: no stray spool files).
+    verify empties the spool, so dump must also ask the store whether the backup went further;
+    otherwise it would dump again and leave dump.rvs/dump.json behind that nothing cleans up
+    (invariant 3: no stray spool files).
     """
     backup_id = chain.new_backup(rig.ctx, "accounts")
     run_steps(rig, backup_id)
@@ -389,9 +389,8 @@ def test_upload_refuses_a_bucket_outside_the_domain(rig: Rig) -> None:
 def test_plain_memory_store_in_the_s3_role(rig: Rig) -> None:
     """A plain MemoryStore in the S3 role, in the domain's AWS region, must be accepted.
 
-    BUG (regionvault/context.py, DomainContext.ensure_resident): the expected region is chosen
-    by ``store.name == "s3"`` instead of by the role the store plays (``store is self.s3``), so
-    any S3-role store not named "s3" is checked against the GCP location and refused.
+    The expected region follows the role the store plays in the context (S3 or GCS), not the
+    name the store gives itself.
     """
     plain_s3 = MemoryStore("rv-eu-primary", "eu-central-1")
     plain_gcs = MemoryStore("rv-eu-replica", "europe-west4")
