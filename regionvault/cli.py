@@ -27,8 +27,9 @@ from regionvault.manifest import BackupRef, Manifest, new_backup_id
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Region-pinned, client-side encrypted database backups.")
-out = Console()
-err = Console(stderr=True)
+# Piped output (scripts, CI logs) gets wide lines rather than tables cut at 80 columns.
+out = Console(width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 T = TypeVar("T")
 
