@@ -1,7 +1,8 @@
 """The beat schedule, built from the configuration: one entry per domain.
 
-Each entry sends ``backup_domain(domain)`` to that domain's own queue, at the domain's cron
-schedule (UTC). There is deliberately nothing else here: beat holds no state of its own.
+Per domain: ``backup_domain(domain)`` at the domain's cron schedule, and
+``restore_drill(domain)`` at its drill schedule (when a scratch server is configured), each
+sent to that domain's own queue. Times are UTC. Beat holds no state of its own.
 """
 
 from __future__ import annotations
@@ -21,13 +22,21 @@ def cron(expression: str) -> crontab:
 
 
 def build_beat_schedule(config: Config) -> dict[str, dict[str, Any]]:
-    return {
-        f"backup-{domain.value}": {
+    schedule: dict[str, dict[str, Any]] = {}
+    for domain, dcfg in sorted(config.domains.items()):
+        if not dcfg.sources:
+            continue
+        schedule[f"backup-{domain.value}"] = {
             "task": "regionvault.backup_domain",
             "schedule": cron(dcfg.schedule),
             "kwargs": {"domain": domain.value},
             "options": {"queue": queue_name(domain)},
         }
-        for domain, dcfg in sorted(config.domains.items())
-        if dcfg.sources
-    }
+        if dcfg.drill.scratch_dsn is not None:
+            schedule[f"restore-drill-{domain.value}"] = {
+                "task": "regionvault.restore_drill",
+                "schedule": cron(dcfg.drill.schedule),
+                "kwargs": {"domain": domain.value},
+                "options": {"queue": queue_name(domain)},
+            }
+    return schedule

@@ -18,6 +18,12 @@ def list_backups(ctx: DomainContext, source: str | None = None) -> list[Manifest
         return _list_from(ctx, "gcs", sources)
 
 
+def list_backups_in(ctx: DomainContext, role: str, source: str | None = None) -> list[Manifest]:
+    """Manifests from one store only (disaster recovery reads GCS and never touches S3)."""
+    sources = [ctx.config.source(ctx.domain, source)] if source else list(ctx.dcfg.sources)
+    return _list_from(ctx, role, sources)
+
+
 def _list_from(ctx: DomainContext, store_name: str,
                sources: list[SourceConfig]) -> list[Manifest]:
     store = ctx.store(store_name)

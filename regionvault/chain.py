@@ -155,10 +155,11 @@ def dump(ctx: DomainContext, backup_id: str, progress: Progress = _no_progress) 
             written += len(chunk)
             progress(written)
 
-        source.dump(write)
+        info = source.dump(write)
         writer.close()
     meta = {"key_id": wrapped.key_id, "wrapped_key": wrapped.encoded(),
-            "started_at": started.isoformat(), "source_kind": src.kind, "size": written}
+            "started_at": started.isoformat(), "source_kind": src.kind, "size": written,
+            "row_counts": dict(info.row_counts)}
     spool.write_bytes(backup_id, sp.DUMP_META, json.dumps(meta).encode())
     return StepOutcome(backup_id, Step.DUMP, f"{written} bytes dumped")
 
@@ -218,6 +219,7 @@ def encrypt(ctx: DomainContext, backup_id: str, progress: Progress = _no_progres
         plaintext_size=plain.size, plaintext_sha256=plain.sha256,
         ciphertext_size=cipher.size, ciphertext_sha256=cipher.sha256,
         ciphertext_crc32c=cipher.crc32c, object_key=okey,
+        row_counts={str(k): int(v) for k, v in meta.get("row_counts", {}).items()},
         s3_bucket=dcfg.s3_bucket, gcs_bucket=dcfg.gcs_bucket,
     ).with_step(Step.DUMP, created, f"{plain.size} bytes").with_step(
         Step.ENCRYPT, now, f"{cipher.size} bytes")

@@ -98,11 +98,20 @@ class KeyRef(_Frozen):
     secret: SecretRef
 
 
+class CheckQuery(_Frozen):
+    """A query a restore drill runs on the restored copy; its first value must equal ``expect``."""
+
+    sql: str = Field(min_length=1)
+    expect: str
+
+
 class SourceConfig(_Frozen):
     name: str
     kind: Literal["postgres"] = "postgres"
     dsn: SecretRef
     data_class: DataClass
+    #: run by restore drills on the restored copy
+    check: CheckQuery | None = None
 
     @field_validator("name")
     @classmethod
@@ -115,6 +124,29 @@ class SourceConfig(_Frozen):
         return value
 
 
+class DrillConfig(_Frozen):
+    """Scheduled restore drills of a domain (see ``regionvault.drill``)."""
+
+    #: cron (UTC); weekly by default
+    schedule: str = "0 4 * * 0"
+    #: a DSN of the domain's scratch PostgreSQL server (its maintenance database); drills
+    #: create and drop their databases there. No scratch server, no scheduled drill.
+    scratch_dsn: SecretRef | None = None
+    #: drill this many sources per run (chosen in turn by date); None drills every source
+    sample: int | None = Field(default=None, ge=1)
+
+    @field_validator("schedule")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        return _cron(value)
+
+
+def _cron(value: str) -> str:
+    if not croniter.is_valid(value) or len(value.split()) != 5:
+        raise ValueError(f"schedule {value!r} is not a 5-field cron expression")
+    return value
+
+
 class DomainConfig(_Frozen):
     aws_region: str
     s3_bucket: str
@@ -124,13 +156,14 @@ class DomainConfig(_Frozen):
     previous_keys: tuple[KeyRef, ...] = ()
     schedule: str = "0 2 * * *"
     sources: tuple[SourceConfig, ...] = ()
+    drill: DrillConfig = DrillConfig()
+    #: named databases a restore task may write into (a task names one, never a DSN)
+    restore_targets: dict[str, SecretRef] = {}
 
     @field_validator("schedule")
     @classmethod
     def _valid_cron(cls, value: str) -> str:
-        if not croniter.is_valid(value) or len(value.split()) != 5:
-            raise ValueError(f"schedule {value!r} is not a 5-field cron expression")
-        return value
+        return _cron(value)
 
     @field_validator("sources")
     @classmethod

@@ -114,6 +114,8 @@ class Manifest(BaseModel):
     ciphertext_sha256: str
     ciphertext_crc32c: str
     object_key: str
+    #: exact rows per table ("schema.table") in the dumped snapshot; restore drills check them
+    row_counts: dict[str, int] = {}
     s3_bucket: str | None = None
     gcs_bucket: str | None = None
     steps: dict[Step, StepRecord] = {}

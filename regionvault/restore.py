@@ -1,30 +1,61 @@
-"""Restore a backup from one store into a target database, streaming and verifying.
+"""Restore a backup into a target database, streaming and verifying.
 
 download -> (CRC32C, SHA-256) -> authenticate and decrypt chunk by chunk -> zstd -> pg_restore.
-No plaintext touches disk; memory is bounded by the chunk size. The store's reported checksum
-is compared with the manifest before a byte is restored, and the full SHA-256 of ciphertext and
-plaintext after the last byte, so a corrupted copy is named, never silently restored.
+
+- No plaintext touches disk, and memory is bounded by the chunk size.
+- The store's reported size and CRC32C are compared with the manifest before a byte is
+  restored; the SHA-256 of ciphertext and plaintext after the last byte.
+- pg_restore runs in one transaction: a copy that fails its checks half-way leaves the target
+  as it was, which is what lets ``auto`` fall back from S3 to GCS safely.
+- A target that already holds tables is refused unless ``clean`` is asked for.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import BinaryIO
 
 import zstandard
 
+from regionvault.catalogue import list_backups, list_backups_in
 from regionvault.chain import READ_SIZE, keys_of, read_manifest, resolve, stream_context
 from regionvault.checksums import StreamDigest
 from regionvault.context import DomainContext
-from regionvault.errors import IntegrityError, NotFound, WrongKeyError
+from regionvault.errors import (
+    ConfigError,
+    IntegrityError,
+    NotFound,
+    StoreError,
+    WrongKeyError,
+)
 from regionvault.keyring import WrappedKey
 from regionvault.manifest import Manifest
-from regionvault.sources.postgres import restore_dump
+from regionvault.sources.postgres import restore_dump, user_relations
 from regionvault.stores.base import ObjectStore
 from regionvault.streamformat import DecryptingReader
 
-Progress = Callable[[int], None]
+STORES = ("s3", "gcs")
+
+
+@dataclass(frozen=True)
+class RestoreProgress:
+    """Where a restore is: which store, which step, bytes read so far of ``total``."""
+
+    backup_id: str
+    store: str
+    step: str
+    done: int
+    total: int
+
+
+Progress = Callable[[RestoreProgress], None]
+
+
+def _quiet(_: RestoreProgress) -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -33,18 +64,21 @@ class RestoreResult:
     store: str
     bytes_read: int
     plaintext_bytes: int
+    seconds: float
+    #: why the first choice of store was not used (``auto`` only), else None
+    fallback_reason: str | None = None
 
 
 class _DigestingReader:
-    def __init__(self, raw: BinaryIO, digest: StreamDigest, progress: Progress) -> None:
+    def __init__(self, raw: BinaryIO, digest: StreamDigest, on_read: Callable[[int], None]) -> None:
         self._raw = raw
         self._digest = digest
-        self._progress = progress
+        self._on_read = on_read
 
     def read(self, n: int = -1) -> bytes:
         data = self._raw.read(n)
         self._digest.update(data)
-        self._progress(self._digest.size)
+        self._on_read(self._digest.size)
         return data
 
 
@@ -55,32 +89,86 @@ def _fail(backup_id: str, role: str, store: ObjectStore, problem: str) -> Integr
     )
 
 
-def load_manifest(ctx: DomainContext, backup_id: str, store: ObjectStore) -> Manifest:
+def load_manifest(ctx: DomainContext, backup_id: str, role: str) -> Manifest:
     ref, src = resolve(ctx, backup_id)
     _, mkey = keys_of(ref, src)
+    store = ctx.store(role)
     manifest = read_manifest(store, mkey)
     if manifest is None:
-        raise NotFound(f"backup {backup_id} has no manifest in bucket {store.bucket}")
+        raise NotFound(f"backup {backup_id} has no manifest in bucket {store.bucket} ({role})")
     return manifest
 
 
+def select_backup(ctx: DomainContext, source: str, at: datetime, *, role: str | None) -> str:
+    """The newest verified backup of ``source`` created at or before ``at``.
+
+    ``role`` names the store whose catalogue is read; None reads S3, or GCS if S3 is down.
+    """
+    manifests = (list_backups(ctx, source) if role is None
+                 else list_backups_in(ctx, role, source))
+    candidates = [m for m in manifests if m.verified and m.created_at <= at]
+    if not candidates:
+        raise NotFound(
+            f"source {source!r} of domain {ctx.domain.value!r} has no verified backup at or "
+            f"before {at.isoformat(timespec='seconds')}"
+        )
+    return candidates[-1].backup_id
+
+
+def check_target(target_dsn: str, *, clean: bool) -> None:
+    """Refuse a target that already holds tables unless told to replace its contents."""
+    relations = user_relations(target_dsn)
+    if relations and not clean:
+        raise ConfigError(
+            f"the target database is not empty ({relations} tables, views or sequences); "
+            "pass --clean to replace its contents, or restore into an empty database"
+        )
+
+
 def restore(ctx: DomainContext, backup_id: str, target_dsn: str, *, from_store: str = "s3",
-            progress: Progress = lambda _: None) -> RestoreResult:
-    store = ctx.store(from_store)
-    manifest = load_manifest(ctx, backup_id, store)
+            clean: bool = False, progress: Progress = _quiet) -> RestoreResult:
+    """Restore ``backup_id`` from ``s3``, ``gcs`` or ``auto`` (S3, falling back to GCS)."""
+    if from_store not in (*STORES, "auto"):
+        raise ConfigError(f"a restore reads from s3, gcs or auto, not {from_store!r}")
+    resolve(ctx, backup_id)
+    check_target(target_dsn, clean=clean)
+    if from_store != "auto":
+        return _restore_from(ctx, backup_id, target_dsn, from_store, clean, progress)
+    try:
+        return _restore_from(ctx, backup_id, target_dsn, "s3", clean, progress)
+    except (StoreError, IntegrityError) as exc:
+        if isinstance(exc, WrongKeyError):
+            raise  # the other copy is sealed with the same key: falling back cannot help
+        reason = f"S3 was not used: {exc}"
+    result = _restore_from(ctx, backup_id, target_dsn, "gcs", clean, progress)
+    return RestoreResult(backup_id=result.backup_id, store=result.store,
+                         bytes_read=result.bytes_read, plaintext_bytes=result.plaintext_bytes,
+                         seconds=result.seconds, fallback_reason=reason)
+
+
+def _restore_from(ctx: DomainContext, backup_id: str, target_dsn: str, role: str, clean: bool,
+                  progress: Progress) -> RestoreResult:
+    started = time.monotonic()
+    store = ctx.store(role)
+    manifest = load_manifest(ctx, backup_id, role)
     ref, src = resolve(ctx, backup_id)
     okey, _ = keys_of(ref, src)
+
+    def fail(problem: str) -> IntegrityError:
+        return _fail(backup_id, role, store, problem)
+
+    def report(step: str, done: int) -> None:
+        progress(RestoreProgress(backup_id, role, step, done, manifest.ciphertext_size))
+
+    report("checking", 0)
     try:
         info = store.stat(okey)
     except NotFound:
-        raise _fail(backup_id, from_store, store, "its object is missing") from None
+        raise fail("its object is missing") from None
     if info.size != manifest.ciphertext_size or info.crc32c != manifest.ciphertext_crc32c:
-        raise _fail(backup_id, from_store, store, "the stored object does not match its manifest "
-                    f"(size {info.size} vs {manifest.ciphertext_size}, CRC32C {info.crc32c} "
-                    f"vs {manifest.ciphertext_crc32c})")
-    def fail(problem: str) -> IntegrityError:
-        return _fail(backup_id, from_store, store, problem)
-
+        raise fail("the stored object does not match its manifest "
+                   f"(size {info.size} vs {manifest.ciphertext_size}, CRC32C {info.crc32c} "
+                   f"vs {manifest.ciphertext_crc32c})")
     try:
         data_key = ctx.keyring.unwrap(WrappedKey.decode(manifest.key_id, manifest.wrapped_data_key),
                                       stream_context(ref, "data-key"))
@@ -90,8 +178,9 @@ def restore(ctx: DomainContext, backup_id: str, target_dsn: str, *, from_store: 
     cipher, plain = StreamDigest(), StreamDigest()
     raw = store.open_read(okey)
     try:
-        reader = _DigestingReader(raw, cipher, progress)
-        decrypted = DecryptingReader(reader, data_key, stream_context(ref, "backup-stream"))  # type: ignore[arg-type]
+        reader = _DigestingReader(raw, cipher, lambda n: report("restoring", n))
+        decrypted = DecryptingReader(reader, data_key,  # type: ignore[arg-type]
+                                     stream_context(ref, "backup-stream"))
 
         def plaintext() -> Iterator[bytes]:
             try:
@@ -109,8 +198,13 @@ def restore(ctx: DomainContext, backup_id: str, target_dsn: str, *, from_store: 
             if plain.sha256 != manifest.plaintext_sha256:
                 raise fail("the plaintext SHA-256 differs from the manifest")
 
-        restore_dump(plaintext(), target_dsn, label=f"backup {backup_id}")
+        restore_dump(plaintext(), target_dsn, label=f"backup {backup_id}", clean=clean)
     finally:
         raw.close()
-    return RestoreResult(backup_id=backup_id, store=from_store, bytes_read=cipher.size,
-                         plaintext_bytes=plain.size)
+    report("done", cipher.size)
+    return RestoreResult(backup_id=backup_id, store=role, bytes_read=cipher.size,
+                         plaintext_bytes=plain.size, seconds=time.monotonic() - started)
+
+
+__all__ = ["RestoreProgress", "RestoreResult",
+           "check_target", "load_manifest", "restore", "select_backup"]

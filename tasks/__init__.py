@@ -3,8 +3,18 @@
 Task arguments are small JSON, safe to show in Flower: a backup id, a domain, a source name.
 """
 
-from tasks import backup_domain, dump, encrypt, expire, replicate, upload, verify
+from tasks import (
+    backup_domain,
+    drill,
+    dump,
+    encrypt,
+    expire,
+    replicate,
+    restore,
+    upload,
+    verify,
+)
 from tasks.canvas import backup_chain
 
-__all__ = ["backup_chain", "backup_domain", "dump", "encrypt", "expire", "replicate",
-           "upload", "verify"]
+__all__ = ["backup_chain", "backup_domain", "drill", "dump", "encrypt", "expire", "replicate",
+           "restore", "upload", "verify"]

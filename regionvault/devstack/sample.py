@@ -21,6 +21,8 @@ class SampleSource:
     name: str
     data_class: str
     seed_sql: str
+    #: (sql, expected value) run by restore drills on the restored copy
+    check: tuple[str, str] | None = None
 
 
 SAMPLE_SOURCES: tuple[SampleSource, ...] = (
@@ -34,6 +36,7 @@ SAMPLE_SOURCES: tuple[SampleSource, ...] = (
                 SELECT 'user' || i || '@example.{domain}', 'Customer ' || i
                 FROM generate_series(1, 500) AS i;
         """,
+        check=("SELECT count(*) FROM customers WHERE email NOT LIKE '%@%'", "0"),
     ),
     SampleSource(
         name="catalog",
@@ -44,6 +47,7 @@ SAMPLE_SOURCES: tuple[SampleSource, ...] = (
             INSERT INTO plans (code, seats)
                 SELECT 'plan-{domain}-' || i, i * 5 FROM generate_series(1, 50) AS i;
         """,
+        check=("SELECT count(*) FROM plans WHERE seats <= 0", "0"),
     ),
 )
 
@@ -65,9 +69,18 @@ def write_domain_keys(keys_dir: Path) -> dict[Domain, Path]:
     return paths
 
 
+def _source_entry(src: SampleSource, dsn_file: Path) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": src.name, "kind": "postgres", "data_class": src.data_class,
+                             "dsn": {"file": str(dsn_file)}}
+    if src.check is not None:
+        entry["check"] = {"sql": src.check[0], "expect": src.check[1]}
+    return entry
+
+
 def sample_config(*, data_dir: Path, sources: tuple[SampleSource, ...],
                   dsn_files: dict[tuple[Domain, str], Path],
-                  key_files: dict[Domain, Path]) -> dict[str, Any]:
+                  key_files: dict[Domain, Path], scratch_dsn_file: Path,
+                  restore_target_files: dict[Domain, Path]) -> dict[str, Any]:
     """A development configuration: three domains, the sample sources, local endpoints.
 
     Endpoints and the broker URL are not written here: they come from the environment
@@ -83,11 +96,9 @@ def sample_config(*, data_dir: Path, sources: tuple[SampleSource, ...],
             "gcs_bucket": f"rv-dev-{domain.value}-replica",
             "key": {"id": f"{domain.value}-dev-1", "secret": {"file": str(key_files[domain])}},
             "schedule": "0 2 * * *",
-            "sources": [
-                {"name": src.name, "kind": "postgres", "data_class": src.data_class,
-                 "dsn": {"file": str(dsn_files[(domain, src.name)])}}
-                for src in sources
-            ],
+            "sources": [_source_entry(src, dsn_files[(domain, src.name)]) for src in sources],
+            "drill": {"schedule": "0 4 * * 0", "scratch_dsn": {"file": str(scratch_dsn_file)}},
+            "restore_targets": {"scratch": {"file": str(restore_target_files[domain])}},
         }
     return {
         "version": 1,

@@ -127,16 +127,28 @@ class DevStack:
                 db = sample.database_name(domain, src.name)
                 self.postgres.create_database(db)
                 sample.seed(self.postgres.dsn(db), domain, src)
-                path = secrets_dir / f"{domain.value}-{src.name}.dsn"
-                path.touch(mode=0o600)
-                path.write_text(self.postgres.dsn(db) + "\n")
-                dsn_files[(domain, src.name)] = path
+                dsn_files[(domain, src.name)] = self._secret_file(
+                    secrets_dir / f"{domain.value}-{src.name}.dsn", self.postgres.dsn(db))
         self.say(f"seeded {len(dsn_files)} sample databases")
+        # drills create and drop their scratch databases on the same server
+        scratch = self._secret_file(secrets_dir / "scratch.dsn", self.postgres.dsn())
+        targets = {}
+        for domain in Domain:
+            name = f"restore_target_{domain.value}"
+            self.postgres.create_database(name)
+            targets[domain] = self._secret_file(secrets_dir / f"{domain.value}-restore-target.dsn",
+                                                self.postgres.dsn(name))
         key_files = sample.write_domain_keys(self.data_dir / "keys")
         path = self.data_dir / "regionvault.yaml"
         sample.write_yaml(path, sample.sample_config(
             data_dir=self.data_dir, sources=self.sources, dsn_files=dsn_files,
-            key_files=key_files))
+            key_files=key_files, scratch_dsn_file=scratch, restore_target_files=targets))
+        return path
+
+    @staticmethod
+    def _secret_file(path: Path, value: str) -> Path:
+        path.touch(mode=0o600)
+        path.write_text(value + "\n")
         return path
 
     def _create_buckets(self, config: Config) -> None:

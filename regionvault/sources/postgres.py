@@ -13,11 +13,14 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from regionvault.errors import ConfigError, SourceError
+from regionvault.sources.base import DumpInfo
 
 READ_SIZE = 1024 * 1024
 
@@ -79,13 +82,29 @@ class PostgresSource:
     def __repr__(self) -> str:  # the DSN may hold a password
         return f"PostgresSource(name={self.name!r})"
 
-    def dump(self, write: Callable[[bytes], object]) -> None:
+    def dump(self, write: Callable[[bytes], object]) -> DumpInfo:
+        # One repeatable-read transaction exports its snapshot; the row counts are taken in it
+        # and pg_dump imports it (--snapshot), so counts and dump describe the same instant.
+        try:
+            with psycopg.connect(self._dsn, connect_timeout=30) as conn:
+                conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+                conn.read_only = True
+                row = conn.execute("SELECT pg_export_snapshot()").fetchone()
+                assert row is not None
+                counts = _row_counts(conn)
+                self._run_pg_dump(write, snapshot=str(row[0]))
+                conn.rollback()
+        except psycopg.Error as exc:
+            raise SourceError(
+                f"source {self.name!r} cannot be read: {_pg_message(exc)}") from None
+        return DumpInfo(row_counts=counts)
+
+    def _run_pg_dump(self, write: Callable[[bytes], object], *, snapshot: str) -> None:
         conninfo, env = split_dsn(self._dsn)
         # custom format: pg_restore can select and reorder; no compression here because the
-        # stream is compressed with zstd afterwards. pg_dump runs in one repeatable-read
-        # transaction, so the snapshot is consistent.
+        # stream is compressed with zstd afterwards.
         argv = [pg_tool("pg_dump"), "--format=custom", "--compress=0", "--no-password",
-                f"--dbname={conninfo}"]
+                f"--snapshot={snapshot}", f"--dbname={conninfo}"]
         with tempfile.TemporaryDirectory(prefix="rv-pgdump-") as tmp:
             stderr_path = Path(tmp) / "stderr"
             with stderr_path.open("wb") as stderr:
@@ -108,15 +127,110 @@ class PostgresSource:
                     f"{_stderr_tail(stderr_path)}"
                 )
 
-    def restore(self, chunks: Iterable[bytes], target_dsn: str) -> None:
-        restore_dump(chunks, target_dsn, label=f"backup of source {self.name!r}")
+    def restore(self, chunks: Iterable[bytes], target_dsn: str, *, clean: bool = False) -> None:
+        restore_dump(chunks, target_dsn, label=f"backup of source {self.name!r}", clean=clean)
 
 
-def restore_dump(chunks: Iterable[bytes], target_dsn: str, *, label: str) -> None:
-    """Feed a custom-format dump into ``pg_restore`` for the target database."""
+def _pg_message(exc: BaseException) -> str:
+    # psycopg messages name host, port and user, never the password
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _row_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    tables = conn.execute(
+        "SELECT schemaname, tablename FROM pg_tables "
+        "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2").fetchall()
+    counts: dict[str, int] = {}
+    for schema, table in tables:
+        query = sql.SQL("SELECT count(*) FROM {}.{}").format(
+            sql.Identifier(schema), sql.Identifier(table))
+        row = conn.execute(query).fetchone()
+        counts[f"{schema}.{table}"] = int(row[0]) if row else 0
+    return counts
+
+
+def row_counts(dsn: str) -> dict[str, int]:
+    """Exact rows per user table ("schema.table") of a database."""
+    try:
+        with psycopg.connect(dsn, connect_timeout=30) as conn:
+            return _row_counts(conn)
+    except psycopg.Error as exc:
+        raise SourceError(f"cannot count rows: {_pg_message(exc)}") from None
+
+
+def user_relations(dsn: str) -> int:
+    """How many tables, views, sequences, ... live outside the system schemas."""
+    try:
+        with psycopg.connect(dsn, connect_timeout=30) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') "
+                "AND n.nspname NOT LIKE 'pg_toast%' "
+                "AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')").fetchone()
+    except psycopg.Error as exc:
+        raise SourceError(f"cannot inspect the target database: {_pg_message(exc)}") from None
+    return int(row[0]) if row else 0
+
+
+def scalar(dsn: str, query: str) -> str:
+    """The first column of the first row of ``query`` as text ("" when no row)."""
+    try:
+        with psycopg.connect(dsn, connect_timeout=30) as conn:
+            conn.read_only = True
+            row = conn.execute(query.encode()).fetchone()
+    except psycopg.Error as exc:
+        raise SourceError(f"the check query failed: {_pg_message(exc)}") from None
+    return "" if row is None or row[0] is None else str(row[0])
+
+
+def database_dsn(server_dsn: str, dbname: str) -> str:
+    """The same server and credentials as ``server_dsn``, another database."""
+    params = conninfo_to_dict(server_dsn)
+    params["dbname"] = dbname
+    return make_conninfo(**{k: str(v) for k, v in params.items() if v is not None})
+
+
+def create_database(server_dsn: str, name: str) -> None:
+    _admin(server_dsn, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def drop_database(server_dsn: str, name: str) -> None:
+    _admin(server_dsn,
+           sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def database_exists(server_dsn: str, name: str) -> bool:
+    try:
+        with psycopg.connect(server_dsn, connect_timeout=30) as conn:
+            row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+    except psycopg.Error as exc:
+        raise SourceError(f"cannot list databases: {_pg_message(exc)}") from None
+    return row is not None
+
+
+def _admin(server_dsn: str, statement: sql.Composed) -> None:
+    try:
+        # CREATE/DROP DATABASE cannot run inside a transaction block
+        with psycopg.connect(server_dsn, autocommit=True, connect_timeout=30) as conn:
+            conn.execute(statement)
+    except psycopg.Error as exc:
+        raise SourceError(f"database administration failed: {_pg_message(exc)}") from None
+
+
+def restore_dump(chunks: Iterable[bytes], target_dsn: str, *, label: str,
+                 clean: bool = False) -> None:
+    """Feed a custom-format dump into ``pg_restore`` for the target database.
+
+    One transaction (``--single-transaction``): if the stream fails its checks half-way, or
+    pg_restore fails, the target is left exactly as it was. That rules out ``--jobs``, which
+    also needs a seekable archive file, and regionvault never writes the plaintext to disk.
+    """
     conninfo, env = split_dsn(target_dsn)
     argv = [pg_tool("pg_restore"), "--no-owner", "--no-privileges", "--exit-on-error",
-            "--no-password", f"--dbname={conninfo}"]
+            "--single-transaction", "--no-password", f"--dbname={conninfo}"]
+    if clean:
+        argv[1:1] = ["--clean", "--if-exists"]
     with tempfile.TemporaryDirectory(prefix="rv-pgrestore-") as tmp:
         stderr_path = Path(tmp) / "stderr"
         with stderr_path.open("wb") as stderr:
@@ -130,6 +244,7 @@ def restore_dump(chunks: Iterable[bytes], target_dsn: str, *, label: str) -> Non
             except BrokenPipeError:
                 pass  # pg_restore stopped early; its exit code and stderr say why
             except BaseException:
+                # kill before the end of input: the single transaction is rolled back
                 proc.kill()
                 proc.wait()
                 raise

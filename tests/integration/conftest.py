@@ -6,6 +6,7 @@ and one real ``celery worker`` process per domain. Tests talk to them over socke
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -30,25 +31,35 @@ LEDGER = sample.SampleSource(
 )
 
 
-@pytest.fixture(scope="session")
-def stack() -> Iterator[DevStack]:
+@contextlib.contextmanager
+def running_stack(prefix: str) -> Iterator[DevStack]:
+    """A whole embedded stack in its own directory, stopped and removed afterwards."""
     # Not under pytest's basetemp: every pytest session resets /tmp/pytest-of-<user> to 0700,
     # which would lock PostgreSQL's unprivileged user out of its data directory if another
     # pytest run starts while this stack is up.
-    root = Path(tempfile.mkdtemp(prefix="rv-test-stack-"))
+    root = Path(tempfile.mkdtemp(prefix=prefix))
     dev = DevStack(data_dir=root, beat=False, flower=False,
                    sources=(*sample.SAMPLE_SOURCES, LEDGER))
-    dev.start()
-    saved = dict(os.environ)
-    os.environ.update(dev.env)
-    from regionvault.config import load_config
-    from workers.app import app, configure
-
-    configure(app, load_config())
     try:
+        dev.start()
         yield dev
     finally:
         dev.stop()
-        os.environ.clear()
-        os.environ.update(saved)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[DevStack]:
+    """The stack most tests share; its environment is the test process's for the session."""
+    with running_stack("rv-test-stack-") as dev:
+        saved = dict(os.environ)
+        os.environ.update(dev.env)
+        from regionvault.config import load_config
+        from workers.app import app, configure
+
+        configure(app, load_config())
+        try:
+            yield dev
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)

@@ -33,6 +33,7 @@ from regionvault.errors import (
 )
 from regionvault.keyring import LocalKeyring, WrappedKey
 from regionvault.manifest import BackupRef, Manifest, Step
+from regionvault.sources import DumpInfo
 from regionvault.stores.memory import MemoryStore
 from regionvault.streamformat import decrypt_chunks
 from tests.unit import config_data
@@ -72,12 +73,13 @@ class FakeSource:
     between: Callable[[], None]
     kind: str = "postgres"
 
-    def dump(self, write: Callable[[bytes], object]) -> None:
+    def dump(self, write: Callable[[bytes], object]) -> DumpInfo:
         for piece in PIECES:
             write(piece)
             self.between()
+        return DumpInfo(row_counts={"public.customers": len(PIECES)})
 
-    def restore(self, chunks: Iterable[bytes], target_dsn: str) -> None:
+    def restore(self, chunks: Iterable[bytes], target_dsn: str, *, clean: bool = False) -> None:
         raise AssertionError("restore is not part of the backup chain")
 
 

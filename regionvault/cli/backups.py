@@ -1,0 +1,142 @@
+"""Commands about backups: start one, check the set-up, list, show and verify."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from regionvault.cli.common import ConfigOption, app, config_from, context_for, guarded, out
+from regionvault.context import DomainContext
+from regionvault.domains import parse_domain
+from regionvault.errors import ConfigError
+from regionvault.manifest import BackupRef, Manifest, new_backup_id
+
+# --- backup ----------------------------------------------------------------------------------
+
+
+@app.command()
+def backup(
+    domain: Annotated[str, typer.Option("--domain", "-d", help="us, eu or au")],
+    source: Annotated[str, typer.Option("--source", "-s", help="a source of that domain")],
+    wait: Annotated[bool, typer.Option("--wait", help="follow the chain until it ends")] = False,
+    deep: Annotated[bool, typer.Option("--deep", help="verify by reading both copies")] = False,
+    timeout: Annotated[float, typer.Option(help="seconds to wait with --wait")] = 3600,
+    config: ConfigOption = None,
+) -> None:
+    """Start an ad-hoc backup of one source (in the domain's own queue)."""
+
+    def run() -> None:
+        cfg = config_from(config)
+        d = parse_domain(domain)
+        cfg.source(d, source)  # unknown domain or source: refused before anything is sent
+        from tasks.canvas import backup_chain
+
+        backup_id = new_backup_id(d, source, DomainContext(cfg, d).clock())
+        result = backup_chain(d.value, source, backup_id, deep_verify=deep).apply_async()
+        out.print(f"backup {backup_id} queued in backup.{d.value}")
+        if wait:
+            from regionvault.follow import follow_chain
+
+            ok = follow_chain(result, backup_id, out, timeout=timeout)
+            if not ok:
+                raise typer.Exit(1)
+
+    guarded(run)
+
+
+@app.command()
+def check(
+    domain: Annotated[str | None, typer.Option("--domain", "-d")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Preflight: configuration valid, keys and DSNs readable, buckets in their regions."""
+
+    def run() -> None:
+        from regionvault.keyring import LocalKeyring
+        from regionvault.sources import open_source
+
+        cfg = config_from(config)
+        domains = [parse_domain(domain)] if domain else list(cfg.domains)
+        for d in domains:
+            ctx = context_for(cfg, d)
+            LocalKeyring.from_config(d, ctx.dcfg)
+            for src in ctx.dcfg.sources:
+                open_source(d, src)  # reads the DSN: a missing secret fails here
+            ctx.ensure_resident("s3")
+            ctx.ensure_resident("gcs")
+            out.print(f"domain {d.value}: keys, {len(ctx.dcfg.sources)} source DSNs and both "
+                      "buckets ok")
+
+    guarded(run)
+
+
+# --- catalogue -------------------------------------------------------------------------------
+
+
+def _manifest_row(m: Manifest) -> list[str]:
+    return [m.backup_id, m.domain.value, m.source, m.data_class.value, m.state(),
+            f"{m.ciphertext_size:,}", m.created_at.strftime("%Y-%m-%d %H:%M:%SZ"),
+            m.expires_at.strftime("%Y-%m-%d")]
+
+
+@app.command("list")
+def list_backups(
+    domain: Annotated[str | None, typer.Option("--domain", "-d")] = None,
+    source: Annotated[str | None, typer.Option("--source", "-s")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """List backups by reading the manifests in the stores (S3, else GCS)."""
+
+    def run() -> None:
+        from regionvault.catalogue import list_backups as catalogue
+
+        cfg = config_from(config)
+        domains = [parse_domain(domain)] if domain else list(cfg.domains)
+        if source and not domain:
+            raise ConfigError("--source needs --domain (source names are per domain)")
+        table = Table("backup id", "domain", "source", "class", "state", "bytes", "created",
+                      "expires")
+        for d in domains:
+            ctx = context_for(cfg, d)
+            for manifest in catalogue(ctx, source):
+                table.add_row(*_manifest_row(manifest))
+        out.print(table)
+
+    guarded(run)
+
+
+@app.command()
+def show(backup_id: str, config: ConfigOption = None) -> None:
+    """Show a backup's manifest as each store holds it."""
+
+    def run() -> None:
+        from regionvault.catalogue import find_backup
+
+        ref = BackupRef.parse(backup_id)
+        ctx = context_for(config_from(config), ref.domain)
+        copies = find_backup(ctx, backup_id)
+        for store, manifest in copies.items():
+            out.print(f"[bold]{store}[/]: {manifest.state()}")
+            out.print_json(manifest.model_dump_json(exclude={"wrapped_data_key"}))
+
+    guarded(run)
+
+
+@app.command()
+def verify(
+    backup_id: str,
+    deep: Annotated[bool, typer.Option("--deep", help="read both copies back")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Verify a backup's two copies against its manifest (run here, not on a worker)."""
+
+    def run() -> None:
+        from regionvault import chain
+
+        ref = BackupRef.parse(backup_id)
+        outcome = chain.verify(context_for(config_from(config), ref.domain), backup_id, deep=deep)
+        out.print(f"backup {backup_id} verified: {outcome.detail}")
+
+    guarded(run)

@@ -1,0 +1,52 @@
+"""What every command shares: the Typer app, consoles, error handling, option types."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+
+from regionvault.config import Config, load_config
+from regionvault.context import DomainContext
+from regionvault.domains import Domain, parse_domain
+from regionvault.errors import RegionvaultError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Region-pinned, client-side encrypted database backups.")
+# Piped output (scripts, CI logs) gets wide lines rather than tables cut at 80 columns.
+out = Console(width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+
+T = TypeVar("T")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="configuration file (else REGIONVAULT_CONFIG)"),
+]
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def guarded(fn: Callable[[], T]) -> T:
+    """Run a command body, turning the project's errors into one sentence and an exit code."""
+    try:
+        return fn()
+    except RegionvaultError as exc:
+        raise fail(str(exc), exc.exit_code) from None
+
+
+def config_from(path: Path | None) -> Config:
+    return load_config(path)
+
+
+def context_for(config: Config, domain: str | Domain) -> DomainContext:
+    d = parse_domain(domain) if isinstance(domain, str) else domain
+    config.domain(d)
+    return DomainContext(config, d)

@@ -1,0 +1,225 @@
+"""Commands about getting data back: restore, restore drills, disaster recovery."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+import typer
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from regionvault.cli.common import ConfigOption, app, config_from, context_for, err, guarded, out
+from regionvault.domains import parse_domain
+from regionvault.errors import ConfigError
+from regionvault.manifest import BackupRef
+
+
+def parse_time(value: str) -> datetime:
+    """ISO 8601; a time without a zone is UTC."""
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"--at {value!r} is not an ISO 8601 time such as "
+                          "2026-11-28T02:00:00Z") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+@app.command()
+def restore(
+    backup_id: Annotated[str | None, typer.Argument(help="a backup id; or use --domain/--source")]
+    = None,
+    target: Annotated[str, typer.Option("--target", help="DSN of the database to restore into")]
+    = "",
+    domain: Annotated[str | None, typer.Option("--domain", "-d")] = None,
+    source: Annotated[str | None, typer.Option("--source", "-s")] = None,
+    at: Annotated[str | None, typer.Option(
+        "--at", help="newest verified backup at or before this time (ISO 8601, UTC)")] = None,
+    from_store: Annotated[str, typer.Option("--from", help="s3, gcs or auto")] = "auto",
+    clean: Annotated[bool, typer.Option(
+        "--clean", help="replace the contents of a non-empty target")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Fetch, verify, decrypt and restore a backup into a target database (streaming)."""
+
+    def run() -> None:
+        from regionvault.restore import RestoreProgress, select_backup
+        from regionvault.restore import restore as do_restore
+
+        if not target:
+            raise ConfigError("--target is required: the DSN of the database to restore into")
+        cfg = config_from(config)
+        if backup_id:
+            if domain or source or at:
+                raise ConfigError("give a backup id, or --domain and --source (and --at), "
+                                  "not both")
+            chosen = backup_id
+            ctx = context_for(cfg, BackupRef.parse(chosen).domain)
+        else:
+            if not (domain and source):
+                raise ConfigError("give a backup id, or --domain and --source to restore the "
+                                  "newest verified backup")
+            ctx = context_for(cfg, parse_domain(domain))
+            when = parse_time(at) if at else ctx.clock()
+            role = None if from_store == "auto" else from_store
+            chosen = select_backup(ctx, source, when, role=role)
+            err.print(f"selected backup {chosen}")
+        with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                      TransferSpeedColumn(), TimeElapsedColumn(), console=err,
+                      transient=True) as bar:
+            task = bar.add_task("starting", total=None)
+
+            def show(p: RestoreProgress) -> None:
+                bar.update(task, description=f"{p.step} from {p.store}", completed=p.done,
+                           total=p.total)
+
+            result = do_restore(ctx, chosen, target, from_store=from_store, clean=clean,
+                                progress=show)
+        if result.fallback_reason:
+            err.print(f"[yellow]fell back to GCS[/]: {result.fallback_reason}",
+                      highlight=False, soft_wrap=True)
+        out.print(f"restored backup {chosen} from {result.store}: {result.bytes_read:,} bytes "
+                  f"read, {result.plaintext_bytes:,} bytes of dump, {result.seconds:.1f}s")
+
+    guarded(run)
+
+
+@app.command()
+def drill(
+    domain: Annotated[str, typer.Option("--domain", "-d")],
+    source: Annotated[str | None, typer.Option("--source", "-s")] = None,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the drill")] = 3600,
+    config: ConfigOption = None,
+) -> None:
+    """Run a restore drill now, on the domain's own workers, and show its report."""
+
+    def run() -> None:
+        from celery.exceptions import TimeoutError as CeleryTimeout
+
+        from regionvault.drill import DrillFailed, list_reports
+        from workers.app import app as celery_app
+
+        cfg = config_from(config)
+        d = parse_domain(domain)
+        ctx = context_for(cfg, d)
+        if source:
+            cfg.source(d, source)
+        result = celery_app.send_task("regionvault.restore_drill",
+                                      kwargs={"domain": d.value, "source": source})
+        err.print(f"restore drill queued in backup.{d.value} (task {result.id})")
+        try:
+            outcome = result.get(timeout=timeout, propagate=False)
+        except CeleryTimeout:
+            raise ConfigError(f"the drill did not finish within {timeout:.0f}s; "
+                              f"see task {result.id} in Flower") from None
+        reports = list_reports(ctx, limit=1)
+        if reports:
+            _print_report_sources(reports[0])
+        if result.failed():
+            raise DrillFailed(str(outcome))
+        out.print(f"[green]restore drill {outcome['drill_id']} passed[/]")
+
+    guarded(run)
+
+
+def _print_report_sources(report: object) -> None:
+    from regionvault.drill import DrillReport
+
+    assert isinstance(report, DrillReport)
+    table = Table("source", "backup", "store", "rows", "check", "RTO", "RPO", "result",
+                  title=f"drill {report.drill_id} ({report.domain})")
+    for s in report.sources:
+        rows_ok = s.row_counts_expected and s.row_counts_expected == s.row_counts_found
+        table.add_row(
+            s.source, s.backup_id or "-", s.store or "-",
+            f"{sum(s.row_counts_found.values()):,} ok" if rows_ok else "[red]differ[/]",
+            "-" if s.check is None else ("ok" if s.check.passed else "[red]failed[/]"),
+            f"{s.rto_seconds:.1f}s" if s.rto_seconds is not None else "-",
+            _age(s.rpo_seconds),
+            "[green]passed[/]" if s.passed else f"[red]failed[/]: {s.error}")
+    out.print(table)
+
+
+@app.command()
+def drills(
+    domain: Annotated[str | None, typer.Option("--domain", "-d")] = None,
+    limit: Annotated[int, typer.Option(help="reports per domain")] = 10,
+    config: ConfigOption = None,
+) -> None:
+    """List recent restore drill reports (read from the domain's buckets)."""
+
+    def run() -> None:
+        from regionvault.drill import list_reports
+
+        cfg = config_from(config)
+        domains = [parse_domain(domain)] if domain else list(cfg.domains)
+        table = Table("drill", "domain", "started", "sources", "max RTO", "max RPO", "result")
+        for d in domains:
+            for report in list_reports(context_for(cfg, d), limit=limit):
+                rtos = [s.rto_seconds for s in report.sources if s.rto_seconds is not None]
+                rpos = [s.rpo_seconds for s in report.sources if s.rpo_seconds is not None]
+                failed = [s.source for s in report.sources if not s.passed]
+                table.add_row(report.drill_id, report.domain,
+                              report.started_at.strftime("%Y-%m-%d %H:%M:%SZ"),
+                              str(len(report.sources)),
+                              f"{max(rtos):.1f}s" if rtos else "-",
+                              _age(max(rpos) if rpos else None),
+                              "[green]passed[/]" if report.passed
+                              else f"[red]failed[/]: {', '.join(failed)}")
+        out.print(table)
+
+    guarded(run)
+
+
+@app.command("dr-restore")
+def dr_restore(
+    domain: Annotated[str, typer.Option("--domain", "-d")],
+    target_server: Annotated[str, typer.Option(
+        "--target-server", help="DSN of the recovery PostgreSQL server (any database on it)")],
+    from_store: Annotated[str, typer.Option("--from", help="gcs (or s3)")] = "gcs",
+    sources: Annotated[str | None, typer.Option(
+        "--sources", help="comma-separated sources (default: all of the domain)")] = None,
+    database_template: Annotated[str, typer.Option(
+        "--database-template", help="name of each restored database")] = "{source}",
+    parallel: Annotated[int, typer.Option(help="sources restored at once")] = 2,
+    clean: Annotated[bool, typer.Option("--clean")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Disaster recovery: restore every source of a domain from one cloud alone."""
+
+    def run() -> None:
+        from regionvault.dr import dr_restore as do_dr
+
+        ctx = context_for(config_from(config), parse_domain(domain))
+        names = [s.strip() for s in sources.split(",") if s.strip()] if sources else None
+        outcomes = do_dr(ctx, server_dsn=target_server, role=from_store, sources=names,
+                         database_template=database_template, clean=clean, parallel=parallel,
+                         say=lambda m: err.print(m, highlight=False, soft_wrap=True))
+        table = Table("source", "backup", "age", "bytes", "time", "database", "result",
+                      title=f"disaster recovery of {domain} from {from_store}")
+        for o in outcomes:
+            table.add_row(o.source, o.backup_id or "-", _age(o.age_seconds),
+                          f"{o.bytes_read:,}", f"{o.seconds:.1f}s", o.database,
+                          "[green]restored[/]" if o.ok else f"[red]failed[/]: {o.error}")
+        out.print(table)
+        if not all(o.ok for o in outcomes):
+            raise typer.Exit(1)
+
+    guarded(run)

@@ -1,0 +1,66 @@
+"""The embedded stack: ``dev`` runs it, ``demo`` runs the whole job on it."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from regionvault.cli.common import ConfigOption, app, err, guarded, out
+
+# --- the embedded stack ----------------------------------------------------------------------
+
+
+def _stay_until_signal() -> None:
+    stop = {"now": False}
+
+    def handler(signum: int, _: Any) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    while not stop["now"]:
+        time.sleep(0.5)
+
+
+@app.command()
+def dev(
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="where the stack keeps its state")]
+    = Path(".rv-dev"),
+    config: ConfigOption = None,
+) -> None:
+    """Run the embedded stack in the foreground until Ctrl-C or SIGTERM."""
+    from regionvault.devstack.stack import DevStack
+
+    def run() -> None:
+        stack = DevStack(data_dir=data_dir, config_file=config,
+                         say=lambda m: err.print(f"[dim]{m}[/]"))
+        stack.start()
+        try:
+            out.print(f"\n[bold green]regionvault dev stack is up[/]; environment in "
+                      f"{stack.env_file}:")
+            for key, value in sorted(stack.env.items()):
+                if "PASSWORD" not in key:
+                    out.print(f"  {key}={value}", highlight=False)
+            out.print(f"\n  source {stack.env_file}   # then: regionvault list\n"
+                      "Ctrl-C stops everything.")
+            _stay_until_signal()
+        finally:
+            err.print("stopping the stack")
+            stack.stop()
+
+    guarded(run)
+
+
+@app.command()
+def demo(
+    data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,
+) -> None:
+    """Start the embedded stack, back up every sample source, restore one, print a summary."""
+    from regionvault.demo import run_demo
+
+    code = guarded(lambda: run_demo(data_dir, out, err))
+    raise typer.Exit(code)

@@ -1,0 +1,220 @@
+"""Restore drills: prove, on a schedule, that the newest verified backups restore and hold what
+their manifests say.
+
+For each source (or a rotating sample), a drill restores the newest verified backup into a
+fresh scratch database on the domain's scratch server, compares per-table row counts with
+those recorded at dump time, runs the source's check query, measures the recovery time (RTO)
+and the data age (RPO), and drops the scratch database whatever happened. The report (versioned
+JSON) goes to both of the domain's buckets under ``drills/<domain>/``. A drill never connects
+to a source database.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Sequence
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from regionvault.config import DomainConfig, SourceConfig
+from regionvault.context import DomainContext
+from regionvault.errors import IntegrityError, RegionvaultError, StoreError, TransientStoreError
+from regionvault.restore import load_manifest, restore, select_backup
+from regionvault.sources.postgres import (
+    create_database,
+    database_dsn,
+    drop_database,
+    row_counts,
+    scalar,
+)
+
+REPORT_VERSION = 1
+DRILL_PREFIX = "drills/"
+
+
+class DrillFailed(RegionvaultError):
+    """A restore drill ran and at least one source did not pass."""
+
+
+class CheckResult(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sql: str
+    expected: str
+    found: str
+    passed: bool
+
+
+class SourceDrill(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: str
+    passed: bool
+    backup_id: str | None = None
+    backup_created_at: datetime | None = None
+    store: str | None = None
+    fallback_reason: str | None = None
+    rto_seconds: float | None = None
+    rpo_seconds: float | None = None
+    row_counts_expected: dict[str, int] = {}
+    row_counts_found: dict[str, int] = {}
+    check: CheckResult | None = None
+    scratch_database: str
+    scratch_dropped: bool = False
+    error: str | None = None
+
+
+class DrillReport(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: int = REPORT_VERSION
+    drill_id: str
+    domain: str
+    started_at: datetime
+    finished_at: datetime
+    passed: bool
+    sources: list[SourceDrill]
+
+    @property
+    def key(self) -> str:
+        return f"{DRILL_PREFIX}{self.domain}/{self.drill_id}.json"
+
+    def summary(self) -> str:
+        failed = [s for s in self.sources if not s.passed]
+        if not failed:
+            return f"restore drill {self.drill_id}: {len(self.sources)} sources passed"
+        reasons = "; ".join(f"{s.source}: {s.error}" for s in failed)
+        return f"restore drill {self.drill_id} failed for {len(failed)} source(s): {reasons}"
+
+
+def choose_sources(dcfg: DomainConfig, only: Sequence[str] | None, today: datetime,
+                   domain_name: str) -> list[SourceConfig]:
+    """The sources a drill covers: those asked for, else a sample rotating by day, else all."""
+    if only:
+        by_name = {s.name: s for s in dcfg.sources}
+        missing = [n for n in only if n not in by_name]
+        if missing:
+            configured = ", ".join(by_name) or "none"
+            raise RegionvaultError(
+                f"source {missing[0]!r} is not configured in domain {domain_name!r} "
+                f"(configured: {configured})")
+        return [by_name[n] for n in only]
+    sources = list(dcfg.sources)
+    sample = dcfg.drill.sample
+    if sample is None or sample >= len(sources):
+        return sources
+    start = (today.toordinal() * sample) % len(sources)
+    return [sources[(start + i) % len(sources)] for i in range(sample)]
+
+
+def _compare_counts(expected: dict[str, int], found: dict[str, int]) -> str | None:
+    if not expected:
+        return "the backup's manifest records no row counts"
+    wrong = [f"{t}: manifest {expected.get(t, 'no table')}, restored {found.get(t, 'no table')}"
+             for t in sorted(set(expected) | set(found)) if expected.get(t) != found.get(t)]
+    if wrong:
+        return f"row counts differ in {len(wrong)} table(s): " + ", ".join(wrong[:5])
+    return None
+
+
+def _drill_source(ctx: DomainContext, src: SourceConfig, server_dsn: str) -> SourceDrill:
+    t0 = time.monotonic()
+    started = ctx.clock()
+    scratch = f"rv_drill_{src.name.replace('-', '_')}_{secrets.token_hex(4)}"
+    fields: dict[str, object] = {"source": src.name, "scratch_database": scratch}
+    created = False
+    try:
+        backup_id = select_backup(ctx, src.name, started, role=None)
+        fields["backup_id"] = backup_id
+        create_database(server_dsn, scratch)
+        created = True
+        target = database_dsn(server_dsn, scratch)
+        result = restore(ctx, backup_id, target, from_store="auto")
+        manifest = load_manifest(ctx, backup_id, result.store)
+        found = row_counts(target)
+        fields.update(store=result.store, fallback_reason=result.fallback_reason,
+                      backup_created_at=manifest.created_at,
+                      row_counts_expected=manifest.row_counts, row_counts_found=found)
+        problems = [p for p in [_compare_counts(manifest.row_counts, found)] if p]
+        if src.check is not None:
+            value = scalar(target, src.check.sql)
+            check = CheckResult(sql=src.check.sql, expected=src.check.expect, found=value,
+                                passed=value == src.check.expect)
+            fields["check"] = check
+            if not check.passed:
+                problems.append(f"check query returned {value!r}, expected {src.check.expect!r}")
+        fields["rto_seconds"] = round(time.monotonic() - t0, 3)
+        fields["rpo_seconds"] = round((started - manifest.created_at).total_seconds(), 3)
+        fields["passed"] = not problems
+        fields["error"] = "; ".join(problems) or None
+    except RegionvaultError as exc:
+        fields.update(passed=False, error=str(exc))
+    finally:
+        if created:
+            try:
+                drop_database(server_dsn, scratch)
+                fields["scratch_dropped"] = True
+            except RegionvaultError as exc:
+                fields.update(passed=False, error=f"{fields.get('error') or 'ok'}; and the "
+                              f"scratch database {scratch} could not be dropped: {exc}")
+        else:
+            fields["scratch_dropped"] = True
+    return SourceDrill.model_validate(fields)
+
+
+def scratch_server_dsn(ctx: DomainContext) -> str:
+    ref = ctx.dcfg.drill.scratch_dsn
+    if ref is None:
+        raise RegionvaultError(
+            f"domain {ctx.domain.value!r} has no drill.scratch_dsn: configure the scratch "
+            "PostgreSQL server where drills create and drop their databases")
+    return ref.read(f"the drill scratch server DSN of domain {ctx.domain.value!r}")
+
+
+def run_drill(ctx: DomainContext, sources: Sequence[str] | None = None) -> DrillReport:
+    """Drill the chosen sources, store the report in both buckets, and return it."""
+    server_dsn = scratch_server_dsn(ctx)
+    started = ctx.clock()
+    chosen = choose_sources(ctx.dcfg, sources, started, ctx.domain.value)
+    drill_id = f"{started.strftime('%Y%m%dT%H%M%SZ')}.{secrets.token_hex(4)}"
+    results = [_drill_source(ctx, src, server_dsn) for src in chosen]
+    report = DrillReport(drill_id=drill_id, domain=ctx.domain.value, started_at=started,
+                         finished_at=ctx.clock(), passed=all(r.passed for r in results),
+                         sources=results)
+    write_report(ctx, report)
+    return report
+
+
+def write_report(ctx: DomainContext, report: DrillReport) -> None:
+    """Both buckets of the domain; one unreachable cloud must not lose the report."""
+    data = report.model_dump_json(indent=2).encode()
+    errors = []
+    for role in ("s3", "gcs"):
+        try:
+            ctx.store(role).put_bytes(report.key, data)
+        except StoreError as exc:
+            errors.append(f"{role}: {exc}")
+    if len(errors) == 2:
+        raise TransientStoreError(f"drill report {report.drill_id} could not be stored: "
+                                  + "; ".join(errors))
+
+
+def list_reports(ctx: DomainContext, limit: int = 20) -> list[DrillReport]:
+    """The newest drill reports of a domain, newest first (from S3, else GCS)."""
+    prefix = f"{DRILL_PREFIX}{ctx.domain.value}/"
+    for role in ("s3", "gcs"):
+        store = ctx.store(role)
+        try:
+            keys = sorted(store.list_keys(prefix), reverse=True)[:limit]
+            reports = []
+            for key in keys:
+                try:
+                    reports.append(DrillReport.model_validate_json(store.get_bytes(key)))
+                except ValidationError:
+                    raise IntegrityError(f"drill report {role}:{key} is malformed") from None
+            return reports
+        except TransientStoreError:
+            continue
+    raise TransientStoreError(f"neither store of domain {ctx.domain.value!r} is reachable")

@@ -1,0 +1,80 @@
+"""Issue 3, drills: a passing drill reports RTO, RPO and row counts; a drill against a backup
+whose manifest disagrees with its data fails loudly; no scratch database is ever left."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from regionvault import chain
+from regionvault.devstack.stack import DevStack
+from regionvault.domains import Domain
+from regionvault.drill import DrillFailed, list_reports
+from regionvault.manifest import BackupRef
+from tests.integration.helpers import context, regionvault_cli, run_chain
+
+pytestmark = pytest.mark.stack
+
+
+def _scratch_databases(stack: DevStack) -> list[str]:
+    assert stack.postgres is not None
+    return [r[0] for r in stack.postgres.execute(
+        "postgres", "SELECT datname FROM pg_database WHERE datname LIKE 'rv_drill_%'")]
+
+
+def test_scheduled_drill_passes_with_rto_rpo_and_row_counts(stack: DevStack) -> None:
+    from tasks.drill import restore_drill
+
+    for source in context(stack, Domain.AU).dcfg.sources:  # a drill covers every source
+        run_chain(stack, Domain.AU, source.name)
+    outcome = restore_drill.apply_async(kwargs={"domain": "au"}).get(timeout=180)
+    assert outcome["passed"] is True
+
+    report = next(r for r in list_reports(context(stack, Domain.AU))
+                  if r.drill_id == outcome["drill_id"])
+    assert report.passed and report.domain == "au"
+    assert {s.source for s in report.sources} >= {"accounts", "catalog"}
+    for s in report.sources:
+        assert s.passed, s.error
+        assert s.rto_seconds is not None and s.rto_seconds > 0
+        assert s.rpo_seconds is not None and s.rpo_seconds >= 0
+        assert s.row_counts_expected and s.row_counts_expected == s.row_counts_found
+        assert s.scratch_dropped
+    accounts = next(s for s in report.sources if s.source == "accounts")
+    assert accounts.check is not None and accounts.check.passed
+    assert accounts.row_counts_found["public.customers"] >= 500
+    assert _scratch_databases(stack) == []
+
+    listed = regionvault_cli(stack, "drills", "--domain", "au")
+    assert listed.returncode == 0 and outcome["drill_id"] in listed.stdout
+
+
+def test_drill_against_wrong_row_counts_fails_and_cleans_up(stack: DevStack) -> None:
+    from tasks.drill import restore_drill
+
+    backup_id = run_chain(stack, Domain.AU, "catalog")
+    ctx = context(stack, Domain.AU)
+    _, src = chain.resolve(ctx, backup_id)
+    mkey = chain.keys_of(BackupRef.parse(backup_id), src)[1]
+    for store in (ctx.s3, ctx.gcs):  # the manifest now claims one row more than was dumped
+        data = json.loads(store.get_bytes(mkey))
+        data["row_counts"]["public.plans"] += 1
+        store.put_bytes(mkey, json.dumps(data).encode())
+
+    result = restore_drill.apply_async(kwargs={"domain": "au", "source": "catalog"})
+    with pytest.raises(DrillFailed, match="row counts differ"):
+        result.get(timeout=120)
+    assert result.failed()
+    report = list_reports(ctx, limit=1)[0]
+    assert not report.passed
+    [entry] = report.sources
+    assert entry.backup_id == backup_id and not entry.passed
+    assert "public.plans: manifest" in (entry.error or "")
+    assert entry.scratch_dropped
+    assert _scratch_databases(stack) == []
+
+    cli = regionvault_cli(stack, "drill", "--domain", "au", "--source", "catalog")
+    assert cli.returncode != 0
+    assert "row counts differ" in cli.stderr
+    assert _scratch_databases(stack) == []
