@@ -58,10 +58,15 @@ class StepOutcome:
     step: Step
     detail: str
     skipped: bool = False
+    #: bytes the step moved (read from the source, written, sent, or read back)
+    bytes: int = 0
+    #: set by verify: when the verified backup's snapshot was taken (its data age)
+    backup_created_at: datetime | None = None
 
     def as_dict(self) -> dict[str, object]:
+        created = self.backup_created_at.isoformat() if self.backup_created_at else None
         return {"backup_id": self.backup_id, "step": self.step.value, "detail": self.detail,
-                "skipped": self.skipped}
+                "skipped": self.skipped, "bytes": self.bytes, "backup_created_at": created}
 
 
 def _no_progress(_: int) -> None:
@@ -161,7 +166,7 @@ def dump(ctx: DomainContext, backup_id: str, progress: Progress = _no_progress) 
             "started_at": started.isoformat(), "source_kind": src.kind, "size": written,
             "row_counts": dict(info.row_counts)}
     spool.write_bytes(backup_id, sp.DUMP_META, json.dumps(meta).encode())
-    return StepOutcome(backup_id, Step.DUMP, f"{written} bytes dumped")
+    return StepOutcome(backup_id, Step.DUMP, f"{written} bytes dumped", bytes=written)
 
 
 # --- 2. encrypt ------------------------------------------------------------------------------
@@ -226,7 +231,7 @@ def encrypt(ctx: DomainContext, backup_id: str, progress: Progress = _no_progres
     spool.write_bytes(backup_id, sp.MANIFEST_FILE, manifest.to_json())
     _drop_dump(ctx, backup_id)
     return StepOutcome(backup_id, Step.ENCRYPT,
-                       f"{plain.size} bytes -> {cipher.size} bytes encrypted")
+                       f"{plain.size} bytes -> {cipher.size} bytes encrypted", bytes=plain.size)
 
 
 def _drop_dump(ctx: DomainContext, backup_id: str) -> None:
@@ -276,7 +281,8 @@ def upload(ctx: DomainContext, backup_id: str, progress: Progress = _no_progress
     uploaded = local.with_step(Step.UPLOAD, ctx.clock(), f"s3://{ctx.s3.bucket}/{okey}")
     ctx.s3.put_bytes(mkey, uploaded.to_json())
     ctx.spool.write_bytes(backup_id, sp.MANIFEST_FILE, uploaded.to_json())
-    return StepOutcome(backup_id, Step.UPLOAD, f"s3://{ctx.s3.bucket}/{okey}")
+    return StepOutcome(backup_id, Step.UPLOAD, f"s3://{ctx.s3.bucket}/{okey}",
+                       bytes=local.ciphertext_size)
 
 
 # --- 4. replicate ----------------------------------------------------------------------------
@@ -322,7 +328,7 @@ def replicate(ctx: DomainContext, backup_id: str,
     replicated = manifest.with_step(Step.REPLICATE, ctx.clock(), where)
     ctx.gcs.put_bytes(mkey, replicated.to_json())
     ctx.s3.put_bytes(mkey, replicated.to_json())
-    return StepOutcome(backup_id, Step.REPLICATE, where)
+    return StepOutcome(backup_id, Step.REPLICATE, where, bytes=manifest.ciphertext_size)
 
 
 # --- 5. verify -------------------------------------------------------------------------------
@@ -381,7 +387,9 @@ def verify(ctx: DomainContext, backup_id: str, *, deep: bool = False) -> StepOut
     ctx.gcs.put_bytes(mkey, verified.to_json())
     ctx.s3.put_bytes(mkey, verified.to_json())
     ctx.spool.clean(backup_id)
-    return StepOutcome(backup_id, Step.VERIFY, how)
+    return StepOutcome(backup_id, Step.VERIFY, how,
+                       bytes=2 * manifest.ciphertext_size if deep else 0,
+                       backup_created_at=manifest.created_at)
 
 
 # --- 6. expire -------------------------------------------------------------------------------
@@ -429,3 +437,29 @@ def expire(ctx: DomainContext, backup_id: str) -> StepOutcome:
             if manifest is not None:
                 store.put_bytes(mkey, manifest.with_step(Step.EXPIRE, now, detail).to_json())
     return StepOutcome(backup_id, Step.EXPIRE, detail)
+
+
+# --- discard (after a cancel) ----------------------------------------------------------------
+
+
+def discard(ctx: DomainContext, backup_id: str) -> StepOutcome:
+    """Remove everything an unfinished backup left: open multipart uploads, objects and
+    manifests in both stores, and its spool directory. A verified backup is never discarded
+    here (expiry removes backups)."""
+    ref, src = resolve(ctx, backup_id)
+    okey, mkey = keys_of(ref, src)
+    for store in (ctx.s3, ctx.gcs):
+        manifest = read_manifest(store, mkey)
+        if manifest is not None and manifest.verified:
+            raise StepOrderError(
+                f"backup {backup_id} is already verified: it is not discarded (expiry removes "
+                "verified backups)", rerun_step="")
+    aborted = sum(store.abort_incomplete_uploads(okey) for store in (ctx.s3, ctx.gcs))
+    for store in (ctx.s3, ctx.gcs):
+        store.delete(okey)
+        store.delete(mkey)
+    spool_files = len(list(ctx.spool.dir_for(backup_id).rglob("*")))
+    ctx.spool.clean(backup_id)
+    return StepOutcome(backup_id, Step.EXPIRE,
+                       f"discarded: {aborted} open uploads aborted, {spool_files} spool files "
+                       "removed, objects and manifests deleted")

@@ -112,6 +112,8 @@ class SourceConfig(_Frozen):
     data_class: DataClass
     #: run by restore drills on the restored copy
     check: CheckQuery | None = None
+    #: recovery point objective: older than this, the newest verified backup is late
+    rpo_hours: int | None = Field(default=None, ge=1)
 
     @field_validator("name")
     @classmethod
@@ -159,6 +161,8 @@ class DomainConfig(_Frozen):
     drill: DrillConfig = DrillConfig()
     #: named databases a restore task may write into (a task names one, never a DSN)
     restore_targets: dict[str, SecretRef] = {}
+    #: default recovery point objective of the domain's sources (a daily schedule + slack)
+    rpo_hours: int = Field(default=26, ge=1)
 
     @field_validator("schedule")
     @classmethod
@@ -183,6 +187,9 @@ class DomainConfig(_Frozen):
             f"source {name!r} is not configured in domain {domain.value!r} "
             f"(configured: {configured})"
         )
+
+    def rpo_for(self, source: SourceConfig) -> timedelta:
+        return timedelta(hours=source.rpo_hours or self.rpo_hours)
 
     def all_keys(self) -> tuple[KeyRef, ...]:
         return (self.key, *self.previous_keys)
@@ -212,12 +219,22 @@ class S3Config(_Frozen):
     endpoint_url: str | None = None
     #: parts of a multipart upload; S3 needs at least 5 MiB
     part_size_mib: int = Field(default=16, ge=5, le=5120)
+    #: pace multipart uploads to this rate; None = as fast as the link allows
+    max_upload_mib_per_second: float | None = Field(default=None, gt=0)
 
 
 class GCSConfig(_Frozen):
     endpoint_url: str | None = None
     project: str = "regionvault"
     chunk_size_mib: int = Field(default=16, ge=1)
+
+
+class TaskRetryConfig(_Frozen):
+    """Celery's automatic retries of a step on transient errors (throttling, outages)."""
+
+    max_retries: int = Field(default=5, ge=0, le=50)
+    backoff_seconds: int = Field(default=5, ge=1)
+    backoff_max_seconds: int = Field(default=300, ge=1)
 
 
 class Config(_Frozen):
@@ -232,6 +249,7 @@ class Config(_Frozen):
     s3: S3Config = S3Config()
     gcs: GCSConfig = GCSConfig()
     retention: RetentionConfig = RetentionConfig()
+    retries: TaskRetryConfig = TaskRetryConfig()
     domains: dict[Domain, DomainConfig]
 
     @model_validator(mode="after")

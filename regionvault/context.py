@@ -21,6 +21,10 @@ Clock = Callable[[], datetime]
 MIB = 1024 * 1024
 
 
+def _rate(mib_per_second: float | None) -> int | None:
+    return int(mib_per_second * MIB) if mib_per_second else None
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -51,7 +55,8 @@ class DomainContext:
 
         return S3Store(self.dcfg.s3_bucket, self.dcfg.aws_region,
                        endpoint_url=self.config.s3.endpoint_url,
-                       part_size=self.config.s3.part_size_mib * MIB)
+                       part_size=self.config.s3.part_size_mib * MIB,
+                       max_bytes_per_second=_rate(self.config.s3.max_upload_mib_per_second))
 
     @cached_property
     def gcs(self) -> ObjectStore:

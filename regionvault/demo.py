@@ -64,21 +64,22 @@ def run_demo(data_dir: Path | None, out: Console, err: Console) -> int:
 
 
 def _back_up_everything(stack: DevStack, out: Console) -> list[DemoRow]:
-    from regionvault.follow import follow_chain
-    from tasks.canvas import backup_chain
+    from regionvault.follow import follow
+    from tasks.canvas import enqueue_backup
+    from workers.journal import journal
 
     assert stack.config is not None
     pending = []
     for domain, dcfg in stack.config.domains.items():
         for src in dcfg.sources:
             backup_id = new_backup_id(domain, src.name, DomainContext(stack.config, domain).clock())
-            result = backup_chain(domain.value, src.name, backup_id, deep_verify=True).apply_async()
-            pending.append((domain, src.name, backup_id, result, time.monotonic()))
+            enqueue_backup(domain.value, src.name, backup_id, deep_verify=True, note="demo")
+            pending.append((domain, src.name, backup_id, time.monotonic()))
             out.print(f"queued {backup_id} in backup.{domain.value}")
     rows = []
-    for domain, source, backup_id, result, t0 in pending:
+    for domain, source, backup_id, t0 in pending:
         out.print(f"[bold]{domain.value}/{source}[/] {backup_id}")
-        ok = follow_chain(result, backup_id, out, timeout=600)
+        ok = follow(journal(), backup_id, out, lambda _: None, timeout=600).verified
         rows.append(_row(stack, domain, source, backup_id, ok, time.monotonic() - t0))
     return rows
 
@@ -129,8 +130,8 @@ def _summary(rows: list[DemoRow], out: Console) -> None:
     table = Table(title="regionvault demo")
     for name in ("domain", "source", "size", "time"):
         table.add_column(name, no_wrap=True)
-    table.add_column("S3 key", overflow="fold")
-    table.add_column("GCS key", overflow="fold")
+    table.add_column("S3 key", no_wrap=True)
+    table.add_column("GCS key", no_wrap=True)
     table.add_column("verified", no_wrap=True)
     for r in rows:
         table.add_row(r.domain, r.source, f"{r.size:,} B", f"{r.seconds:.1f}s", r.s3_key,

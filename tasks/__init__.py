@@ -5,6 +5,7 @@ Task arguments are small JSON, safe to show in Flower: a backup id, a domain, a 
 
 from tasks import (
     backup_domain,
+    discard,
     drill,
     dump,
     encrypt,
@@ -16,5 +17,5 @@ from tasks import (
 )
 from tasks.canvas import backup_chain
 
-__all__ = ["backup_chain", "backup_domain", "drill", "dump", "encrypt", "expire", "replicate",
-           "restore", "upload", "verify"]
+__all__ = ["backup_chain", "backup_domain", "discard", "drill", "dump", "encrypt", "expire",
+           "replicate", "restore", "upload", "verify"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from regionvault import chain
-from tasks.canvas import backup_chain
+from tasks.canvas import enqueue_backup
 from workers.app import app
 from workers.guard import DomainTask
 from workers.runtime import context_for
@@ -19,6 +19,6 @@ def backup_domain(self: Any, *, domain: str) -> list[dict[str, str]]:
     started = []
     for source in ctx.dcfg.sources:
         backup_id = chain.new_backup(ctx, source.name)
-        result = backup_chain(domain, source.name, backup_id).apply_async()
+        result = enqueue_backup(domain, source.name, backup_id, note="scheduled")
         started.append({"backup_id": backup_id, "source": source.name, "task_id": result.id})
     return started

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import chain
 from celery.canvas import Signature
+from celery.result import AsyncResult
 
 from regionvault.domains import queue_name
 from regionvault.manifest import STEPS, Step
@@ -27,3 +28,21 @@ def backup_chain(domain: str, source: str, backup_id: str, *, deep_verify: bool 
     steps = STEPS[STEPS.index(start_at):]
     return chain(*(step_signature(s, backup_id, domain, source, deep_verify=deep_verify)
                    for s in steps))
+
+
+def enqueue_backup(domain: str, source: str, backup_id: str, *, deep_verify: bool = False,
+                   start_at: Step = Step.DUMP, note: str = "") -> AsyncResult:
+    """Send a backup's chain (or its rest, from ``start_at``) and journal its task ids."""
+    from workers.journal import journal
+
+    result = backup_chain(domain, source, backup_id, deep_verify=deep_verify,
+                          start_at=start_at).apply_async()
+    steps = STEPS[STEPS.index(start_at):]
+    ids: dict[Step, str] = {}
+    node: AsyncResult | None = result
+    for step in reversed(steps):  # a chain's result is its last task; parents go backwards
+        assert node is not None
+        ids[step] = str(node.id)
+        node = node.parent
+    journal().queued(backup_id, ids, note=note)
+    return result

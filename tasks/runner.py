@@ -7,14 +7,28 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from celery.exceptions import Ignore
+
 from regionvault.chain import StepOutcome
+from regionvault.config import TaskRetryConfig
 from regionvault.context import DomainContext
-from regionvault.errors import ResidencyError, SourceError, TransientStoreError
+from regionvault.errors import ConfigError, ResidencyError, SourceError, TransientStoreError
 from regionvault.manifest import BackupRef
 from workers.guard import DomainTask
-from workers.runtime import context_for
+from workers.journal import journal
+from workers.runtime import context_for, worker_config
 
 log = logging.getLogger("regionvault.tasks")
+
+def _retry_settings() -> TaskRetryConfig:
+    # read once at import: every process of a pool shares the same configuration
+    try:
+        return worker_config().retries
+    except ConfigError:
+        return TaskRetryConfig()  # no configuration here (e.g. a tool importing the tasks)
+
+
+_RETRIES = _retry_settings()
 
 #: Options shared by every step task. Retries happen here, at the task level only: a step
 #: retried by Celery resumes from what the spool and the stores already hold.
@@ -24,23 +38,27 @@ STEP_OPTIONS: dict[str, Any] = {
     "acks_late": True,
     "reject_on_worker_lost": True,
     "autoretry_for": (TransientStoreError, SourceError),
-    "retry_backoff": 5,
-    "retry_backoff_max": 300,
+    "retry_backoff": _RETRIES.backoff_seconds,
+    "retry_backoff_max": _RETRIES.backoff_max_seconds,
     "retry_jitter": True,
-    "max_retries": 5,
+    "max_retries": _RETRIES.max_retries,
 }
 
 PROGRESS_INTERVAL_SECONDS = 1.0
 
 
 def checked_context(backup_id: str, domain: str, source: str) -> DomainContext:
-    """The domain context, after checking the three arguments agree with each other."""
+    """The domain context, after checking the three arguments agree with each other and
+    that the backup was not cancelled (a cancelled chain's later steps end here, quietly)."""
     ref = BackupRef.parse(backup_id)
     if ref.domain.value != domain or ref.source != source:
         raise ResidencyError(
             f"backup {backup_id} is of domain {ref.domain.value!r} and source {ref.source!r}, "
             f"but the task names domain {domain!r} and source {source!r}; refused"
         )
+    if journal().is_cancelled(backup_id):
+        log.info("backup %s was cancelled: step not run", backup_id)
+        raise Ignore()
     return context_for(domain)
 
 

@@ -84,4 +84,5 @@ def _config_from_environment() -> Config | None:
 app = Celery("regionvault")
 configure(app, _config_from_environment())
 
-import workers.guard  # noqa: E402,F401  (connects the worker signals)
+# Connect the worker signals: residency guard, journal, metrics.
+from workers import guard, journal, metrics  # noqa: E402, F401

@@ -1,9 +1,165 @@
-"""Prometheus metrics of the workers (exported on a port by a later issue's exporter)."""
+"""Prometheus metrics of a domain worker, exported on ``REGIONVAULT_METRICS_PORT`` (9808).
 
-from prometheus_client import Counter
+Steps run in the pool's child processes, so the metrics use prometheus_client's multiprocess
+mode: every process writes to ``PROMETHEUS_MULTIPROC_DIR`` and the exporter in the worker's
+main process adds them up. A worker without that variable gets a private directory.
+"""
 
-MISROUTED = Counter(
-    "regionvault_misrouted_tasks_refused_total",
-    "Tasks refused because they named another domain than the worker's",
-    ["worker_domain", "task_domain"],
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from datetime import datetime
+from typing import Any
+
+from workers.guard import worker_domain
+
+# Must be decided before prometheus_client is imported: it picks its value store at import.
+if worker_domain() is not None and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="rv-metrics-")
+
+from celery.signals import (
+    task_failure,
+    task_prerun,
+    task_success,
+    worker_init,
+    worker_process_shutdown,
 )
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    multiprocess,
+    start_http_server,
+)
+
+log = logging.getLogger("regionvault.metrics")
+
+DEFAULT_PORT = 9808
+STEP_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 150, 300, 600, 1800, 3600, 7200, 14400)
+
+STEP_DURATION = Histogram(
+    "regionvault_step_duration_seconds", "Duration of a backup step that succeeded",
+    ["domain", "source", "step"], buckets=STEP_BUCKETS)
+STEP_BYTES = Counter(
+    "regionvault_step_bytes", "Bytes moved by backup steps", ["domain", "source", "step"])
+STEP_FAILURES = Counter(
+    "regionvault_step_failures", "Backup steps that failed after their retries",
+    ["domain", "source", "step"])
+LAST_VERIFIED = Gauge(
+    "regionvault_last_verified_backup_timestamp_seconds",
+    "Snapshot time (Unix seconds) of the newest verified backup of a source",
+    ["domain", "source"], multiprocess_mode="max")
+MISROUTED = Counter(
+    "regionvault_misrouted_tasks_refused",
+    "Tasks refused because they named another domain than the worker's",
+    ["worker_domain", "task_domain"])
+VERIFY_MISMATCHES = Counter(
+    "regionvault_verification_mismatches",
+    "Verifications that found a copy not matching its manifest", ["domain", "source", "store"])
+DRILL_FAILURES = Counter(
+    "regionvault_drill_failures", "Restore drills that failed", ["domain"])
+DRILL_LAST_SUCCESS = Gauge(
+    "regionvault_drill_last_success_timestamp_seconds",
+    "Time (Unix seconds) of the last restore drill that passed", ["domain"],
+    multiprocess_mode="max")
+WORKER_INFO = Gauge(
+    "regionvault_worker_info", "1 while a worker of the domain runs (an exporter answers)",
+    ["domain"], multiprocess_mode="liveall")
+
+#: every metric family name this module exports (as Prometheus sees them)
+EXPORTED = {
+    "regionvault_step_duration_seconds_bucket", "regionvault_step_duration_seconds_sum",
+    "regionvault_step_duration_seconds_count", "regionvault_step_bytes_total",
+    "regionvault_step_failures_total", "regionvault_last_verified_backup_timestamp_seconds",
+    "regionvault_misrouted_tasks_refused_total", "regionvault_verification_mismatches_total",
+    "regionvault_drill_failures_total", "regionvault_drill_last_success_timestamp_seconds",
+    "regionvault_worker_info",
+}
+
+STEP_NAMES = {f"regionvault.{s}" for s in
+              ("dump", "encrypt", "upload", "replicate", "verify", "expire")}
+_started: dict[str, float] = {}
+
+
+@worker_init.connect
+def _start_exporter(**_: Any) -> None:
+    domain = worker_domain()
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if domain is None or not directory:
+        return
+    # files of a previous run of this worker would be added to this run's numbers
+    for entry in os.listdir(directory):
+        path = os.path.join(directory, entry)
+        if os.path.isfile(path):
+            os.unlink(path)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=directory)
+    port = int(os.environ.get("REGIONVAULT_METRICS_PORT", DEFAULT_PORT))
+    start_http_server(port, addr=os.environ.get("REGIONVAULT_METRICS_ADDRESS", "0.0.0.0"),
+                      registry=registry)
+    WORKER_INFO.labels(domain=domain.value).set(1)
+    log.info("metrics of domain %s on port %d", domain.value, port)
+
+
+@worker_process_shutdown.connect
+def _process_gone(pid: int | None = None, **_: Any) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(pid or os.getpid())
+
+
+def _labels(kwargs: dict[str, Any] | None) -> tuple[str, str] | None:
+    kwargs = kwargs or {}
+    domain, source = kwargs.get("domain"), kwargs.get("source")
+    served = worker_domain()
+    if not domain or not source or (served is not None and served.value != domain):
+        return None
+    return str(domain), str(source)
+
+
+@task_prerun.connect
+def _step_started(task_id: str, task: Any, **_: Any) -> None:
+    if task.name in STEP_NAMES:
+        _started[task_id] = time.monotonic()
+
+
+@task_success.connect
+def _step_succeeded(sender: Any, result: Any, **_: Any) -> None:
+    started = _started.pop(sender.request.id, None)
+    if sender.name == "regionvault.restore_drill":
+        DRILL_LAST_SUCCESS.labels(domain=sender.request.kwargs.get("domain")).set(time.time())
+        return
+    labels = _labels(sender.request.kwargs)
+    if sender.name not in STEP_NAMES or labels is None or not isinstance(result, dict):
+        return
+    step = sender.name.removeprefix("regionvault.")
+    if started is not None:
+        STEP_DURATION.labels(*labels, step).observe(time.monotonic() - started)
+    STEP_BYTES.labels(*labels, step).inc(int(result.get("bytes") or 0))
+    created = result.get("backup_created_at")
+    if step == "verify" and created:
+        LAST_VERIFIED.labels(*labels).set(datetime.fromisoformat(str(created)).timestamp())
+
+
+@task_failure.connect
+def _step_failed(sender: Any, task_id: str, exception: BaseException,
+                 kwargs: dict[str, Any] | None = None, **_: Any) -> None:
+    _started.pop(task_id, None)
+    if sender.name == "regionvault.restore_drill":
+        DRILL_FAILURES.labels(domain=(kwargs or {}).get("domain", "")).inc()
+        return
+    labels = _labels(kwargs)
+    if sender.name not in STEP_NAMES or labels is None:
+        return
+    step = sender.name.removeprefix("regionvault.")
+    STEP_FAILURES.labels(*labels, step).inc()
+    if step == "verify" and "failed verification" in str(exception):
+        for store in ("s3", "gcs"):
+            if f"{store} copy" in str(exception) or f"{store} manifest" in str(exception):
+                VERIFY_MISMATCHES.labels(*labels, store).inc()

@@ -11,10 +11,10 @@ import os
 import sys
 from pathlib import Path
 
-from regionvault.cli import backups, restores, stack
+from regionvault.cli import backups, operations, restores, stack
 from regionvault.cli.common import app
 
-__all__ = ["app", "backups", "main", "restores", "stack"]
+__all__ = ["app", "backups", "main", "operations", "restores", "stack"]
 
 
 def main() -> None:

@@ -7,7 +7,17 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from regionvault.cli.common import ConfigOption, app, config_from, context_for, guarded, out
+from regionvault.cli.common import (
+    ConfigOption,
+    app,
+    config_from,
+    context_for,
+    guarded,
+    journal,
+    operator,
+    out,
+    progress_of,
+)
 from regionvault.context import DomainContext
 from regionvault.domains import parse_domain
 from regionvault.errors import ConfigError
@@ -19,29 +29,45 @@ from regionvault.manifest import BackupRef, Manifest, new_backup_id
 @app.command()
 def backup(
     domain: Annotated[str, typer.Option("--domain", "-d", help="us, eu or au")],
-    source: Annotated[str, typer.Option("--source", "-s", help="a source of that domain")],
-    wait: Annotated[bool, typer.Option("--wait", help="follow the chain until it ends")] = False,
+    source: Annotated[str | None, typer.Option("--source", "-s", help="a source of that domain")]
+    = None,
+    all_sources: Annotated[bool, typer.Option("--all", help="every source of the domain")]
+    = False,
+    wait: Annotated[bool, typer.Option("--wait", help="follow the chain live until it ends")]
+    = False,
     deep: Annotated[bool, typer.Option("--deep", help="verify by reading both copies")] = False,
     timeout: Annotated[float, typer.Option(help="seconds to wait with --wait")] = 3600,
     config: ConfigOption = None,
 ) -> None:
-    """Start an ad-hoc backup of one source (in the domain's own queue)."""
+    """Start an ad-hoc backup (in the domain's own queue); exit 0 with --wait only if verified."""
 
     def run() -> None:
         cfg = config_from(config)
         d = parse_domain(domain)
-        cfg.source(d, source)  # unknown domain or source: refused before anything is sent
-        from tasks.canvas import backup_chain
+        if all_sources == bool(source):
+            raise ConfigError("give --source S or --all")
+        names = [s.name for s in cfg.domain(d).sources] if all_sources else [str(source)]
+        for name in names:
+            cfg.source(d, name)  # unknown domain or source: refused before anything is sent
+        from tasks.canvas import enqueue_backup
 
-        backup_id = new_backup_id(d, source, DomainContext(cfg, d).clock())
-        result = backup_chain(d.value, source, backup_id, deep_verify=deep).apply_async()
-        out.print(f"backup {backup_id} queued in backup.{d.value}")
-        if wait:
-            from regionvault.follow import follow_chain
+        started = []
+        for name in names:
+            backup_id = new_backup_id(d, name, DomainContext(cfg, d).clock())
+            enqueue_backup(d.value, name, backup_id, deep_verify=deep,
+                           note=f"ad-hoc backup by {operator()}")
+            started.append(backup_id)
+            out.print(f"backup {backup_id} queued in backup.{d.value}")
+        if not wait:
+            for backup_id in started:
+                out.print(f"  follow it with: regionvault watch {backup_id}")
+            return
+        from regionvault.follow import follow
 
-            ok = follow_chain(result, backup_id, out, timeout=timeout)
-            if not ok:
-                raise typer.Exit(1)
+        results = [follow(journal(), backup_id, out, progress_of, timeout=timeout)
+                   for backup_id in started]
+        if not all(r.verified for r in results):
+            raise typer.Exit(1)
 
     guarded(run)
 

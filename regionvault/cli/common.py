@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import getpass
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -14,6 +16,7 @@ from regionvault.config import Config, load_config
 from regionvault.context import DomainContext
 from regionvault.domains import Domain, parse_domain
 from regionvault.errors import RegionvaultError
+from regionvault.journal import Journal
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Region-pinned, client-side encrypted database backups.")
@@ -50,3 +53,26 @@ def context_for(config: Config, domain: str | Domain) -> DomainContext:
     d = parse_domain(domain) if isinstance(domain, str) else domain
     config.domain(d)
     return DomainContext(config, d)
+
+
+def journal() -> Journal:
+    """The backup journal, in the result backend the Celery app is configured with."""
+    from workers.journal import journal as worker_journal
+
+    return worker_journal()
+
+
+def progress_of(task_id: str) -> dict[str, Any] | None:
+    """The PROGRESS meta a running step reports (bytes, elapsed), if any."""
+    from celery.result import AsyncResult
+
+    from workers.app import app as celery_app
+
+    result = AsyncResult(task_id, app=celery_app)
+    info = result.info if result.state == "PROGRESS" else None
+    return info if isinstance(info, dict) else None
+
+
+def operator() -> str:
+    """Who runs this command, for the journal's notes."""
+    return os.environ.get("REGIONVAULT_OPERATOR") or getpass.getuser()

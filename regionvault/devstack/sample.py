@@ -107,6 +107,8 @@ def sample_config(*, data_dir: Path, sources: tuple[SampleSource, ...],
         "s3": {"part_size_mib": 5},
         "gcs": {"project": "regionvault-dev", "chunk_size_mib": 1},
         "retention": {"pii_days": 29, "metadata_days": 365},
+        # quick retries: on a laptop an outage is usually a stopped emulator
+        "retries": {"max_retries": 2, "backoff_seconds": 1, "backoff_max_seconds": 4},
         "domains": domains,
     }
 

@@ -68,6 +68,8 @@ class DevStack:
     s3: S3Service | None = field(default=None, init=False)
     gcs: GCSService | None = field(default=None, init=False)
     worker_processes: dict[Domain, ManagedProcess] = field(default_factory=dict, init=False)
+    #: where each domain worker's Prometheus exporter listens
+    metrics_ports: dict[Domain, int] = field(default_factory=dict, init=False)
     config: Config | None = field(default=None, init=False)
 
     @property
@@ -151,7 +153,7 @@ class DevStack:
         path.write_text(value + "\n")
         return path
 
-    def _create_buckets(self, config: Config) -> None:
+    def _create_buckets(self, config: Config, *, s3_only: bool = False) -> None:
         assert self.s3 is not None and self.gcs is not None
         gcs = storage.Client(project=config.gcs.project, credentials=AnonymousCredentials(),
                              client_options={"api_endpoint": self.gcs.endpoint})
@@ -171,6 +173,8 @@ class DevStack:
                      "Filter": {"Prefix": ""},
                      "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}},
                 ]})
+            if s3_only:
+                continue
             bucket = gcs.bucket(dcfg.gcs_bucket)
             bucket.create(location=dcfg.gcp_location)
             # the emulator ignores the location given at creation; set it as GCS would hold it
@@ -178,6 +182,13 @@ class DevStack:
             bucket.patch()
             self.say(f"buckets of {domain.value}: s3://{dcfg.s3_bucket} ({dcfg.aws_region}), "
                      f"gs://{dcfg.gcs_bucket} ({dcfg.gcp_location})")
+
+    def restart_s3(self) -> None:
+        """Start the S3 emulator again on its port; moto keeps nothing, so the buckets are
+        made again (empty), as after a real regional outage with the data lost."""
+        assert self.s3 is not None and self.config is not None
+        self.s3.restart()
+        self._create_buckets(self.config, s3_only=True)
 
     # --- celery processes -------------------------------------------------------------------
 
@@ -196,13 +207,18 @@ class DevStack:
 
     def start_worker(self, domain: Domain) -> ManagedProcess:
         self.say(f"starting worker pool of {domain.value} on queue {queue_name(domain)}")
+        port = self.metrics_ports.setdefault(domain, free_port())
+        metrics_dir = self.data_dir / "metrics" / domain.value
+        metrics_dir.mkdir(parents=True, exist_ok=True)
+        env = {**self.celery_env(domain), "REGIONVAULT_METRICS_PORT": str(port),
+               "REGIONVAULT_METRICS_ADDRESS": "127.0.0.1",
+               "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
         process = start_process(
             f"worker-{domain.value}",
             self._celery("worker", "-Q", queue_name(domain), "-n", self.worker_name(domain),
                          "--concurrency", str(self.concurrency), "--loglevel", "INFO",
                          "--without-mingle", "--without-gossip"),
-            log_path=self.logs / f"worker-{domain.value}.log",
-            env=self.celery_env(domain), cwd=Path.cwd())
+            log_path=self.logs / f"worker-{domain.value}.log", env=env, cwd=Path.cwd())
         self.group.add(process)
         self.worker_processes[domain] = process
         return process
@@ -213,7 +229,9 @@ class DevStack:
             process.stop()
 
     def control_app(self) -> Celery:
-        return Celery(broker=self.env["REGIONVAULT_BROKER_URL"])
+        # not the current app: code in this process that uses the default app (results of
+        # the real app, for one) must not pick up this bare control connection
+        return Celery(broker=self.env["REGIONVAULT_BROKER_URL"], set_as_current=False)
 
     def wait_for_workers(self, domains: list[Domain], timeout: float = 60.0) -> None:
         app = self.control_app()

@@ -156,6 +156,7 @@ class S3Store:
         *,
         endpoint_url: str | None = None,
         part_size: int = 8 * MiB,
+        max_bytes_per_second: int | None = None,
         client: Any = None,
     ) -> None:
         if part_size < MIN_PART_SIZE:
@@ -166,6 +167,8 @@ class S3Store:
         self.bucket = bucket
         self.region = region
         self.part_size = part_size
+        #: upload pacing, so that a large backup does not saturate the link it shares
+        self.max_bytes_per_second = max_bytes_per_second
         self._client = client if client is not None else make_s3_client(region, endpoint_url)
 
     # -- naming and error translation -------------------------------------------------------
@@ -291,6 +294,7 @@ class S3Store:
                 ChecksumType="FULL_OBJECT",
             )["UploadId"]
         completed = False
+        started, sent = time.monotonic(), 0
         try:
             parts: list[dict[str, Any]] = []
             while reader.remaining:
@@ -298,6 +302,8 @@ class S3Store:
                 # wrong upload is never completed.
                 data = reader.read(part_size)
                 parts.append(self._upload_part(key, upload_id, len(parts) + 1, data))
+                sent += len(data)
+                self._pace(started, sent)
             with self._translated("complete the multipart upload of", key):
                 self._client.complete_multipart_upload(
                     Bucket=self.bucket,
@@ -312,6 +318,12 @@ class S3Store:
         finally:
             if not completed:
                 self._abort_quietly(key, upload_id)
+
+    def _pace(self, started: float, sent: int) -> None:
+        if self.max_bytes_per_second:
+            ahead = sent / self.max_bytes_per_second - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
 
     def _upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> dict[str, Any]:
         part_crc = crc32c_of_bytes(data)

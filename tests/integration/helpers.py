@@ -30,10 +30,10 @@ def context(stack: DevStack, domain: Domain) -> DomainContext:
 def run_chain(stack: DevStack, domain: Domain, source: str, *, deep: bool = True,
               timeout: float = 120) -> str:
     """Run a whole backup chain through the real workers; return the backup id."""
-    from tasks.canvas import backup_chain
+    from tasks.canvas import enqueue_backup
 
     backup_id = new_backup_id(domain, source, context(stack, domain).clock())
-    result = backup_chain(domain.value, source, backup_id, deep_verify=deep).apply_async()
+    result = enqueue_backup(domain.value, source, backup_id, deep_verify=deep, note="test")
     result.get(timeout=timeout)
     return backup_id
 

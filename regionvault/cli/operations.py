@@ -1,0 +1,200 @@
+"""On-call commands: watch a backup, see freshness, retry what failed, cancel what runs."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from regionvault.cli.common import (
+    ConfigOption,
+    app,
+    config_from,
+    context_for,
+    err,
+    guarded,
+    journal,
+    operator,
+    out,
+    progress_of,
+)
+from regionvault.cli.restores import parse_time
+from regionvault.domains import parse_domain
+from regionvault.errors import ConfigError, NotFound
+from regionvault.journal import BackupRecord, BackupState
+from regionvault.manifest import STEPS, BackupRef, Step
+from regionvault.status import EXIT_CODES, Freshness, SourceStatus, assess, worst
+
+
+def _age(delta: timedelta | None) -> str:
+    if delta is None:
+        return "-"
+    hours = delta.total_seconds() / 3600
+    return f"{hours * 60:.0f}m" if hours < 1 else f"{hours:.1f}h" if hours < 48 \
+        else f"{hours / 24:.1f}d"
+
+
+@app.command()
+def watch(
+    backup_id: str,
+    timeout: Annotated[float, typer.Option(help="seconds to follow")] = 3600,
+) -> None:
+    """Follow a backup's chain live until it is verified, fails or is cancelled."""
+
+    def run() -> None:
+        from regionvault.follow import follow
+
+        BackupRef.parse(backup_id)
+        if journal().get(backup_id) is None:
+            raise NotFound(f"backup {backup_id} is not in the journal (finished backups: "
+                           f"regionvault show {backup_id})")
+        if not follow(journal(), backup_id, out, progress_of, timeout=timeout).verified:
+            raise typer.Exit(1)
+
+    guarded(run)
+
+
+@app.command()
+def status(
+    domain: Annotated[str | None, typer.Option("--domain", "-d")] = None,
+    now: Annotated[str | None, typer.Option(
+        "--now", help="judge freshness as of this time (ISO 8601), e.g. to test alerts")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Freshness per source: exit 0 if all fresh, 3 if any late, 4 if any failing."""
+
+    def run() -> int:
+        from regionvault.catalogue import list_backups
+
+        cfg = config_from(config)
+        domains = [parse_domain(domain)] if domain else list(cfg.domains)
+        rows: list[SourceStatus] = []
+        for d in domains:
+            ctx = context_for(cfg, d)
+            when = parse_time(now) if now else ctx.clock()
+            for src in ctx.dcfg.sources:
+                verified = [m for m in list_backups(ctx, src.name)
+                            if m.verified and m.created_at <= when]
+                last = verified[-1] if verified else None
+                failures = [r for r in journal().for_source(d.value, src.name)
+                            if r.state is BackupState.FAILED and r.updated_at <= when]
+                failure = failures[0] if failures else None
+                rpo = ctx.dcfg.rpo_for(src)
+                rows.append(SourceStatus(
+                    domain=d.value, source=src.name, rpo=rpo,
+                    state=assess(last.created_at if last else None,
+                                 failure.updated_at if failure else None, rpo, when),
+                    last_verified_id=last.backup_id if last else None,
+                    last_verified_at=last.created_at if last else None,
+                    age=(when - last.created_at) if last else None,
+                    last_failure_id=failure.backup_id if failure else None,
+                    last_failure_step=failure.error_step.value
+                    if failure and failure.error_step else None,
+                    last_failure_error=failure.error if failure else None,
+                    last_failure_at=failure.updated_at if failure else None))
+        _print_status(rows)
+        return EXIT_CODES[worst([r.state for r in rows])]
+
+    code = guarded(run)
+    raise typer.Exit(code)
+
+
+def _print_status(rows: list[SourceStatus]) -> None:
+    color = {Freshness.FRESH: "green", Freshness.LATE: "yellow", Freshness.FAILING: "red"}
+    table = Table("domain", "source", "state", "last verified backup", "age", "RPO",
+                  "last failure")
+    for r in rows:
+        failure = (f"{r.last_failure_step}: {r.last_failure_error} ({r.last_failure_id})"
+                   if r.last_failure_id else "-")
+        table.add_row(r.domain, r.source, f"[{color[r.state]}]{r.state.value}[/]",
+                      r.last_verified_id or "none", _age(r.age), _age(r.rpo), failure)
+    out.print(table)
+
+
+def _resume_point(backup_id: str, record: BackupRecord | None) -> Step:
+    """Where a retry starts: the journal's first unfinished step, else what the stores say."""
+    if record is not None:
+        if record.state in (BackupState.QUEUED, BackupState.RUNNING):
+            raise ConfigError(f"backup {backup_id} is still {record.state.value}; watch it "
+                              f"(regionvault watch {backup_id}) or cancel it first")
+        if record.state is BackupState.CANCELLED:
+            raise ConfigError(f"backup {backup_id} was cancelled and its data discarded; "
+                              "start a new backup instead")
+        step = record.first_unfinished()
+        if step is None:
+            raise ConfigError(f"backup {backup_id} finished every step; nothing to retry")
+        return step
+    return Step.DUMP
+
+
+@app.command()
+def retry(
+    backup_id: str,
+    wait: Annotated[bool, typer.Option("--wait")] = False,
+    timeout: Annotated[float, typer.Option(help="seconds to wait with --wait")] = 3600,
+    config: ConfigOption = None,
+) -> None:
+    """Resume a failed backup from its first unfinished step, in its own domain's queue."""
+
+    def run() -> None:
+        from regionvault.catalogue import find_backup
+        from tasks.canvas import enqueue_backup
+
+        ref = BackupRef.parse(backup_id)
+        cfg = config_from(config)
+        ctx = context_for(cfg, ref.domain)
+        cfg.source(ref.domain, ref.source)
+        record = journal().get(backup_id)
+        step = _resume_point(backup_id, record)
+        if record is None:  # no journal (expired or lost): the manifests say how far it got
+            try:
+                manifest = next(iter(find_backup(ctx, backup_id).values()))
+                step = next((s for s in STEPS if s not in manifest.steps), Step.EXPIRE)
+            except NotFound:
+                step = Step.DUMP
+        enqueue_backup(ref.domain.value, ref.source, backup_id, start_at=step,
+                       note=f"retried from step {step.value} by {operator()}")
+        out.print(f"backup {backup_id} resumed from step {step.value} in "
+                  f"backup.{ref.domain.value}")
+        if wait:
+            from regionvault.follow import follow
+
+            if not follow(journal(), backup_id, out, progress_of, timeout=timeout).verified:
+                raise typer.Exit(1)
+
+    guarded(run)
+
+
+@app.command()
+def cancel(
+    backup_id: str,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the clean-up")] = 120,
+    config: ConfigOption = None,
+) -> None:
+    """Stop a queued or running backup, discard its partial uploads and spool files."""
+
+    def run() -> None:
+        from workers.app import app as celery_app
+
+        ref = BackupRef.parse(backup_id)
+        cfg = config_from(config)
+        cfg.source(ref.domain, ref.source)
+        record = journal().get(backup_id)
+        if record is not None and record.state is BackupState.VERIFIED:
+            raise ConfigError(f"backup {backup_id} is verified; cancel stops unfinished "
+                              "backups only")
+        # First the mark: any step of this backup that starts from now on ends at once.
+        journal().cancelled(backup_id, by=operator())
+        if record is not None:
+            ids = [r.task_id for r in record.steps.values() if r.task_id]
+            # terminate: the step running now is stopped (its worker child gets SIGTERM)
+            celery_app.control.revoke(ids, terminate=True, signal="SIGTERM")
+            err.print(f"revoked {len(ids)} task(s) of backup {backup_id}")
+        cleanup = celery_app.send_task("regionvault.discard", kwargs={
+            "backup_id": backup_id, "domain": ref.domain.value, "source": ref.source})
+        outcome = cleanup.get(timeout=timeout)
+        out.print(f"backup {backup_id} cancelled; {outcome['detail']}")
+
+    guarded(run)

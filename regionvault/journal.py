@@ -1,0 +1,202 @@
+"""The backup journal: where each backup's chain is, step by step, for people to read.
+
+The stores are the catalogue of finished backups; the journal tells what happens before and
+around that: which step runs, which failed and why, which task ids carry the chain, who
+retried or cancelled it. It holds states and short messages only, never data or secrets, in
+the result backend's Redis (one hash per backup, one sorted set per domain), and expires
+after ``TTL_SECONDS``. Losing it loses history, never a backup: retry and status fall back
+to the manifests in the stores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import redis
+
+from regionvault.manifest import STEPS, BackupRef, Step
+
+TTL_SECONDS = 35 * 24 * 3600
+_KEY = "regionvault:backup:{}"
+_INDEX = "regionvault:backups:{}"
+_MAX_ERROR = 500
+
+
+class StepState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class BackupState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    FAILED = "failed"
+    VERIFIED = "verified"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    step: Step
+    state: StepState = StepState.PENDING
+    task_id: str | None = None
+    detail: str = ""
+    at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class BackupRecord:
+    backup_id: str
+    domain: str
+    source: str
+    state: BackupState
+    steps: dict[Step, StepRecord]
+    created_at: datetime
+    updated_at: datetime
+    error: str = ""
+    error_step: Step | None = None
+    notes: tuple[str, ...] = field(default=())
+
+    def first_unfinished(self) -> Step | None:
+        """The first step not done, where a retry resumes; None if every step is done."""
+        for step in STEPS:
+            if self.steps[step].state is not StepState.DONE:
+                return step
+        return None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+class Journal:
+    """Reads and writes the journal in a Redis-protocol server."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        # redis-py's annotations mix its sync and async clients; this one is sync
+        self._redis: Any = client
+
+    @classmethod
+    def from_url(cls, url: str) -> Journal:
+        return cls(redis.Redis.from_url(url, decode_responses=True, socket_timeout=10))
+
+    def _write(self, backup_id: str, fields: Mapping[str, str], *, at: datetime) -> None:
+        ref = BackupRef.parse(backup_id)
+        key = _KEY.format(backup_id)
+        pipe = self._redis.pipeline()
+        pipe.hsetnx(key, "created_at", at.isoformat())
+        mapping = {"domain": ref.domain.value, "source": ref.source,
+                   "updated_at": at.isoformat(), **fields}
+        pipe.hset(key, mapping=mapping)
+        pipe.expire(key, TTL_SECONDS)
+        pipe.zadd(_INDEX.format(ref.domain.value), {backup_id: at.timestamp()})
+        pipe.expire(_INDEX.format(ref.domain.value), TTL_SECONDS)
+        pipe.execute()
+
+    def queued(self, backup_id: str, task_ids: Mapping[Step, str], *, note: str = "",
+               at: datetime | None = None) -> None:
+        """A chain (or the rest of one) was sent; its steps are pending again."""
+        fields = {"state": BackupState.QUEUED.value, "error": "", "error_step": ""}
+        for step, task_id in task_ids.items():
+            fields[f"{step.value}.state"] = StepState.PENDING.value
+            fields[f"{step.value}.task_id"] = task_id
+            fields[f"{step.value}.detail"] = ""
+        self._write(backup_id, fields, at=at or _now())
+        if note:
+            self.note(backup_id, note, at=at)
+
+    def step(self, backup_id: str, step: Step, state: StepState, *, detail: str = "",
+             task_id: str | None = None, at: datetime | None = None) -> None:
+        """Record a step's new state. A cancelled backup stays cancelled: a step killed by
+        the cancel reports its death afterwards, and must not make it look failed."""
+        if self.is_cancelled(backup_id):
+            return
+        when = at or _now()
+        fields = {f"{step.value}.state": state.value, f"{step.value}.at": when.isoformat(),
+                  f"{step.value}.detail": detail[:_MAX_ERROR]}
+        if task_id:
+            fields[f"{step.value}.task_id"] = task_id
+        if state is StepState.FAILED:
+            fields.update(state=BackupState.FAILED.value, error=detail[:_MAX_ERROR],
+                          error_step=step.value)
+        elif state in (StepState.RUNNING, StepState.RETRYING):
+            fields["state"] = BackupState.RUNNING.value
+        elif state is StepState.DONE and step is Step.VERIFY:
+            fields["state"] = BackupState.VERIFIED.value
+        self._write(backup_id, fields, at=when)
+
+    def cancelled(self, backup_id: str, *, by: str, at: datetime | None = None) -> None:
+        when = at or _now()
+        record = self.get(backup_id)
+        fields = {"state": BackupState.CANCELLED.value}
+        if record is not None:
+            for step, rec in record.steps.items():
+                if rec.state is not StepState.DONE:
+                    fields[f"{step.value}.state"] = StepState.CANCELLED.value
+        self._write(backup_id, fields, at=when)
+        self.note(backup_id, f"cancelled by {by}", at=when)
+
+    def is_cancelled(self, backup_id: str) -> bool:
+        return self._redis.hget(_KEY.format(backup_id), "state") == BackupState.CANCELLED.value
+
+    def note(self, backup_id: str, text: str, *, at: datetime | None = None) -> None:
+        """Who did what, when (retries, cancellations); kept with the backup."""
+        when = at or _now()
+        key = _KEY.format(backup_id) + ":notes"
+        self._redis.rpush(key, f"{when.isoformat()} {text[:_MAX_ERROR]}")
+        self._redis.expire(key, TTL_SECONDS)
+
+    def get(self, backup_id: str) -> BackupRecord | None:
+        data: dict[str, str] = self._redis.hgetall(_KEY.format(backup_id))
+        if not data:
+            return None
+        notes = self._redis.lrange(_KEY.format(backup_id) + ":notes", 0, -1)
+        return _record(backup_id, data, tuple(str(n) for n in notes))
+
+    def recent(self, domain: str | None = None, limit: int = 100) -> list[BackupRecord]:
+        """The newest backups first (of one domain, or of all)."""
+        domains = [domain] if domain else ["us", "eu", "au"]
+        ids: list[tuple[float, str]] = []
+        for d in domains:
+            for member, score in self._redis.zrevrange(_INDEX.format(d), 0, limit - 1,
+                                                       withscores=True):
+                ids.append((float(score), str(member)))
+        ids.sort(reverse=True)
+        records = [self.get(bid) for _, bid in ids[:limit]]
+        return [r for r in records if r is not None]
+
+    def for_source(self, domain: str, source: str, limit: int = 200) -> list[BackupRecord]:
+        return [r for r in self.recent(domain, limit) if r.source == source]
+
+
+def _record(backup_id: str, data: Mapping[str, str], notes: Iterable[str]) -> BackupRecord:
+    steps = {}
+    for step in STEPS:
+        steps[step] = StepRecord(
+            step=step,
+            state=StepState(data.get(f"{step.value}.state", StepState.PENDING.value)),
+            task_id=data.get(f"{step.value}.task_id") or None,
+            detail=data.get(f"{step.value}.detail", ""),
+            at=_parse_time(data.get(f"{step.value}.at")),
+        )
+    created = _parse_time(data.get("created_at")) or _now()
+    error_step = data.get("error_step") or None
+    return BackupRecord(
+        backup_id=backup_id, domain=data.get("domain", ""), source=data.get("source", ""),
+        state=BackupState(data.get("state", BackupState.QUEUED.value)), steps=steps,
+        created_at=created, updated_at=_parse_time(data.get("updated_at")) or created,
+        error=data.get("error", ""), error_step=Step(error_step) if error_step else None,
+        notes=tuple(notes),
+    )
