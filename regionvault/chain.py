@@ -27,6 +27,7 @@ from regionvault.errors import (
     NotFound,
     ResidencyError,
     StepOrderError,
+    TransientStoreError,
 )
 from regionvault.keyring import WrappedKey, new_data_key, wrap_context
 from regionvault.manifest import (
@@ -143,8 +144,12 @@ def dump(ctx: DomainContext, backup_id: str, progress: Progress = _no_progress) 
     if spool.exists(backup_id, sp.DUMP_META) or spool.exists(backup_id, sp.MANIFEST_FILE):
         return StepOutcome(backup_id, Step.DUMP, "already dumped", skipped=True)
     # After verify the spool is empty again: the stores tell whether this backup went further.
-    if read_manifest(ctx.s3, keys_of(ref, src)[1]) is not None:
-        return StepOutcome(backup_id, Step.DUMP, "already uploaded", skipped=True)
+    # S3 being down does not stop a dump: upload waits for it, and the snapshot is taken now.
+    try:
+        if read_manifest(ctx.s3, keys_of(ref, src)[1]) is not None:
+            return StepOutcome(backup_id, Step.DUMP, "already uploaded", skipped=True)
+    except TransientStoreError:
+        pass
     started = ctx.clock()
     spool_key = new_data_key()
     wrapped = ctx.keyring.wrap(spool_key, stream_context(ref, "spool-key"))

@@ -131,7 +131,8 @@ class Journal:
         if state is StepState.FAILED:
             fields.update(state=BackupState.FAILED.value, error=detail[:_MAX_ERROR],
                           error_step=step.value)
-        elif state in (StepState.RUNNING, StepState.RETRYING):
+        elif state in (StepState.RUNNING, StepState.RETRYING) and step is not Step.EXPIRE:
+            # expire runs after verify: the backup is verified by then, whatever expire does
             fields["state"] = BackupState.RUNNING.value
         elif state is StepState.DONE and step is Step.VERIFY:
             fields["state"] = BackupState.VERIFIED.value

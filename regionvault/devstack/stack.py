@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import boto3
 from celery import Celery
@@ -42,6 +43,17 @@ from regionvault.devstack.services import (
 )
 from regionvault.domains import Domain, queue_name
 
+
+def _merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 #: dummy credentials for moto; real ones never go near the embedded stack
 DEV_AWS_ENV = {"AWS_ACCESS_KEY_ID": "regionvault-dev", "AWS_SECRET_ACCESS_KEY": "regionvault-dev"}
 
@@ -59,6 +71,8 @@ class DevStack:
     concurrency: int = 1
     #: sample sources created in every domain when no config_file is given
     sources: tuple[sample.SampleSource, ...] = sample.SAMPLE_SOURCES
+    #: merged into the sample configuration, e.g. {"s3": {"max_upload_mib_per_second": 2}}
+    config_overrides: dict[str, Any] = field(default_factory=dict)
     say: Say = field(default=lambda _: None)
 
     group: ServiceGroup = field(default_factory=ServiceGroup, init=False)
@@ -142,9 +156,10 @@ class DevStack:
                                                 self.postgres.dsn(name))
         key_files = sample.write_domain_keys(self.data_dir / "keys")
         path = self.data_dir / "regionvault.yaml"
-        sample.write_yaml(path, sample.sample_config(
+        data = sample.sample_config(
             data_dir=self.data_dir, sources=self.sources, dsn_files=dsn_files,
-            key_files=key_files, scratch_dsn_file=scratch, restore_target_files=targets))
+            key_files=key_files, scratch_dsn_file=scratch, restore_target_files=targets)
+        sample.write_yaml(path, _merged(data, self.config_overrides))
         return path
 
     @staticmethod
@@ -267,10 +282,14 @@ class DevStack:
             password_file.touch(mode=0o600)
             password_file.write_text(secrets.token_urlsafe(16))
         password = password_file.read_text().strip()
+        # `regionvault flower` reads user:password from a file, never from its command line
+        auth_file = self._secret_file(password_file.with_name("flower-basic-auth"),
+                                      f"operator:{password}")
         self.say(f"starting Flower on http://127.0.0.1:{port}")
         process = start_process(
-            "flower", self._celery("flower", "--address=127.0.0.1", f"--port={port}",
-                                   f"--basic-auth=operator:{password}"),
+            "flower", [sys.executable, "-c", "from regionvault.cli import main; main()",
+                       "flower", "--address=127.0.0.1", f"--port={port}",
+                       f"--basic-auth-file={auth_file}"],
             log_path=self.logs / "flower.log", env=self.celery_env(), cwd=Path.cwd())
         self.group.add(process)
         self.env["REGIONVAULT_FLOWER_URL"] = f"http://127.0.0.1:{port}"

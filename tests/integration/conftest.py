@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,14 +33,17 @@ LEDGER = sample.SampleSource(
 
 
 @contextlib.contextmanager
-def running_stack(prefix: str) -> Iterator[DevStack]:
-    """A whole embedded stack in its own directory, stopped and removed afterwards."""
+def running_stack(prefix: str, **options: Any) -> Iterator[DevStack]:
+    """A whole embedded stack in its own directory, stopped and removed afterwards.
+
+    ``options`` go to ``DevStack`` (e.g. ``flower=True``, ``config_overrides={...}``)."""
     # Not under pytest's basetemp: every pytest session resets /tmp/pytest-of-<user> to 0700,
     # which would lock PostgreSQL's unprivileged user out of its data directory if another
     # pytest run starts while this stack is up.
     root = Path(tempfile.mkdtemp(prefix=prefix))
-    dev = DevStack(data_dir=root, beat=False, flower=False,
-                   sources=(*sample.SAMPLE_SOURCES, LEDGER))
+    settings: dict[str, Any] = {"beat": False, "flower": False,
+                                "sources": (*sample.SAMPLE_SOURCES, LEDGER), **options}
+    dev = DevStack(data_dir=root, **settings)
     try:
         dev.start()
         yield dev

@@ -1,0 +1,63 @@
+"""``regionvault flower``: Flower for the app, with Retry and Backups, authenticated."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from regionvault.cli.common import ConfigOption, app, err, guarded
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def flower(
+    ctx: typer.Context,
+    port: Annotated[int, typer.Option(help="port to listen on")] = 5555,
+    address: Annotated[str | None, typer.Option(
+        help="address to listen on (default: every address; 127.0.0.1 with --dev-no-auth)",
+        show_default=False)] = None,
+    basic_auth_file: Annotated[Path | None, typer.Option(
+        "--basic-auth-file",
+        help="file with one user:password a line (else REGIONVAULT_FLOWER_BASIC_AUTH)")] = None,
+    auth: Annotated[str | None, typer.Option(
+        "--auth", help="Flower OAuth: regexp of the e-mails allowed in")] = None,
+    auth_provider: Annotated[str | None, typer.Option(
+        "--auth-provider", help="Flower OAuth: e.g. flower.views.auth.GithubLoginHandler")] = None,
+    oauth2_key: Annotated[str | None, typer.Option(
+        "--oauth2-key", help="Flower OAuth: client id (the secret: FLOWER_OAUTH2_SECRET)")] = None,
+    oauth2_redirect_uri: Annotated[str | None, typer.Option(
+        "--oauth2-redirect-uri", help="Flower OAuth: redirect URI")] = None,
+    dev_no_auth: Annotated[bool, typer.Option(
+        "--dev-no-auth", help="run WITHOUT authentication (development only)")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Run Flower for the app, with Retry on failed tasks and a Backups page.
+
+    Authentication is required: basic auth from a file or REGIONVAULT_FLOWER_BASIC_AUTH, or
+    Flower's OAuth options. Any other Flower option passes through as --name=value.
+    """
+
+    def run() -> None:
+        from regionvault.flowerui import app as flowerui
+        from regionvault.flowerui.access import basic_auth_from
+
+        flower_args = [f"--{name}={value}" for name, value in (
+            ("auth", auth), ("auth_provider", auth_provider), ("oauth2_key", oauth2_key),
+            ("oauth2_redirect_uri", oauth2_redirect_uri)) if value is not None]
+        listen = address if address is not None else ("127.0.0.1" if dev_no_auth else "")
+        options = flowerui.flower_options(
+            port=port, address=listen,
+            basic_auth=basic_auth_from(basic_auth_file, os.environ),
+            flower_args=[*flower_args, *ctx.args], dev_no_auth=dev_no_auth,
+            warn=lambda message: err.print(f"[bold yellow]{message}[/]", highlight=False,
+                                           soft_wrap=True))
+        if config is not None:  # (`regionvault` itself does this; CliRunner does not)
+            os.environ["REGIONVAULT_CONFIG"] = str(config.resolve())
+        # the Celery app (and so the configuration) only once the options are known good
+        from workers.app import app as celery_app
+
+        flowerui.run(celery_app, options)
+
+    guarded(run)

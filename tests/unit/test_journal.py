@@ -1,0 +1,102 @@
+"""The journal's state machine, against a real Redis-protocol server (started here)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from regionvault.devstack.services import start_redis
+from regionvault.journal import BackupState, Journal, StepState
+from regionvault.manifest import STEPS, Step
+
+T0 = datetime(2026, 11, 28, 2, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    server = start_redis(Path(tmp_path_factory.mktemp("redis")))
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def journal(redis_url: str) -> Journal:
+    j = Journal.from_url(redis_url)
+    j._redis.flushdb()
+    return j
+
+
+def _queue(journal: Journal, backup_id: str) -> None:
+    journal.queued(backup_id, {s: f"task-{s.value}" for s in STEPS}, note="test", at=T0)
+
+
+def test_a_chain_that_succeeds(journal: Journal) -> None:
+    bid = "eu.accounts.20261128T020000Z.0000000a"
+    _queue(journal, bid)
+    for i, step in enumerate(STEPS):
+        journal.step(bid, step, StepState.RUNNING, at=T0 + timedelta(seconds=2 * i))
+        journal.step(bid, step, StepState.DONE, detail="ok", at=T0 + timedelta(seconds=2 * i + 1))
+        record = journal.get(bid)
+        assert record is not None
+        expected = BackupState.VERIFIED if STEPS.index(step) >= STEPS.index(Step.VERIFY) \
+            else BackupState.RUNNING
+        assert record.state is expected, step
+    record = journal.get(bid)
+    assert record is not None and record.first_unfinished() is None
+    assert record.steps[Step.UPLOAD].task_id == "task-upload"
+    assert record.notes[0].endswith("test")
+
+
+def test_a_failed_step_is_where_a_retry_resumes(journal: Journal) -> None:
+    bid = "us.catalog.20261128T020000Z.0000000b"
+    _queue(journal, bid)
+    for step in (Step.DUMP, Step.ENCRYPT):
+        journal.step(bid, step, StepState.DONE)
+    journal.step(bid, Step.UPLOAD, StepState.RETRYING, detail="retrying: slow down")
+    journal.step(bid, Step.UPLOAD, StepState.FAILED, detail="cannot upload: S3 is down")
+    record = journal.get(bid)
+    assert record is not None
+    assert record.state is BackupState.FAILED and record.error_step is Step.UPLOAD
+    assert record.error == "cannot upload: S3 is down"
+    assert record.first_unfinished() is Step.UPLOAD
+    # the rest of the chain is queued again: pending, error cleared, dump untouched
+    journal.queued(bid, {s: f"again-{s.value}" for s in STEPS[2:]})
+    again = journal.get(bid)
+    assert again is not None and again.state is BackupState.QUEUED and again.error == ""
+    assert again.steps[Step.DUMP].state is StepState.DONE
+    assert again.steps[Step.UPLOAD].task_id == "again-upload"
+
+
+def test_cancelled_stays_cancelled(journal: Journal) -> None:
+    bid = "au.ledger.20261128T020000Z.0000000c"
+    _queue(journal, bid)
+    journal.step(bid, Step.DUMP, StepState.DONE)
+    journal.step(bid, Step.ENCRYPT, StepState.RUNNING)
+    journal.cancelled(bid, by="oncall")
+    journal.step(bid, Step.ENCRYPT, StepState.FAILED, detail="worker lost")  # the killed step
+    record = journal.get(bid)
+    assert record is not None and record.state is BackupState.CANCELLED
+    assert record.steps[Step.DUMP].state is StepState.DONE
+    assert record.steps[Step.ENCRYPT].state is StepState.CANCELLED
+    assert journal.is_cancelled(bid)
+    assert any("cancelled by oncall" in note for note in record.notes)
+
+
+def test_recent_lists_newest_first_per_domain(journal: Journal) -> None:
+    ids = [f"eu.accounts.20261128T02000{i}Z.0000000{i}" for i in range(3)]
+    for i, bid in enumerate(ids):
+        journal.queued(bid, {Step.DUMP: "t"}, at=T0 + timedelta(minutes=i))
+    journal.queued("us.accounts.20261128T020000Z.0000000f", {Step.DUMP: "t"}, at=T0)
+    assert [r.backup_id for r in journal.recent("eu")] == list(reversed(ids))
+    assert len(journal.recent()) == 4
+    assert [r.backup_id for r in journal.for_source("eu", "accounts", limit=2)] == \
+        list(reversed(ids))[:2]
+
+
+def test_unknown_backup_is_none(journal: Journal) -> None:
+    assert journal.get("eu.accounts.20261128T020000Z.deadbeef") is None
