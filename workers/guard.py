@@ -13,7 +13,7 @@ import os
 from typing import Any
 
 from celery import Task
-from celery.exceptions import Reject
+from celery.exceptions import Reject, WorkerShutdown
 from celery.signals import celeryd_after_setup
 
 from regionvault.domains import Domain, parse_domain, queue_name
@@ -27,21 +27,27 @@ def worker_domain() -> Domain | None:
     return parse_domain(value) if value else None
 
 
+def queue_problem(domain: Domain | None, consumed: set[str]) -> str | None:
+    """Why a worker serving ``domain`` must not consume ``consumed``, or None if it may."""
+    if domain is None:
+        return ("REGIONVAULT_DOMAIN is not set: start a worker with the domain it serves, e.g. "
+                "REGIONVAULT_DOMAIN=eu celery -A workers worker -Q backup.eu")
+    if consumed != {queue_name(domain)}:
+        return (f"worker of domain {domain.value!r} must consume exactly {queue_name(domain)} "
+                f"(it was given: {', '.join(sorted(consumed))}); pass -Q {queue_name(domain)}")
+    return None
+
+
 @celeryd_after_setup.connect
 def _check_queues(sender: str, instance: Any, **_: Any) -> None:
     domain = worker_domain()
-    if domain is None:
-        raise RuntimeError(
-            "REGIONVAULT_DOMAIN is not set: start a worker with the domain it serves, e.g. "
-            "REGIONVAULT_DOMAIN=eu celery -A workers worker -Q backup.eu"
-        )
     consumed = set(instance.app.amqp.queues.consume_from or instance.app.amqp.queues)
-    expected = {queue_name(domain)}
-    if consumed != expected:
-        raise RuntimeError(
-            f"worker of domain {domain.value!r} must consume exactly {queue_name(domain)} "
-            f"(it was given: {', '.join(sorted(consumed))}); pass -Q {queue_name(domain)}"
-        )
+    problem = queue_problem(domain, consumed)
+    if problem is not None:
+        log.critical("refusing to start: %s", problem)
+        # Celery's signal dispatch swallows ordinary exceptions; WorkerShutdown stops it.
+        raise WorkerShutdown(problem)
+    assert domain is not None
     log.info("worker %s serves domain %s from queue %s", sender, domain.value,
              queue_name(domain))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from datetime import datetime
@@ -18,17 +19,19 @@ from typing import Any
 from workers.guard import worker_domain
 
 # Must be decided before prometheus_client is imported: it picks its value store at import.
-if worker_domain() is not None and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+# Only a worker process gets a private directory (not `celery inspect` run in its pod).
+_IS_WORKER = worker_domain() is not None and "worker" in sys.argv
+if _IS_WORKER and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="rv-metrics-")
 
-from celery.signals import (
+from celery.signals import (  # noqa: E402
     task_failure,
     task_prerun,
     task_success,
     worker_init,
     worker_process_shutdown,
 )
-from prometheus_client import (
+from prometheus_client import (  # noqa: E402
     CollectorRegistry,
     Counter,
     Gauge,

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from regionvault.cli import backups, operations, restores, stack
+from regionvault.cli import backups, flower, operations, restores, stack
 from regionvault.cli.common import app
 
 __all__ = ["app", "backups", "main", "operations", "restores", "stack"]

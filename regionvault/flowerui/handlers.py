@@ -142,8 +142,11 @@ class BackupsPage(BaseHandler, _Blocking):
                 self.application.journal.recent, domain or None, limit)
         except redis.RedisError as exc:
             raise web.HTTPError(503, f"the backup journal could not be read ({exc})") from exc
+        events = self.application.events
         self.render("backups.html", records=records, steps=STEPS, domain=domain,
-                    domains=[d.value for d in Domain], limit=limit, state_badge=state_badge)
+                    domains=[d.value for d in Domain], limit=limit, state_badge=state_badge,
+                    # a step not sent yet (after a failure) has a task id but no task page
+                    known_task=lambda task_id: get_task_by_id(events, task_id) is not None)
 
 
 class Navbar(tornado.web.UIModule):

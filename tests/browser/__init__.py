@@ -1,0 +1,1 @@
+"""Tests through a real browser: headless Chromium from Debian's ``chromium`` package."""

@@ -1,0 +1,166 @@
+"""The pure parts of regionvault's Flower: who may retry what, and where credentials come from.
+
+The browser test (tests/browser) drives the whole thing against a real stack; these pin the
+decisions in a table, where every refusal and its HTTP status can be read at a glance.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from regionvault.domains import Domain
+from regionvault.errors import ConfigError
+from regionvault.flowerui.access import (
+    ANONYMOUS,
+    BASIC_AUTH_ENV,
+    basic_auth_from,
+    basic_auth_from_file,
+    operator_name,
+)
+from regionvault.flowerui.retry import RetryPlan, RetryRefused, TaskMeta, plan_retry
+from regionvault.manifest import Step
+
+BACKUP_ID = "eu.accounts.20261128T020000Z.1a2b3c4d"
+KWARGS = {"backup_id": BACKUP_ID, "domain": "eu", "source": "accounts"}
+REGISTERED = {"regionvault.upload", "regionvault.backup_domain", "celery.chord_unlock"}
+
+
+def meta(**changes: Any) -> TaskMeta:
+    fields: dict[str, Any] = {"state": "FAILURE", "name": "regionvault.upload", "args": (),
+                              "kwargs": dict(KWARGS), "queue": "backup.eu"}
+    fields.update(changes)
+    return TaskMeta(**fields)
+
+
+def test_a_failed_step_is_re_sent_as_it_was_to_its_domain_queue() -> None:
+    plan = plan_retry("t-1", meta(), REGISTERED)
+    assert plan == RetryPlan(task_id="t-1", name="regionvault.upload", args=(), kwargs=KWARGS,
+                             domain=Domain.EU, queue="backup.eu")
+    assert plan.step is Step.UPLOAD
+    assert plan.backup_id == BACKUP_ID
+
+
+def test_a_failed_fan_out_is_re_sent_too_but_belongs_to_no_backup() -> None:
+    plan = plan_retry("t-2", meta(name="regionvault.backup_domain", kwargs={"domain": "au"},
+                                  queue=None), REGISTERED)
+    assert (plan.queue, plan.step, plan.backup_id) == ("backup.au", None, None)
+
+
+@pytest.mark.parametrize(("changes", "status", "words"), [
+    ({"name": None, "state": "PENDING", "kwargs": None}, 409, "arguments are gone"),
+    ({"name": "celery.chord_unlock"}, 400, "not a regionvault task"),
+    ({"state": "SUCCESS"}, 409, "is SUCCESS, not failed"),
+    ({"state": "RETRY"}, 409, "is RETRY, not failed"),
+    ({"kwargs": None}, 409, "arguments of task t-3 (regionvault.upload) are gone"),
+    ({"kwargs": {}}, 409, "are gone"),
+    ({"kwargs": {**KWARGS, "domain": "moon"}}, 400, "domain 'moon'"),
+    ({"kwargs": {**KWARGS, "domain": None}}, 400, "domain None"),
+    ({"queue": "backup.us"}, 409, "came from queue 'backup.us', not backup.eu"),
+    ({"name": "regionvault.nonexistent"}, 400, "not registered"),
+])
+def test_refusals_say_why_with_a_status(changes: dict[str, Any], status: int,
+                                        words: str) -> None:
+    with pytest.raises(RetryRefused) as refused:
+        plan_retry("t-3", meta(**changes), REGISTERED)
+    assert refused.value.status == status
+    assert words in str(refused.value)
+
+
+def test_task_meta_reads_what_the_result_backend_stores() -> None:
+    stored = {"status": "FAILURE", "result": {"exc_type": "TransientStoreError"},
+              "name": "regionvault.upload", "args": [], "kwargs": KWARGS,
+              "worker": "eu@host", "retries": 2, "queue": "backup.eu"}
+    assert TaskMeta.from_backend(stored) == meta()
+    assert TaskMeta.from_backend({"status": "PENDING", "result": None}) == TaskMeta("PENDING")
+
+
+# --- credentials -----------------------------------------------------------------------------
+
+
+def test_basic_auth_file_holds_one_pair_a_line(tmp_path: Path) -> None:
+    path = tmp_path / "auth"
+    path.write_text("# operators\noperator:s3cret:with:colons\n\noncall:other\n")
+    assert basic_auth_from_file(path) == ["operator:s3cret:with:colons", "oncall:other"]
+
+
+def test_the_file_wins_over_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "auth"
+    path.write_text("from-file:pw\n")
+    env = {BASIC_AUTH_ENV: "from-env:pw"}
+    assert basic_auth_from(path, env) == ["from-file:pw"]
+    assert basic_auth_from(None, env) == ["from-env:pw"]
+    assert basic_auth_from(None, {}) == []
+
+
+@pytest.mark.parametrize(("content", "secret"), [
+    ("justapassword\n", "justapassword"), (":n0b0dy\n", "n0b0dy"), ("alice:\n", "alice"),
+    (" alice:hunter2\n", "hunter2"),
+])
+def test_a_bad_line_is_refused_without_echoing_it(tmp_path: Path, content: str,
+                                                  secret: str) -> None:
+    path = tmp_path / "auth"
+    path.write_text(content)
+    with pytest.raises(ConfigError) as refused:
+        basic_auth_from_file(path)
+    assert f"line 1 of {path}" in str(refused.value)
+    assert secret not in str(refused.value)
+
+
+def test_a_missing_or_empty_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the Flower basic-auth file"):
+        basic_auth_from_file(tmp_path / "missing")
+    (tmp_path / "empty").write_text("# nobody\n")
+    with pytest.raises(ConfigError, match="holds no user:password line"):
+        basic_auth_from_file(tmp_path / "empty")
+
+
+def test_the_operator_is_the_oauth_email_else_the_basic_auth_user() -> None:
+    header = "Basic " + base64.b64encode(b"operator:pw:x").decode()
+    assert operator_name("ops@example.com", header) == "ops@example.com"
+    assert operator_name(True, header) == "operator"
+    assert operator_name(True, "Basic !!!") == ANONYMOUS
+    assert operator_name(True, None) == ANONYMOUS
+
+
+# --- the command refuses to run open ---------------------------------------------------------
+
+
+def _flower_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("REGIONVAULT_", "FLOWER_"))}
+    return subprocess.run(
+        [sys.executable, "-c", "from regionvault.cli import main; main()", "flower", *args],
+        capture_output=True, text=True, env={**clean, **(env or {})}, timeout=60, check=False)
+
+
+def test_flower_without_authentication_refuses_to_start() -> None:
+    result = _flower_cli("--port", "1")
+    assert result.returncode == 2, result.stderr
+    assert "Flower needs authentication" in result.stderr
+    assert "--dev-no-auth" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_flower_refuses_a_password_on_its_command_line(tmp_path: Path) -> None:
+    result = _flower_cli("--basic_auth=operator:hunter2")
+    assert result.returncode == 2
+    assert "not taken on the command line" in result.stderr
+    result = _flower_cli("--no-such-option=1", env={BASIC_AUTH_ENV: "operator:pw"})
+    assert result.returncode == 2
+    assert "'--no-such-option=1' is not a Flower option" in result.stderr
+
+
+def test_flower_refuses_a_bad_basic_auth_file(tmp_path: Path) -> None:
+    path = tmp_path / "auth"
+    path.write_text("hunter2\n")
+    result = _flower_cli("--basic-auth-file", str(path))
+    assert result.returncode == 2
+    assert f"line 1 of {path} is not of the form user:password" in result.stderr
+    assert "hunter2" not in result.stderr
