@@ -3,7 +3,7 @@
 # One image for every regionvault process; the command picks the role:
 #   celery -A workers worker -Q backup.<domain>   (with REGIONVAULT_DOMAIN=<domain>)
 #   celery -A workers beat
-#   celery -A workers flower
+#   regionvault flower          (Flower with Retry and the Backups page; auth required)
 #   regionvault <command>                          (the operator CLI)
 # The Helm chart (charts/regionvault) and docker-compose.yml set these commands.
 

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck check dev clean
+.PHONY: demo test lint typecheck check dev clean browser
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -20,8 +20,13 @@ demo: $(STAMP)
 dev: $(STAMP)
 	$(BIN)/regionvault dev
 
-test: $(STAMP) lint typecheck
+test: $(STAMP) browser lint typecheck
 	$(BIN)/pytest
+
+# The browser tests (tests/browser) drive Debian's Chromium, never a browser of Playwright's.
+browser:
+	@test -x /usr/bin/chromium || DEBIAN_FRONTEND=noninteractive apt-get install -y chromium \
+		|| { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -36,5 +36,5 @@ for domain in us eu au; do
             "postgresql://rv_$domain:$password@postgres:5432/${domain}_$source"
     done
 done
-write flower.env "FLOWER_BASIC_AUTH=operator:$(random_token 24)"
+write flower.env "REGIONVAULT_FLOWER_BASIC_AUTH=operator:$(random_token 24)"
 echo "secrets are in $dir (Flower's login: see flower.env)"

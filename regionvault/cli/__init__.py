@@ -14,7 +14,7 @@ from pathlib import Path
 from regionvault.cli import backups, flower, operations, restores, stack
 from regionvault.cli.common import app
 
-__all__ = ["app", "backups", "main", "operations", "restores", "stack"]
+__all__ = ["app", "backups", "flower", "main", "operations", "restores", "stack"]
 
 
 def main() -> None:

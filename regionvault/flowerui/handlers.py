@@ -27,6 +27,7 @@ from regionvault.flowerui.retry import (
     RetryMark,
     RetryRefused,
     retry_task,
+    step_of,
 )
 from regionvault.journal import BackupRecord
 from regionvault.manifest import STEPS
@@ -69,7 +70,11 @@ class TaskPage(TaskView, _Blocking):
         if task is None:
             raise web.HTTPError(404, f"Unknown task '{task_id}'")
         task = self.format_task(task)
-        retryable = task.state == FAILURE and str(task.name or "").startswith(TASK_PREFIX)
+        name = str(task.name or "")
+        retryable = task.state == FAILURE and name.startswith(TASK_PREFIX)
+        step = step_of(name)
+        # a step is re-sent with the rest of its backup's chain behind it (see retry.py)
+        followed_by = [s.value for s in STEPS[STEPS.index(step) + 1:]] if step else []
         retried: RetryMark | None = None
         if retryable:
             try:
@@ -78,7 +83,7 @@ class TaskPage(TaskView, _Blocking):
                 retried = None  # the POST checks again and says so if it cannot
         self.render("regionvault_task.html", task=task,
                     read_only=self.application.options.read_only,
-                    retryable=retryable, retried=retried)
+                    retryable=retryable, retried=retried, followed_by=followed_by)
 
 
 class RetryTask(BaseHandler, _Blocking):
@@ -133,7 +138,8 @@ class BackupsPage(BaseHandler, _Blocking):
     async def get(self) -> None:
         domain = self.get_argument("domain", "", escape=False) or ""
         if domain and domain not in {d.value for d in Domain}:
-            raise web.HTTPError(400, f"unknown domain {domain!r} (domains: us, eu, au)")
+            valid = ", ".join(d.value for d in Domain)
+            raise web.HTTPError(400, f"unknown domain {domain!r} (domains: {valid})")
         limit = self.get_argument("limit", 100, type=int)
         if not 1 <= limit <= MAX_BACKUPS:
             raise web.HTTPError(400, f"limit must be between 1 and {MAX_BACKUPS}")

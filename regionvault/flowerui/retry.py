@@ -6,6 +6,10 @@ state and the queue it came from. ``plan_retry`` decides, without I/O, whether t
 re-sent; ``retry_task`` carries it out: it claims the failed task id (a second click, or a
 second operator, gets "already retried" instead of a second run), sends the task with a new id
 to ``backup.<domain>``, and records who did it and when in the backup journal and the log.
+
+A step of a backup is re-sent with the rest of its chain behind it (upload, then replicate,
+verify, expire), as the failed message carried it: a step re-run alone would leave the backup
+forever "running" in the journal, with its later steps never sent.
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ import redis
 
 from regionvault.domains import Domain, parse_domain, queue_name
 from regionvault.errors import RegionvaultError
-from regionvault.journal import Journal
-from regionvault.manifest import Step
+from regionvault.journal import BackupState, Journal
+from regionvault.manifest import STEPS, Step
 
 log = logging.getLogger("regionvault.flower")
 
@@ -78,15 +82,22 @@ class RetryPlan:
     @property
     def step(self) -> Step | None:
         """The backup step this task runs, if it is one (not e.g. ``backup_domain``)."""
-        try:
-            return Step(self.name.removeprefix(TASK_PREFIX))
-        except ValueError:
-            return None
+        return step_of(self.name)
 
     @property
     def backup_id(self) -> str | None:
         value = self.kwargs.get("backup_id")
         return value if isinstance(value, str) and value else None
+
+
+def step_of(task_name: str) -> Step | None:
+    """The backup step a task runs (``regionvault.upload`` runs upload), or None."""
+    if not task_name.startswith(TASK_PREFIX):
+        return None
+    try:
+        return Step(task_name.removeprefix(TASK_PREFIX))
+    except ValueError:
+        return None
 
 
 def plan_retry(task_id: str, meta: TaskMeta, registered: Collection[str]) -> RetryPlan:
@@ -123,6 +134,12 @@ def plan_retry(task_id: str, meta: TaskMeta, registered: Collection[str]) -> Ret
         raise RetryRefused(409, (
             f"task {task_id} ({meta.name}) of domain {domain.value!r} came from queue "
             f"{meta.queue!r}, not {queue}; a misrouted task is not re-sent"))
+    step = step_of(meta.name)
+    if step is not None and not all(isinstance(meta.kwargs.get(k), str) and meta.kwargs[k]
+                                    for k in ("backup_id", "source")):
+        raise RetryRefused(409, (
+            f"task {task_id} ({meta.name}) lacks its backup_id or source argument, so the "
+            "rest of its backup's chain cannot be re-sent; refused"))
     if meta.name not in registered:
         raise RetryRefused(400, (
             f"task {meta.name} is not registered in the Celery app Flower runs; refused"))
@@ -184,18 +201,82 @@ class RetryMarks:
         self._redis.delete(self._KEY.format(task_id))
 
 
-def _journal_note(journal: Journal, plan: RetryPlan, mark: RetryMark) -> None:
+def _check_journal(journal: Journal, plan: RetryPlan) -> None:
+    """Refuse to re-send a step of a cancelled backup, or one that was re-sent since."""
+    if plan.step is None or plan.backup_id is None:
+        return
+    try:
+        record = journal.get(plan.backup_id)
+    except redis.RedisError:
+        return  # no journal to ask: the claim below still keeps the retry to one
+    if record is None:
+        return
+    if record.state is BackupState.CANCELLED:
+        raise RetryRefused(409, (
+            f"backup {plan.backup_id} was cancelled and its data discarded; start a new "
+            "backup instead"))
+    current = record.steps[plan.step].task_id
+    if current and current != plan.task_id:
+        raise RetryRefused(409, (
+            f"step {plan.step.value} of backup {plan.backup_id} was sent again since, as task "
+            f"{current}; retry that task if it fails"))
+
+
+def _rest_of_chain(plan: RetryPlan) -> Any:
+    """The chain from the failed step on; its first task carries the original arguments."""
+    assert plan.step is not None and plan.backup_id is not None
+    from tasks.canvas import backup_chain  # the one place that knows a chain's signatures
+
+    # The later steps' own options are not in the result backend; verify's `deep` is taken
+    # from the failed task when it is verify, else the chain's default (as `regionvault retry`).
+    rest = backup_chain(plan.domain.value, str(plan.kwargs["source"]), plan.backup_id,
+                        deep_verify=bool(plan.kwargs.get("deep", False)), start_at=plan.step)
+    first = rest.tasks[0] if hasattr(rest, "tasks") else rest  # a chain of one is its task
+    if plan.args or dict(first.kwargs) != plan.kwargs or first.options.get("queue") != plan.queue:
+        raise RetryRefused(409, (
+            f"task {plan.task_id} ({plan.name}) has arguments {plan.kwargs!r} but its chain "
+            f"would send {dict(first.kwargs)!r}; refused rather than re-sent differently"))
+    return rest
+
+
+def _send(capp: Any, plan: RetryPlan, chain: Any, new_task_id: str) -> dict[Step, str]:
+    """Send the task (and the rest of its chain); the new task ids of the backup's steps."""
+    if chain is None:
+        capp.tasks[plan.name].apply_async(args=plan.args, kwargs=plan.kwargs, queue=plan.queue,
+                                          task_id=new_task_id)
+        return {}
+    assert plan.step is not None
+    first = chain.tasks[0] if hasattr(chain, "tasks") else chain
+    first.set(task_id=new_task_id)  # kept when the chain freezes its tasks' ids
+    node = chain.apply_async()
+    ids: dict[Step, str] = {}
+    for step in reversed(STEPS[STEPS.index(plan.step):]):  # the result is the last task's
+        ids[step] = str(node.id)
+        node = node.parent
+    return {step: ids[step] for step in STEPS if step in ids}  # in chain order
+
+
+def _journal_note(journal: Journal, plan: RetryPlan, mark: RetryMark,
+                  ids: Mapping[Step, str]) -> None:
     step, backup_id = plan.step, plan.backup_id
     if step is None or backup_id is None:
         return
+    later = [s.value for s in ids if s is not step]
     text = (f"{step.value} retried in Flower by {mark.by}: failed task {plan.task_id} re-sent "
-            f"as task {mark.new_task_id} to {plan.queue}")
+            f"as task {mark.new_task_id} to {plan.queue}"
+            + (f", followed by {', '.join(later)}" if later else ""))
     try:
-        # the step is pending again under its new task id, so the Backups page links to it
-        journal.queued(backup_id, {step: mark.new_task_id}, note=text, at=mark.at)
+        # the steps are pending again under their new task ids, which the Backups page links
+        journal.queued(backup_id, ids, note=text, at=mark.at)
     except (redis.RedisError, RegionvaultError) as exc:
         # the journal is for people; the retry itself has been sent and is logged
         log.warning("journal not updated for the retry of %s: %s", plan.task_id, exc)
+
+
+def _already_retried(plan: RetryPlan, earlier: RetryMark | None) -> RetryRefused:
+    detail = (f" by {earlier.by} at {earlier.at:%Y-%m-%d %H:%M:%S %Z} as task "
+              f"{earlier.new_task_id}" if earlier else "")
+    return RetryRefused(409, f"task {plan.task_id} ({plan.name}) was already retried{detail}")
 
 
 def retry_task(capp: Any, task_id: str, by: str, *, marks: RetryMarks, journal: Journal,
@@ -208,23 +289,24 @@ def retry_task(capp: Any, task_id: str, by: str, *, marks: RetryMarks, journal: 
             f"the result backend could not be read for task {task_id} ({exc}); nothing was "
             "re-sent, try again")) from exc
     plan = plan_retry(task_id, meta, capp.tasks.keys())
+    if (earlier := marks.get(task_id)) is not None:
+        raise _already_retried(plan, earlier)
+    _check_journal(journal, plan)
+    chain = _rest_of_chain(plan) if plan.step is not None else None
     mark = RetryMark(task_id=task_id, new_task_id=str(uuid4()), by=by,
                      at=now or datetime.now(UTC), queue=plan.queue)
-    if not marks.claim(mark):
-        earlier = marks.get(task_id)
-        detail = (f" by {earlier.by} at {earlier.at:%Y-%m-%d %H:%M:%S %Z} as task "
-                  f"{earlier.new_task_id}" if earlier else "")
-        raise RetryRefused(409, f"task {task_id} ({plan.name}) was already retried{detail}")
+    if not marks.claim(mark):  # someone else, in the meantime
+        raise _already_retried(plan, marks.get(task_id))
     try:
-        capp.tasks[plan.name].apply_async(args=plan.args, kwargs=plan.kwargs, queue=plan.queue,
-                                          task_id=mark.new_task_id)
+        ids = _send(capp, plan, chain, mark.new_task_id)
     except Exception as exc:  # the broker's own connection errors (kombu, redis)
         marks.release(task_id)
         raise RetryRefused(503, (
             f"task {task_id} ({plan.name}) was not re-sent: the broker did not take it "
             f"({exc}); try again")) from exc
-    log.info("task %s (%s%s) retried in Flower by %s at %s: re-sent as task %s to %s",
+    log.info("task %s (%s%s) retried in Flower by %s at %s: re-sent as task %s to %s%s",
              task_id, plan.name, f", backup {plan.backup_id}" if plan.backup_id else "",
-             mark.by, mark.at.isoformat(), mark.new_task_id, plan.queue)
-    _journal_note(journal, plan, mark)
+             mark.by, mark.at.isoformat(), mark.new_task_id, plan.queue,
+             " with the rest of its chain" if len(ids) > 1 else "")
+    _journal_note(journal, plan, mark, ids)
     return mark

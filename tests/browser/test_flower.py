@@ -9,6 +9,7 @@ downloads a browser here (``make test`` installs the Debian package when it is m
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import socket
@@ -24,6 +25,7 @@ from typing import Any, TypeVar
 
 import pytest
 from playwright.sync_api import BrowserContext, Playwright, sync_playwright
+from playwright.sync_api import Error as PlaywrightError
 
 from regionvault.devstack.services import free_port
 from regionvault.devstack.stack import DevStack
@@ -90,6 +92,21 @@ def chromium(playwright: Playwright, profile: Path,
         http_credentials=credentials)
 
 
+def browser_status(context: BrowserContext, url: str) -> int:
+    """The HTTP status the browser got for ``url`` as a page.
+
+    Chromium may then abandon the navigation (no credentials to answer the challenge with,
+    or an empty 401 body from Flower's API), so the status is read from the response event.
+    """
+    page = context.new_page()
+    answers: dict[str, int] = {}
+    page.on("response", lambda response: answers.setdefault(response.url, response.status))
+    with contextlib.suppress(PlaywrightError):
+        page.goto(url)
+    page.close()
+    return answers[url]
+
+
 def http(method: str, url: str, *, auth: tuple[str, str] | None = None,
          payload: dict[str, Any] | None = None) -> tuple[int, str]:
     """One request with urllib (no proxies, no cookies): status and body."""
@@ -153,13 +170,15 @@ def test_pages_and_api_answer_401_without_credentials(flower: Flower, playwright
     for path in ("/backups", "/api/workers"):
         assert http("GET", flower.url + path, auth=(flower.user, flower.password))[0] == 200
 
-    context = chromium(playwright, tmp_path / "profile")  # no credentials
-    try:
-        for path in ("/", "/backups", "/api/workers"):
-            response = context.new_page().goto(flower.url + path)
-            assert response is not None and response.status == 401, path
-    finally:
-        context.close()
+    # The same in the browser, with no credentials and with wrong ones.
+    for name, credentials in (("anonymous", None),
+                              ("intruder", {"username": "intruder", "password": "guess"})):
+        context = chromium(playwright, tmp_path / name, credentials)
+        try:
+            for path in ("/", "/backups", "/api/workers"):
+                assert browser_status(context, flower.url + path) == 401, (name, path)
+        finally:
+            context.close()
 
 
 def test_ad_hoc_backup_through_flowers_http_api(stack: DevStack, flower: Flower,
@@ -192,8 +211,8 @@ def test_retry_a_failed_upload_in_the_browser(stack: DevStack, flower: Flower,
             failed = record is not None and record.steps[Step.UPLOAD].state is StepState.FAILED
             return record if failed else None
 
-        failed_task = until(upload_failed, f"upload of {backup_id} to fail").steps[
-            Step.UPLOAD].task_id
+        failed = until(upload_failed, f"upload of {backup_id} to fail")
+        failed_task = failed.steps[Step.UPLOAD].task_id
         assert failed_task
     finally:
         stack.restart_s3()
@@ -241,15 +260,33 @@ def test_retry_a_failed_upload_in_the_browser(stack: DevStack, flower: Flower,
         assert not_failed.status == 409 and "is SUCCESS, not failed" in not_failed.text()
         no_token = context.request.post(f"{flower.url}/task/{failed_task}/retry")
         assert no_token.status == 403
+
+        # the rest of the chain followed the retried step: the backup is verified
+        def verified() -> BackupRecord | None:
+            record = journal.get(backup_id)
+            return record if record is not None and record.state is BackupState.VERIFIED \
+                else None
+
+        record = until(verified, f"backup {backup_id} to be verified after the retry")
+        page.goto(f"{flower.url}/backups?domain=eu")
+        row = page.locator(f'tr[data-backup-id="{backup_id}"]')
+        assert row.locator("[data-backup-state]").inner_text() == "verified"
+        assert row.locator('td[data-step="upload"] a').get_attribute("href") == \
+            f"/task/{new_task}"
+        for step in Step:
+            assert row.locator(f'td[data-step="{step.value}"]').get_attribute(
+                "data-state") == "done", step
     finally:
         context.close()
 
-    record = journal.get(backup_id)
-    assert record is not None
-    assert record.steps[Step.UPLOAD].state is StepState.DONE
     assert record.steps[Step.UPLOAD].task_id == new_task
+    # dump and encrypt did not run again
+    for step in (Step.DUMP, Step.ENCRYPT):
+        assert (record.steps[step].task_id, record.steps[step].at) == \
+            (failed.steps[step].task_id, failed.steps[step].at)
     note = re.compile(rf"^\d{{4}}-\d\d-\d\dT\S+ upload retried in Flower by operator: failed "
-                      rf"task {failed_task} re-sent as task {new_task} to backup\.eu$")
+                      rf"task {failed_task} re-sent as task {new_task} to backup\.eu, "
+                      r"followed by replicate, verify, expire$")
     assert any(note.match(n) for n in record.notes), record.notes
     log = flower.log.read_text()
     assert f"task {failed_task} (regionvault.upload, backup {backup_id}) retried in Flower by " \

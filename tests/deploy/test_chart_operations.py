@@ -121,7 +121,8 @@ def test_flower_without_auth_does_not_render() -> None:
 def test_flower_without_auth_renders_in_development_only() -> None:
     rendered = render({"development": True, "flower": {"auth": {"existingSecret": ""}}})
     (flower,) = rendered.deployments("flower")
-    assert "FLOWER_BASIC_AUTH" not in env(container(flower, "flower"))
+    assert "REGIONVAULT_FLOWER_BASIC_AUTH" not in env(container(flower, "flower"))
+    assert "--dev-no-auth" in argv(container(flower, "flower"))
     assert "WITHOUT auth" in rendered.notes
     assert rendered.config()["development"] is True
 
@@ -130,8 +131,9 @@ def test_flower_takes_its_credentials_from_the_secret() -> None:
     rendered = render(production_values())
     (flower,) = rendered.deployments("flower")
     c = container(flower, "flower")
-    assert argv(c)[:4] == ["celery", "-A", "workers", "flower"]
-    ref = env(c)["FLOWER_BASIC_AUTH"]["valueFrom"]["secretKeyRef"]
+    assert argv(c)[:2] == ["regionvault", "flower"]
+    assert "--dev-no-auth" not in argv(c)
+    ref = env(c)["REGIONVAULT_FLOWER_BASIC_AUTH"]["valueFrom"]["secretKeyRef"]
     assert ref == {"name": "regionvault-flower-auth", "key": "basic-auth"}
     assert not any("basic-auth" in arg or "basic_auth" in arg for arg in argv(c))
     service = rendered.named("Service", flower["metadata"]["name"])

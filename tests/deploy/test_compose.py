@@ -24,7 +24,6 @@ from tests.deploy.compose import (
     COMPOSE_CONFIG,
     REPO,
     as_argv,
-    celery_subcommands_installed,
     check_entry_point,
     compose,
     healthcheck_commands,
@@ -80,8 +79,8 @@ def test_regionvault_services_run_only_entry_points_of_this_package() -> None:
         if test is not None:
             for argv in healthcheck_commands(test):
                 assert check_entry_point(argv) == "celery inspect", argv
-    assert ran == {"celery worker", "celery beat", "celery flower"}
-    assert "flower" in celery_subcommands_installed()
+    assert ran == {"celery worker", "celery beat", "regionvault"}
+    assert as_argv(services["flower"]["command"])[:2] == ["regionvault", "flower"]
 
 
 def test_the_entry_point_check_refuses_what_does_not_exist() -> None:
@@ -235,7 +234,8 @@ def test_init_secrets_creates_every_secret_compose_reads(tmp_path: Path) -> None
         assert urlsplit(dsn).username == f"rv_{domain}"
     assert (created.stat().st_mode & 0o777) == 0o700
     flower_env = doc["services"]["flower"]["env_file"][0]
-    assert (created / Path(flower_env).name).read_text().startswith("FLOWER_BASIC_AUTH=operator:")
+    flower_secret = (created / Path(flower_env).name).read_text()
+    assert flower_secret.startswith("REGIONVAULT_FLOWER_BASIC_AUTH=operator:")
     before = {p.name: p.read_text() for p in created.iterdir()}
     subprocess.run(["sh", str(script)], check=True, capture_output=True, timeout=30)
     assert {p.name: p.read_text() for p in created.iterdir()} == before  # kept, not replaced

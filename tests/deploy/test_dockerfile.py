@@ -100,7 +100,7 @@ def test_every_command_given_to_the_image_is_an_entry_point() -> None:
         if svc.get("image") == "regionvault:dev":
             commands.append(as_argv(svc["command"]))
     found = {check_entry_point(command) for command in commands}
-    assert found == {"celery worker", "celery beat", "celery flower", "celery inspect"}
+    assert found == {"celery worker", "celery beat", "regionvault", "celery inspect"}
 
 
 def test_build_copies_every_module_the_package_installs(dockerfile: DockerfileParser) -> None:

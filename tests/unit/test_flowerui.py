@@ -10,6 +10,7 @@ import base64
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,15 @@ from regionvault.flowerui.access import (
     basic_auth_from_file,
     operator_name,
 )
-from regionvault.flowerui.retry import RetryPlan, RetryRefused, TaskMeta, plan_retry
+from regionvault.flowerui.retry import (
+    RetryMark,
+    RetryPlan,
+    RetryRefused,
+    TaskMeta,
+    plan_retry,
+    retry_task,
+)
+from regionvault.journal import BackupRecord, BackupState, StepRecord, StepState
 from regionvault.manifest import Step
 
 BACKUP_ID = "eu.accounts.20261128T020000Z.1a2b3c4d"
@@ -63,6 +72,7 @@ def test_a_failed_fan_out_is_re_sent_too_but_belongs_to_no_backup() -> None:
     ({"kwargs": {**KWARGS, "domain": "moon"}}, 400, "domain 'moon'"),
     ({"kwargs": {**KWARGS, "domain": None}}, 400, "domain None"),
     ({"queue": "backup.us"}, 409, "came from queue 'backup.us', not backup.eu"),
+    ({"kwargs": {"domain": "eu", "backup_id": BACKUP_ID}}, 409, "lacks its backup_id or source"),
     ({"name": "regionvault.nonexistent"}, 400, "not registered"),
 ])
 def test_refusals_say_why_with_a_status(changes: dict[str, Any], status: int,
@@ -79,6 +89,73 @@ def test_task_meta_reads_what_the_result_backend_stores() -> None:
               "worker": "eu@host", "retries": 2, "queue": "backup.eu"}
     assert TaskMeta.from_backend(stored) == meta()
     assert TaskMeta.from_backend({"status": "PENDING", "result": None}) == TaskMeta("PENDING")
+
+
+class _Backend:
+    def __init__(self, meta: dict[str, Any] | None) -> None:
+        self.meta = meta
+
+    def get_task_meta(self, task_id: str) -> dict[str, Any]:
+        if self.meta is None:
+            raise ConnectionError("Error 111 connecting to 127.0.0.1:1. Connection refused.")
+        return self.meta
+
+
+class _App:
+    """What ``retry_task`` reads of a Celery app before it sends anything."""
+
+    def __init__(self, meta: dict[str, Any] | None) -> None:
+        self.backend = _Backend(meta)
+        self.tasks = dict.fromkeys(REGISTERED)
+
+
+class _Marks:
+    def __init__(self, earlier: RetryMark | None = None) -> None:
+        self.earlier = earlier
+
+    def get(self, task_id: str) -> RetryMark | None:
+        return self.earlier
+
+    def claim(self, mark: RetryMark) -> bool:
+        raise AssertionError("a refused retry claims nothing")
+
+
+class _Journal:
+    def __init__(self, record: BackupRecord | None) -> None:
+        self.record = record
+
+    def get(self, backup_id: str) -> BackupRecord | None:
+        return self.record
+
+
+FAILED_UPLOAD = {"status": "FAILURE", "name": "regionvault.upload", "args": [],
+                 "kwargs": KWARGS, "queue": "backup.eu"}
+NOW = datetime(2026, 11, 28, 2, 0, tzinfo=UTC)
+
+
+def _record(state: BackupState, upload_task: str) -> BackupRecord:
+    steps = {step: StepRecord(step=step, state=StepState.DONE) for step in Step}
+    steps[Step.UPLOAD] = StepRecord(step=Step.UPLOAD, state=StepState.FAILED,
+                                    task_id=upload_task)
+    return BackupRecord(backup_id=BACKUP_ID, domain="eu", source="accounts", state=state,
+                        steps=steps, created_at=NOW, updated_at=NOW)
+
+
+@pytest.mark.parametrize(("app", "marks", "journal", "status", "words"), [
+    (_App(None), _Marks(), _Journal(None), 503, "result backend could not be read"),
+    (_App(FAILED_UPLOAD), _Marks(RetryMark("t-9", "t-10", "alice", NOW, "backup.eu")),
+     _Journal(None), 409, "already retried by alice at 2026-11-28 02:00:00 UTC as task t-10"),
+    (_App(FAILED_UPLOAD), _Marks(), _Journal(_record(BackupState.CANCELLED, "t-9")), 409,
+     f"backup {BACKUP_ID} was cancelled"),
+    (_App(FAILED_UPLOAD), _Marks(), _Journal(_record(BackupState.QUEUED, "t-11")), 409,
+     f"step upload of backup {BACKUP_ID} was sent again since, as task t-11"),
+])
+def test_retry_task_refuses_before_sending_anything(app: _App, marks: _Marks,
+                                                    journal: _Journal, status: int,
+                                                    words: str) -> None:
+    with pytest.raises(RetryRefused) as refused:
+        retry_task(app, "t-9", "bob", marks=marks, journal=journal)
+    assert (refused.value.status, words in str(refused.value)) == (status, True), refused.value
 
 
 # --- credentials -----------------------------------------------------------------------------
