@@ -173,7 +173,8 @@ def _restore_from(ctx: DomainContext, backup_id: str, target_dsn: str, role: str
         data_key = ctx.keyring.unwrap(WrappedKey.decode(manifest.key_id, manifest.wrapped_data_key),
                                       stream_context(ref, "data-key"))
     except WrongKeyError as exc:
-        raise WrongKeyError(f"backup {backup_id} cannot be decrypted: {exc}") from None
+        raise WrongKeyError(
+            f"backup {backup_id} from {role} cannot be decrypted: {exc}") from None
 
     cipher, plain = StreamDigest(), StreamDigest()
     raw = store.open_read(okey)

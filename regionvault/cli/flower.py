@@ -40,8 +40,8 @@ def flower(
     """
 
     def run() -> None:
-        from regionvault.flowerui import app as flowerui
-        from regionvault.flowerui.access import basic_auth_from
+        from workers.flowerui import app as flowerui
+        from workers.flowerui.access import basic_auth_from
 
         flower_args = [f"--{name}={value}" for name, value in (
             ("auth", auth), ("auth_provider", auth_provider), ("oauth2_key", oauth2_key),

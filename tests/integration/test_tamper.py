@@ -104,7 +104,7 @@ def test_wrong_domain_key_cannot_restore(stack: DevStack, target: str) -> None:
     wrong = _context_with_key_of(config, Domain.AU, Domain.EU)
     with pytest.raises(WrongKeyError) as error:
         restore(wrong, backup_id, target, from_store="gcs")
-    assert backup_id in str(error.value)
+    assert backup_id in str(error.value) and "from gcs" in str(error.value)
     assert stack.postgres is not None
     # nothing was restored
     tables = stack.postgres.execute("tamper_target",

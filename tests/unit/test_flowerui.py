@@ -18,14 +18,16 @@ import pytest
 
 from regionvault.domains import Domain
 from regionvault.errors import ConfigError
-from regionvault.flowerui.access import (
+from regionvault.journal import BackupRecord, BackupState, StepRecord, StepState
+from regionvault.manifest import Step
+from workers.flowerui.access import (
     ANONYMOUS,
     BASIC_AUTH_ENV,
     basic_auth_from,
     basic_auth_from_file,
     operator_name,
 )
-from regionvault.flowerui.retry import (
+from workers.flowerui.retry import (
     RetryMark,
     RetryPlan,
     RetryRefused,
@@ -33,8 +35,6 @@ from regionvault.flowerui.retry import (
     plan_retry,
     retry_task,
 )
-from regionvault.journal import BackupRecord, BackupState, StepRecord, StepState
-from regionvault.manifest import Step
 
 BACKUP_ID = "eu.accounts.20261128T020000Z.1a2b3c4d"
 KWARGS = {"backup_id": BACKUP_ID, "domain": "eu", "source": "accounts"}

@@ -32,9 +32,9 @@ from flower.urls import settings as flower_settings
 from tornado.options import options as tornado_options
 
 from regionvault.errors import ConfigError
-from regionvault.flowerui import handlers
-from regionvault.flowerui.retry import RetryMarks
 from regionvault.journal import Journal
+from workers.flowerui import handlers
+from workers.flowerui.retry import RetryMarks
 
 log = logging.getLogger("regionvault.flower")
 

@@ -20,8 +20,10 @@ from tornado import web
 from tornado.ioloop import IOLoop
 
 from regionvault.domains import Domain
-from regionvault.flowerui.access import operator_name
-from regionvault.flowerui.retry import (
+from regionvault.journal import BackupRecord
+from regionvault.manifest import STEPS
+from workers.flowerui.access import operator_name
+from workers.flowerui.retry import (
     FAILURE,
     TASK_PREFIX,
     RetryMark,
@@ -29,8 +31,6 @@ from regionvault.flowerui.retry import (
     retry_task,
     step_of,
 )
-from regionvault.journal import BackupRecord
-from regionvault.manifest import STEPS
 
 T = TypeVar("T")
 
