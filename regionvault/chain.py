@@ -280,6 +280,9 @@ def upload(ctx: DomainContext, backup_id: str, progress: Progress = _no_progress
         raise _earlier_step_missing(ctx, ref, "be uploaded")
     ctx.ensure_resident("s3")
     if not _object_matches(ctx.s3, okey, local):
+        # A worker killed mid-upload cannot abort its multipart upload; its re-run does, so
+        # no orphaned parts are left (one backup's key is only ever written by its own chain).
+        ctx.s3.abort_incomplete_uploads(okey)
         ctx.s3.put_file(okey, str(ctx.spool.path(backup_id, sp.BACKUP_FILE)),
                         crc32c=local.ciphertext_crc32c)
     progress(local.ciphertext_size)

@@ -8,6 +8,7 @@ uploads are paced (so that an upload lasts long enough to be cancelled).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -141,27 +143,36 @@ def test_s3_outage_fails_upload_then_retry_resumes_without_dumping_again(
     assert log.count(f"step dump of backup {backup_id}") == 1
 
 
-def test_cancel_during_upload_leaves_nothing_behind(ops_stack: DevStack) -> None:
-    assert ops_stack.postgres is not None
+def _big_source(stack: DevStack) -> None:
+    """~20 MiB in eu/accounts that zstd cannot shrink: the paced upload then takes seconds."""
+    assert stack.postgres is not None
     db = sample.database_name(Domain.EU, "accounts")
-    # ~20 MiB that zstd cannot shrink, so the paced multipart upload takes seconds
-    ops_stack.postgres.execute(db, "CREATE TABLE IF NOT EXISTS blobs (b bytea); "
-                                   "INSERT INTO blobs SELECT decode(string_agg(md5(random()::text)"
-                                   ", ''), 'hex') FROM generate_series(1, 8192), "
+    stack.postgres.execute(db, "CREATE TABLE IF NOT EXISTS blobs (b bytea)")
+    if stack.postgres.execute(db, "SELECT count(*) FROM blobs") == [(0,)]:
+        stack.postgres.execute(db, "INSERT INTO blobs SELECT decode(string_agg(md5(random()::"
+                                   "text), ''), 'hex') FROM generate_series(1, 8192), "
                                    "generate_series(1, 160) AS r GROUP BY r")
-    started = regionvault_cli(ops_stack, "backup", "--domain", "eu", "--source", "accounts")
+
+
+def _start_big_upload(stack: DevStack) -> tuple[str, str, Any]:
+    """Start a backup of the big source; return once its multipart upload is under way."""
+    _big_source(stack)
+    started = regionvault_cli(stack, "backup", "--domain", "eu", "--source", "accounts")
     assert started.returncode == 0, started.stderr
     backup_id = _backup_id(started.stdout)
-    bucket = config_of(ops_stack).domain(Domain.EU).s3_bucket
-    s3 = s3_client(ops_stack, "eu-central-1")
+    bucket = config_of(stack).domain(Domain.EU).s3_bucket
+    s3 = s3_client(stack, "eu-central-1")
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         uploads = s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
         if any(backup_id in u["Key"] for u in uploads):
-            break
+            return backup_id, bucket, s3
         time.sleep(0.1)
-    else:
-        raise AssertionError("the upload never started")
+    raise AssertionError("the upload never started")
+
+
+def test_cancel_during_upload_leaves_nothing_behind(ops_stack: DevStack) -> None:
+    backup_id, bucket, s3 = _start_big_upload(ops_stack)
 
     cancelled = regionvault_cli(ops_stack, "cancel", backup_id)
     assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
@@ -177,3 +188,26 @@ def test_cancel_during_upload_leaves_nothing_behind(ops_stack: DevStack) -> None
     assert record is not None and record.state is BackupState.CANCELLED
     shown = regionvault_cli(ops_stack, "watch", backup_id, "--timeout", "5")
     assert shown.returncode == 1 and "cancelled" in shown.stdout
+
+
+def test_worker_killed_during_upload_finishes_the_backup_once(ops_stack: DevStack) -> None:
+    backup_id, bucket, s3 = _start_big_upload(ops_stack)
+    worker = ops_stack.worker_processes[Domain.EU].pid
+    children = Path(f"/proc/{worker}/task/{worker}/children").read_text().split()
+    assert children, "the eu worker has no pool process"
+    for pid in children:  # the pool process running the upload dies without a word
+        os.kill(int(pid), signal.SIGKILL)
+
+    # acks_late + reject_on_worker_lost: the message goes back to the queue, a new pool
+    # process takes it, and upload starts again from the spool
+    watched = regionvault_cli(ops_stack, "watch", backup_id, "--timeout", "180", timeout=200)
+    assert watched.returncode == 0, watched.stdout + watched.stderr
+    assert f"backup {backup_id} verified" in watched.stdout
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    names = object_names(ops_stack)
+    for store in (f"s3://{bucket}", f"gs://{config_of(ops_stack).domain(Domain.EU).gcs_bucket}"):
+        mine = sorted(k for k in names[store] if backup_id in k)
+        assert len(mine) == 2 and mine[1].endswith(".rvb"), mine
+    assert not config_of(ops_stack).spool_for(Domain.EU).joinpath(backup_id).exists()
+    log = (ops_stack.logs / "worker-eu.log").read_text()
+    assert "SIGKILL" in log and "WorkerLostError" in log  # the kill did hit a running step
