@@ -7,6 +7,7 @@ main process adds them up. A worker without that variable gets a private directo
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import shutil
@@ -22,7 +23,16 @@ from workers.guard import worker_domain
 # Only a worker process gets a private directory (not `celery inspect` run in its pod).
 _IS_WORKER = worker_domain() is not None and "worker" in sys.argv
 if _IS_WORKER and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="rv-metrics-")
+    _private_dir = tempfile.mkdtemp(prefix="rv-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _private_dir
+    _creator = os.getpid()
+
+    def _remove_private_dir() -> None:
+        # only the worker's main process: pool children inherit this handler
+        if os.getpid() == _creator:
+            shutil.rmtree(_private_dir, ignore_errors=True)
+
+    atexit.register(_remove_private_dir)
 
 from celery.signals import (  # noqa: E402
     task_failure,
