@@ -17,6 +17,7 @@ from celery.exceptions import Reject, WorkerShutdown
 from celery.signals import celeryd_after_setup
 
 from regionvault.domains import Domain, parse_domain, queue_name
+from regionvault.manifest import STEPS, Step
 
 log = logging.getLogger("regionvault.guard")
 
@@ -25,6 +26,17 @@ def worker_domain() -> Domain | None:
     """The domain this process serves, or None outside a domain worker (CLI, beat, tests)."""
     value = os.environ.get("REGIONVAULT_DOMAIN")
     return parse_domain(value) if value else None
+
+
+#: the step tasks, by task name
+STEP_TASKS: dict[str, Step] = {f"regionvault.{s.value}": s for s in STEPS}
+
+
+def serves(requested: object) -> bool:
+    """Whether this process may run a task naming domain ``requested``: any process that is
+    not a domain worker may (CLI, tests); a domain worker only its own domain's tasks."""
+    served = worker_domain()
+    return served is None or requested == served.value
 
 
 def queue_problem(domain: Domain | None, consumed: set[str]) -> str | None:
@@ -58,9 +70,10 @@ class DomainTask(Task):
     abstract = True
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        served = worker_domain()
         requested = kwargs.get("domain")
-        if served is not None and requested != served.value:
+        if not serves(requested):
+            served = worker_domain()
+            assert served is not None
             log.error(
                 "REFUSED misrouted task %s[%s]: it is for domain %r but this worker serves "
                 "domain %r; rejected without running",

@@ -15,13 +15,10 @@ import redis
 from celery.signals import task_failure, task_prerun, task_retry, task_success
 
 from regionvault.journal import Journal, StepState
-from regionvault.manifest import STEPS, Step
-from workers.guard import worker_domain
+from regionvault.manifest import Step
+from workers.guard import STEP_TASKS, serves
 
 log = logging.getLogger("regionvault.journal")
-
-STEP_TASKS = {f"regionvault.{s.value}": s for s in STEPS}
-
 
 @lru_cache(maxsize=1)
 def journal() -> Journal:
@@ -34,9 +31,8 @@ def _step_of(task: Any, kwargs: dict[str, Any] | None) -> tuple[Step, str] | Non
     step = STEP_TASKS.get(getattr(task, "name", ""))
     kwargs = kwargs or {}
     backup_id = kwargs.get("backup_id")
-    served = worker_domain()
     # a misrouted task is refused before it runs: it must not appear to run in the journal
-    if step is None or not backup_id or (served and kwargs.get("domain") != served.value):
+    if step is None or not backup_id or not serves(kwargs.get("domain")):
         return None
     return step, str(backup_id)
 

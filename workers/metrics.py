@@ -17,7 +17,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from workers.guard import worker_domain
+from workers.guard import STEP_TASKS, serves, worker_domain
 
 # Must be decided before prometheus_client is imported: it picks its value store at import.
 # Only a worker process gets a private directory (not `celery inspect` run in its pod).
@@ -94,8 +94,6 @@ EXPORTED = {
     "regionvault_worker_info",
 }
 
-STEP_NAMES = {f"regionvault.{s}" for s in
-              ("dump", "encrypt", "upload", "replicate", "verify", "expire")}
 _started: dict[str, float] = {}
 
 
@@ -130,15 +128,14 @@ def _process_gone(pid: int | None = None, **_: Any) -> None:
 def _labels(kwargs: dict[str, Any] | None) -> tuple[str, str] | None:
     kwargs = kwargs or {}
     domain, source = kwargs.get("domain"), kwargs.get("source")
-    served = worker_domain()
-    if not domain or not source or (served is not None and served.value != domain):
+    if not domain or not source or not serves(domain):
         return None
     return str(domain), str(source)
 
 
 @task_prerun.connect
 def _step_started(task_id: str, task: Any, **_: Any) -> None:
-    if task.name in STEP_NAMES:
+    if task.name in STEP_TASKS:
         _started[task_id] = time.monotonic()
 
 
@@ -149,7 +146,7 @@ def _step_succeeded(sender: Any, result: Any, **_: Any) -> None:
         DRILL_LAST_SUCCESS.labels(domain=sender.request.kwargs.get("domain")).set(time.time())
         return
     labels = _labels(sender.request.kwargs)
-    if sender.name not in STEP_NAMES or labels is None or not isinstance(result, dict):
+    if sender.name not in STEP_TASKS or labels is None or not isinstance(result, dict):
         return
     step = sender.name.removeprefix("regionvault.")
     if started is not None:
@@ -168,7 +165,7 @@ def _step_failed(sender: Any, task_id: str, exception: BaseException,
         DRILL_FAILURES.labels(domain=(kwargs or {}).get("domain", "")).inc()
         return
     labels = _labels(kwargs)
-    if sender.name not in STEP_NAMES or labels is None:
+    if sender.name not in STEP_TASKS or labels is None:
         return
     step = sender.name.removeprefix("regionvault.")
     STEP_FAILURES.labels(*labels, step).inc()
