@@ -2,38 +2,27 @@
 
 from __future__ import annotations
 
-from regionvault.chain import keys_of, read_manifest, resolve
-from regionvault.config import SourceConfig
+from regionvault.chain import keys_of, manifests_under, read_manifest, resolve
 from regionvault.context import DomainContext
 from regionvault.errors import NotFound, TransientStoreError
-from regionvault.manifest import MANIFEST_SUFFIX, Manifest, key_prefix
+from regionvault.manifest import Manifest, key_prefix
 
 
 def list_backups(ctx: DomainContext, source: str | None = None) -> list[Manifest]:
     """Manifests of a domain (or one source), oldest first; from S3, or GCS if S3 is down."""
-    sources = [ctx.config.source(ctx.domain, source)] if source else list(ctx.dcfg.sources)
     try:
-        return _list_from(ctx, "s3", sources)
+        return list_backups_in(ctx, "s3", source)
     except TransientStoreError:
-        return _list_from(ctx, "gcs", sources)
+        return list_backups_in(ctx, "gcs", source)
 
 
 def list_backups_in(ctx: DomainContext, role: str, source: str | None = None) -> list[Manifest]:
     """Manifests from one store only (disaster recovery reads GCS and never touches S3)."""
     sources = [ctx.config.source(ctx.domain, source)] if source else list(ctx.dcfg.sources)
-    return _list_from(ctx, role, sources)
-
-
-def _list_from(ctx: DomainContext, store_name: str,
-               sources: list[SourceConfig]) -> list[Manifest]:
-    store = ctx.store(store_name)
-    found: list[Manifest] = []
-    for src in sources:
-        for key in store.list_keys(key_prefix(ctx.domain, src.data_class, src.name)):
-            if key.endswith(MANIFEST_SUFFIX):
-                manifest = read_manifest(store, key)
-                if manifest is not None:
-                    found.append(manifest)
+    store = ctx.store(role)
+    found = [manifest for src in sources
+             for manifest in manifests_under(store, key_prefix(ctx.domain, src.data_class,
+                                                               src.name))]
     return sorted(found, key=lambda m: (m.created_at, m.backup_id))
 
 

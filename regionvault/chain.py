@@ -11,7 +11,7 @@ arguments: only the backup id, from which domain and source follow.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import BinaryIO
@@ -403,16 +403,22 @@ def verify(ctx: DomainContext, backup_id: str, *, deep: bool = False) -> StepOut
 # --- 6. expire -------------------------------------------------------------------------------
 
 
+def manifests_under(store: ObjectStore, prefix: str) -> Iterator[Manifest]:
+    """Every manifest a store holds under ``prefix`` (the stores are the catalogue)."""
+    for key in store.list_keys(prefix):
+        if key.endswith(MANIFEST_SUFFIX):
+            manifest = read_manifest(store, key)
+            if manifest is not None:
+                yield manifest
+
+
 def source_manifests(ctx: DomainContext, src: SourceConfig) -> dict[str, list[Manifest]]:
     """Every manifest of a source in both stores, by backup id."""
     prefix = key_prefix(ctx.domain, src.data_class, src.name)
     found: dict[str, list[Manifest]] = {}
     for store in (ctx.s3, ctx.gcs):
-        for key in store.list_keys(prefix):
-            if key.endswith(MANIFEST_SUFFIX):
-                manifest = read_manifest(store, key)
-                if manifest is not None:
-                    found.setdefault(manifest.backup_id, []).append(manifest)
+        for manifest in manifests_under(store, prefix):
+            found.setdefault(manifest.backup_id, []).append(manifest)
     return found
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from regionvault.context import DomainContext
 from regionvault.errors import ConfigError, RegionvaultError
-from regionvault.restore import load_manifest, restore, select_backup
+from regionvault.restore import restore, select_backup
 from regionvault.sources.postgres import create_database, database_dsn, database_exists
 
 Say = Callable[[str], None]
@@ -38,8 +38,8 @@ def _restore_source(ctx: DomainContext, role: str, source: str, server_dsn: str,
     backup_id: str | None = None
     try:
         now = ctx.clock()
-        backup_id = select_backup(ctx, source, now, role=role)
-        manifest = load_manifest(ctx, backup_id, role)
+        manifest = select_backup(ctx, source, now, role=role)
+        backup_id = manifest.backup_id
         if not database_exists(server_dsn, database):
             create_database(server_dsn, database)
         say(f"{source}: restoring {backup_id} from {role} into {database}")

@@ -20,8 +20,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from regionvault.config import DomainConfig, SourceConfig
 from regionvault.context import DomainContext
+from regionvault.domains import Domain
 from regionvault.errors import IntegrityError, RegionvaultError, StoreError, TransientStoreError
-from regionvault.restore import load_manifest, restore, select_backup
+from regionvault.restore import restore, select_backup
 from regionvault.sources.postgres import (
     create_database,
     database_dsn,
@@ -90,17 +91,10 @@ class DrillReport(BaseModel):
 
 
 def choose_sources(dcfg: DomainConfig, only: Sequence[str] | None, today: datetime,
-                   domain_name: str) -> list[SourceConfig]:
+                   domain: Domain) -> list[SourceConfig]:
     """The sources a drill covers: those asked for, else a sample rotating by day, else all."""
     if only:
-        by_name = {s.name: s for s in dcfg.sources}
-        missing = [n for n in only if n not in by_name]
-        if missing:
-            configured = ", ".join(by_name) or "none"
-            raise RegionvaultError(
-                f"source {missing[0]!r} is not configured in domain {domain_name!r} "
-                f"(configured: {configured})")
-        return [by_name[n] for n in only]
+        return [dcfg.source(name, domain) for name in only]  # unknown names are refused
     sources = list(dcfg.sources)
     sample = dcfg.drill.sample
     if sample is None or sample >= len(sources):
@@ -126,13 +120,13 @@ def _drill_source(ctx: DomainContext, src: SourceConfig, server_dsn: str) -> Sou
     fields: dict[str, object] = {"source": src.name, "scratch_database": scratch}
     created = False
     try:
-        backup_id = select_backup(ctx, src.name, started, role=None)
+        manifest = select_backup(ctx, src.name, started, role=None)
+        backup_id = manifest.backup_id
         fields["backup_id"] = backup_id
         create_database(server_dsn, scratch)
         created = True
         target = database_dsn(server_dsn, scratch)
         result = restore(ctx, backup_id, target, from_store="auto")
-        manifest = load_manifest(ctx, backup_id, result.store)
         found = row_counts(target)
         fields.update(store=result.store, fallback_reason=result.fallback_reason,
                       backup_created_at=manifest.created_at,
@@ -177,7 +171,7 @@ def run_drill(ctx: DomainContext, sources: Sequence[str] | None = None) -> Drill
     """Drill the chosen sources, store the report in both buckets, and return it."""
     server_dsn = scratch_server_dsn(ctx)
     started = ctx.clock()
-    chosen = choose_sources(ctx.dcfg, sources, started, ctx.domain.value)
+    chosen = choose_sources(ctx.dcfg, sources, started, ctx.domain)
     drill_id = f"{started.strftime('%Y%m%dT%H%M%SZ')}.{secrets.token_hex(4)}"
     results = [_drill_source(ctx, src, server_dsn) for src in chosen]
     report = DrillReport(drill_id=drill_id, domain=ctx.domain.value, started_at=started,

@@ -99,7 +99,8 @@ def load_manifest(ctx: DomainContext, backup_id: str, role: str) -> Manifest:
     return manifest
 
 
-def select_backup(ctx: DomainContext, source: str, at: datetime, *, role: str | None) -> str:
+def select_backup(ctx: DomainContext, source: str, at: datetime, *,
+                  role: str | None) -> Manifest:
     """The newest verified backup of ``source`` created at or before ``at``.
 
     ``role`` names the store whose catalogue is read; None reads S3, or GCS if S3 is down.
@@ -112,7 +113,7 @@ def select_backup(ctx: DomainContext, source: str, at: datetime, *, role: str | 
             f"source {source!r} of domain {ctx.domain.value!r} has no verified backup at or "
             f"before {at.isoformat(timespec='seconds')}"
         )
-    return candidates[-1].backup_id
+    return candidates[-1]
 
 
 def check_target(target_dsn: str, *, clean: bool) -> None:

@@ -79,7 +79,7 @@ def restore(
             ctx = context_for(cfg, parse_domain(domain))
             when = parse_time(at) if at else ctx.clock()
             role = None if from_store == "auto" else from_store
-            chosen = select_backup(ctx, source, when, role=role)
+            chosen = select_backup(ctx, source, when, role=role).backup_id
             err.print(f"selected backup {chosen}")
         with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                       TransferSpeedColumn(), TimeElapsedColumn(), console=err,

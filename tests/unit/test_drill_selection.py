@@ -25,22 +25,22 @@ DAY = datetime(2026, 11, 28, tzinfo=UTC)
 
 
 def test_all_sources_without_a_sample() -> None:
-    assert [s.name for s in choose_sources(_dcfg(None), None, DAY, "eu")] == ["a", "b", "c"]
+    assert [s.name for s in choose_sources(_dcfg(None), None, DAY, Domain.EU)] == ["a", "b", "c"]
 
 
 def test_named_sources_win_over_the_sample() -> None:
-    assert [s.name for s in choose_sources(_dcfg(1), ["c"], DAY, "eu")] == ["c"]
+    assert [s.name for s in choose_sources(_dcfg(1), ["c"], DAY, Domain.EU)] == ["c"]
 
 
 def test_unknown_named_source_is_refused() -> None:
     with pytest.raises(RegionvaultError, match="source 'zz' is not configured in domain 'eu'"):
-        choose_sources(_dcfg(None), ["zz"], DAY, "eu")
+        choose_sources(_dcfg(None), ["zz"], DAY, Domain.EU)
 
 
 def test_sample_rotates_so_every_source_is_drilled_within_a_cycle() -> None:
     seen = set()
     for day in range(3):
-        chosen = choose_sources(_dcfg(1), None, DAY + timedelta(days=day), "eu")
+        chosen = choose_sources(_dcfg(1), None, DAY + timedelta(days=day), Domain.EU)
         assert len(chosen) == 1
         seen.add(chosen[0].name)
     assert seen == {"a", "b", "c"}
