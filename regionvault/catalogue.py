@@ -39,6 +39,6 @@ def find_backup(ctx: DomainContext, backup_id: str) -> dict[str, Manifest]:
         if manifest is not None:
             copies[name] = manifest
     if not copies:
-        raise NotFound(f"backup {backup_id} has no manifest in s3://{ctx.dcfg.s3_bucket} or "
-                       f"gs://{ctx.dcfg.gcs_bucket}")
+        raise NotFound(f"backup {backup_id} has no manifest in {ctx.url('s3')} or "
+                       f"{ctx.url('gcs')}")
     return copies

@@ -217,7 +217,7 @@ def encrypt(ctx: DomainContext, backup_id: str, progress: Progress = _no_progres
         compressor.close()  # ends the zstd frame; closefd=False keeps the encryptor open
         encryptor.close()
 
-    created = _parse_time(meta["started_at"])
+    created = datetime.fromisoformat(meta["started_at"])
     now = ctx.clock()
     dcfg = ctx.dcfg
     okey, _ = keys_of(ref, src)
@@ -242,10 +242,6 @@ def encrypt(ctx: DomainContext, backup_id: str, progress: Progress = _no_progres
 def _drop_dump(ctx: DomainContext, backup_id: str) -> None:
     ctx.spool.remove(backup_id, sp.DUMP_FILE)
     ctx.spool.remove(backup_id, sp.DUMP_META)
-
-
-def _parse_time(text: str) -> datetime:
-    return datetime.fromisoformat(text)
 
 
 def _spool_manifest(ctx: DomainContext, backup_id: str) -> Manifest | None:
@@ -273,7 +269,7 @@ def upload(ctx: DomainContext, backup_id: str, progress: Progress = _no_progress
     okey, mkey = keys_of(ref, src)
     remote = read_manifest(ctx.s3, mkey)
     if remote is not None and Step.UPLOAD in remote.steps and _object_matches(ctx.s3, okey, remote):
-        return StepOutcome(backup_id, Step.UPLOAD, f"already in s3://{ctx.s3.bucket}/{okey}",
+        return StepOutcome(backup_id, Step.UPLOAD, f"already in {ctx.url('s3', okey)}",
                            skipped=True)
     local = _spool_manifest(ctx, backup_id)
     if local is None or not ctx.spool.exists(backup_id, sp.BACKUP_FILE):
@@ -286,10 +282,10 @@ def upload(ctx: DomainContext, backup_id: str, progress: Progress = _no_progress
         ctx.s3.put_file(okey, str(ctx.spool.path(backup_id, sp.BACKUP_FILE)),
                         crc32c=local.ciphertext_crc32c)
     progress(local.ciphertext_size)
-    uploaded = local.with_step(Step.UPLOAD, ctx.clock(), f"s3://{ctx.s3.bucket}/{okey}")
+    uploaded = local.with_step(Step.UPLOAD, ctx.clock(), ctx.url("s3", okey))
     ctx.s3.put_bytes(mkey, uploaded.to_json())
     ctx.spool.write_bytes(backup_id, sp.MANIFEST_FILE, uploaded.to_json())
-    return StepOutcome(backup_id, Step.UPLOAD, f"s3://{ctx.s3.bucket}/{okey}",
+    return StepOutcome(backup_id, Step.UPLOAD, ctx.url("s3", okey),
                        bytes=local.ciphertext_size)
 
 
@@ -301,7 +297,7 @@ def _uploaded_manifest(ctx: DomainContext, ref: BackupRef, mkey: str, wanted: st
     if manifest is None or Step.UPLOAD not in manifest.steps:
         raise StepOrderError(
             f"backup {ref.backup_id} cannot {wanted}: it has no manifest in "
-            f"s3://{ctx.s3.bucket}; run step 'upload' again",
+            f"{ctx.url('s3')}; run step 'upload' again",
             rerun_step=Step.UPLOAD.value,
         )
     return manifest
@@ -312,7 +308,7 @@ def replicate(ctx: DomainContext, backup_id: str,
     """Stream the S3 object into the domain's GCS bucket (no local copy), then the manifest."""
     ref, src = resolve(ctx, backup_id)
     okey, mkey = keys_of(ref, src)
-    where = f"gs://{ctx.gcs.bucket}/{okey}"
+    where = ctx.url("gcs", okey)
     replica = read_manifest(ctx.gcs, mkey)
     if (replica is not None and Step.REPLICATE in replica.steps
             and _object_matches(ctx.gcs, okey, replica)):
@@ -320,7 +316,7 @@ def replicate(ctx: DomainContext, backup_id: str,
     manifest = _uploaded_manifest(ctx, ref, mkey, "be replicated")
     if not _object_matches(ctx.s3, okey, manifest):
         raise StepOrderError(
-            f"backup {backup_id}: the S3 copy s3://{ctx.s3.bucket}/{okey} does not match its "
+            f"backup {backup_id}: the S3 copy {ctx.url('s3', okey)} does not match its "
             "manifest; run step 'upload' again",
             rerun_step=Step.UPLOAD.value,
         )
@@ -342,11 +338,11 @@ def replicate(ctx: DomainContext, backup_id: str,
 # --- 5. verify -------------------------------------------------------------------------------
 
 
-def check_copy(role: str, store: ObjectStore, key: str, manifest: Manifest, *,
+def check_copy(ctx: DomainContext, role: str, key: str, manifest: Manifest, *,
                deep: bool) -> list[str]:
     """Problems of the ``role`` ("s3" or "gcs") copy against its manifest (empty if none)."""
-    scheme = "gs" if role == "gcs" else role
-    where = f"{role} copy {scheme}://{store.bucket}/{key}"
+    store = ctx.store(role)
+    where = f"{role} copy {ctx.url(role, key)}"
     try:
         info = store.stat(key)
     except NotFound:
@@ -383,11 +379,11 @@ def verify(ctx: DomainContext, backup_id: str, *, deep: bool = False) -> StepOut
             "run step 'replicate' again",
             rerun_step=Step.REPLICATE.value,
         )
-    problems = check_copy("s3", ctx.s3, okey, manifest, deep=deep)
-    problems += check_copy("gcs", ctx.gcs, okey, manifest, deep=deep)
+    problems = check_copy(ctx, "s3", okey, manifest, deep=deep)
+    problems += check_copy(ctx, "gcs", okey, manifest, deep=deep)
     replica = read_manifest(ctx.gcs, mkey)
     if replica is None or replica.ciphertext_sha256 != manifest.ciphertext_sha256:
-        problems.append(f"the gcs manifest gs://{ctx.gcs.bucket}/{mkey} is missing or differs")
+        problems.append(f"the gcs manifest {ctx.url('gcs', mkey)} is missing or differs")
     if problems:
         raise IntegrityError(f"backup {backup_id} failed verification: " + "; ".join(problems))
     how = "deep (SHA-256 of both copies)" if deep else "store checksums of both copies"

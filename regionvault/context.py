@@ -83,6 +83,12 @@ class DomainContext:
             return self.gcs
         raise ValueError(f"unknown store {name!r} (stores: s3, gcs)")
 
+    def url(self, role: str, key: str = "") -> str:
+        """Where a copy lives, as people read it: ``s3://bucket/key`` or ``gs://bucket/key``."""
+        scheme = "gs" if role == "gcs" else role
+        bucket = self.store(role).bucket
+        return f"{scheme}://{bucket}/{key}" if key else f"{scheme}://{bucket}"
+
     def ensure_resident(self, role: str) -> None:
         """Refuse to write unless the bucket of ``role`` ("s3" or "gcs") really lies in this
         domain's configured region, as the cloud itself reports it."""

@@ -34,7 +34,6 @@ from regionvault.errors import (
 from regionvault.keyring import WrappedKey
 from regionvault.manifest import Manifest
 from regionvault.sources.postgres import restore_dump, user_relations
-from regionvault.stores.base import ObjectStore
 from regionvault.streamformat import DecryptingReader
 
 STORES = ("s3", "gcs")
@@ -82,11 +81,9 @@ class _DigestingReader:
         return data
 
 
-def _fail(backup_id: str, role: str, store: ObjectStore, problem: str) -> IntegrityError:
-    scheme = "gs" if role == "gcs" else role
+def _fail(ctx: DomainContext, backup_id: str, role: str, problem: str) -> IntegrityError:
     return IntegrityError(
-        f"backup {backup_id} cannot be restored from {role} ({scheme}://{store.bucket}): {problem}"
-    )
+        f"backup {backup_id} cannot be restored from {role} ({ctx.url(role)}): {problem}")
 
 
 def load_manifest(ctx: DomainContext, backup_id: str, role: str) -> Manifest:
@@ -156,7 +153,7 @@ def _restore_from(ctx: DomainContext, backup_id: str, target_dsn: str, role: str
     okey, _ = keys_of(ref, src)
 
     def fail(problem: str) -> IntegrityError:
-        return _fail(backup_id, role, store, problem)
+        return _fail(ctx, backup_id, role, problem)
 
     def report(step: str, done: int) -> None:
         progress(RestoreProgress(backup_id, role, step, done, manifest.ciphertext_size))

@@ -76,3 +76,14 @@ def progress_of(task_id: str) -> dict[str, Any] | None:
 def operator() -> str:
     """Who runs this command, for the journal's notes."""
     return os.environ.get("REGIONVAULT_OPERATOR") or getpass.getuser()
+
+
+def format_age(seconds: float | None) -> str:
+    """A duration for a table: minutes under an hour, hours under two days, then days."""
+    if seconds is None:
+        return "-"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"

@@ -14,6 +14,7 @@ from regionvault.cli.common import (
     config_from,
     context_for,
     err,
+    format_age,
     guarded,
     journal,
     operator,
@@ -29,11 +30,7 @@ from regionvault.status import EXIT_CODES, Freshness, SourceStatus, assess, wors
 
 
 def _age(delta: timedelta | None) -> str:
-    if delta is None:
-        return "-"
-    hours = delta.total_seconds() / 3600
-    return f"{hours * 60:.0f}m" if hours < 1 else f"{hours:.1f}h" if hours < 48 \
-        else f"{hours / 24:.1f}d"
+    return format_age(delta.total_seconds() if delta is not None else None)
 
 
 @app.command()

@@ -16,7 +16,16 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from regionvault.cli.common import ConfigOption, app, config_from, context_for, err, guarded, out
+from regionvault.cli.common import (
+    ConfigOption,
+    app,
+    config_from,
+    context_for,
+    err,
+    format_age,
+    guarded,
+    out,
+)
 from regionvault.domains import parse_domain
 from regionvault.errors import ConfigError
 from regionvault.manifest import BackupRef
@@ -30,16 +39,6 @@ def parse_time(value: str) -> datetime:
         raise ConfigError(f"--at {value!r} is not an ISO 8601 time such as "
                           "2026-11-28T02:00:00Z") from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 3600:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 86400:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
 
 
 @app.command()
@@ -152,7 +151,7 @@ def _print_report_sources(report: object) -> None:
             f"{sum(s.row_counts_found.values()):,} ok" if rows_ok else "[red]differ[/]",
             "-" if s.check is None else ("ok" if s.check.passed else "[red]failed[/]"),
             f"{s.rto_seconds:.1f}s" if s.rto_seconds is not None else "-",
-            _age(s.rpo_seconds),
+            format_age(s.rpo_seconds),
             "[green]passed[/]" if s.passed else f"[red]failed[/]: {s.error}")
     out.print(table)
 
@@ -180,7 +179,7 @@ def drills(
                               report.started_at.strftime("%Y-%m-%d %H:%M:%SZ"),
                               str(len(report.sources)),
                               f"{max(rtos):.1f}s" if rtos else "-",
-                              _age(max(rpos) if rpos else None),
+                              format_age(max(rpos) if rpos else None),
                               "[green]passed[/]" if report.passed
                               else f"[red]failed[/]: {', '.join(failed)}")
         out.print(table)
@@ -215,7 +214,7 @@ def dr_restore(
         table = Table("source", "backup", "age", "bytes", "time", "database", "result",
                       title=f"disaster recovery of {domain} from {from_store}")
         for o in outcomes:
-            table.add_row(o.source, o.backup_id or "-", _age(o.age_seconds),
+            table.add_row(o.source, o.backup_id or "-", format_age(o.age_seconds),
                           f"{o.bytes_read:,}", f"{o.seconds:.1f}s", o.database,
                           "[green]restored[/]" if o.ok else f"[red]failed[/]: {o.error}")
         out.print(table)
