@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 from regionvault import chain
-from regionvault.manifest import BackupRef
 from workers.app import app
 from workers.guard import DomainTask
 from workers.runtime import context_for
@@ -14,6 +13,6 @@ from workers.runtime import context_for
 
 @app.task(name="regionvault.discard", base=DomainTask, bind=True, acks_late=True)
 def discard(self: Any, *, backup_id: str, domain: str, source: str) -> dict[str, object]:
-    BackupRef.parse(backup_id)
-    outcome = chain.discard(context_for(domain), backup_id)  # refuses another domain's id
+    # resolve() inside discard parses the id and refuses one of another domain
+    outcome = chain.discard(context_for(domain), backup_id)
     return {"backup_id": backup_id, "detail": outcome.detail}

@@ -22,6 +22,7 @@ from regionvault.cli.common import (
     progress_of,
 )
 from regionvault.cli.restores import parse_time
+from regionvault.context import DomainContext
 from regionvault.domains import parse_domain
 from regionvault.errors import ConfigError, NotFound
 from regionvault.journal import BackupRecord, BackupState
@@ -110,20 +111,26 @@ def _print_status(rows: list[SourceStatus]) -> None:
     out.print(table)
 
 
-def _resume_point(backup_id: str, record: BackupRecord | None) -> Step:
+def _resume_point(ctx: DomainContext, backup_id: str, record: BackupRecord | None) -> Step:
     """Where a retry starts: the journal's first unfinished step, else what the stores say."""
-    if record is not None:
-        if record.state in (BackupState.QUEUED, BackupState.RUNNING):
-            raise ConfigError(f"backup {backup_id} is still {record.state.value}; watch it "
-                              f"(regionvault watch {backup_id}) or cancel it first")
-        if record.state is BackupState.CANCELLED:
-            raise ConfigError(f"backup {backup_id} was cancelled and its data discarded; "
-                              "start a new backup instead")
-        step = record.first_unfinished()
-        if step is None:
-            raise ConfigError(f"backup {backup_id} finished every step; nothing to retry")
-        return step
-    return Step.DUMP
+    if record is None:  # no journal (expired or lost): the manifests say how far it got
+        from regionvault.catalogue import find_backup
+
+        try:
+            manifest = next(iter(find_backup(ctx, backup_id).values()))
+        except NotFound:
+            return Step.DUMP
+        return next((s for s in STEPS if s not in manifest.steps), Step.EXPIRE)
+    if record.state in (BackupState.QUEUED, BackupState.RUNNING):
+        raise ConfigError(f"backup {backup_id} is still {record.state.value}; watch it "
+                          f"(regionvault watch {backup_id}) or cancel it first")
+    if record.state is BackupState.CANCELLED:
+        raise ConfigError(f"backup {backup_id} was cancelled and its data discarded; "
+                          "start a new backup instead")
+    step = record.first_unfinished()
+    if step is None:
+        raise ConfigError(f"backup {backup_id} finished every step; nothing to retry")
+    return step
 
 
 @app.command()
@@ -136,21 +143,13 @@ def retry(
     """Resume a failed backup from its first unfinished step, in its own domain's queue."""
 
     def run() -> None:
-        from regionvault.catalogue import find_backup
         from tasks.canvas import enqueue_backup
 
         ref = BackupRef.parse(backup_id)
         cfg = config_from(config)
         ctx = context_for(cfg, ref.domain)
         cfg.source(ref.domain, ref.source)
-        record = journal().get(backup_id)
-        step = _resume_point(backup_id, record)
-        if record is None:  # no journal (expired or lost): the manifests say how far it got
-            try:
-                manifest = next(iter(find_backup(ctx, backup_id).values()))
-                step = next((s for s in STEPS if s not in manifest.steps), Step.EXPIRE)
-            except NotFound:
-                step = Step.DUMP
+        step = _resume_point(ctx, backup_id, journal().get(backup_id))
         enqueue_backup(ref.domain.value, ref.source, backup_id, start_at=step,
                        note=f"retried from step {step.value} by {operator()}")
         out.print(f"backup {backup_id} resumed from step {step.value} in "
