@@ -18,6 +18,7 @@ from typing import Any
 
 import redis
 
+from regionvault.domains import Domain
 from regionvault.manifest import STEPS, BackupRef, Step
 
 TTL_SECONDS = 35 * 24 * 3600
@@ -168,7 +169,7 @@ class Journal:
 
     def recent(self, domain: str | None = None, limit: int = 100) -> list[BackupRecord]:
         """The newest backups first (of one domain, or of all)."""
-        domains = [domain] if domain else ["us", "eu", "au"]
+        domains = [domain] if domain else [d.value for d in Domain]
         ids: list[tuple[float, str]] = []
         for d in domains:
             for member, score in self._redis.zrevrange(_INDEX.format(d), 0, limit - 1,
