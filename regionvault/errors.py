@@ -63,7 +63,24 @@ class WrongKeyError(IntegrityError):
 
 
 class SourceError(RegionvaultError):
-    """Dumping from or restoring into a source database failed."""
+    """Dumping from or restoring into a source database failed, in a way that trying again
+    will not fix (wrong password, missing database, bad SQL): the step fails at once."""
+
+
+class TransientSourceError(SourceError):
+    """The source could not be reached or dropped the connection (refused, timed out, server
+    restarting): worth trying again with backoff."""
+
+
+class LeaseLost(RegionvaultError):
+    """This process no longer owns the backup it was working on: another owner holds a newer
+    fencing token (or the lease expired and was taken). The process must stop writing."""
+
+
+class BackupBusy(RegionvaultError):
+    """Another live owner or chain is working on this backup (or source); the message names it."""
+
+    exit_code = 3
 
 
 class StoreError(RegionvaultError):
