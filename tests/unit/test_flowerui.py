@@ -1,20 +1,30 @@
 """The pure parts of regionvault's Flower: who may retry what, and where credentials come from.
 
 The browser test (tests/browser) drives the whole thing against a real stack; these pin the
-decisions in a table, where every refusal and its HTTP status can be read at a glance.
+decisions in a table, where every refusal and its HTTP status can be read at a glance. Who may
+read ``/metrics`` is pinned the same way, against the real application served in-process
+(tests/integration/test_flower_metrics_auth.py checks it on a running ``regionvault flower``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from celery import Celery
+from flower.options import default_options
+from flower.urls import settings as flower_settings
+from tornado.httpclient import AsyncHTTPClient, HTTPResponse
+from tornado.httpserver import HTTPServer
+from tornado.testing import bind_unused_port
 
 from regionvault.domains import Domain
 from regionvault.errors import ConfigError
@@ -27,6 +37,7 @@ from workers.flowerui.access import (
     basic_auth_from_file,
     operator_name,
 )
+from workers.flowerui.app import RegionvaultFlower
 from workers.flowerui.retry import (
     RetryMark,
     RetryPlan,
@@ -241,3 +252,65 @@ def test_flower_refuses_a_bad_basic_auth_file(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert f"line 1 of {path} is not of the form user:password" in result.stderr
     assert "hunter2" not in result.stderr
+
+
+# --- /metrics asks for the same credentials as the pages; /healthcheck does not --------------
+
+UNREACHABLE = "redis://127.0.0.1:1/0"  # nothing here talks to the broker or the backend
+
+
+def _basic(credentials: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()}
+
+
+async def _fetch(options: dict[str, Any], path: str, headers: dict[str, str]) -> HTTPResponse:
+    capp = Celery("rv-unit", broker=UNREACHABLE, backend=UNREACHABLE, set_as_current=False)
+    flower_options = SimpleNamespace(**{**default_options.as_dict(), **options})
+    app = RegionvaultFlower(capp=capp, options=flower_options, **flower_settings)
+    sock, port = bind_unused_port()
+    server = HTTPServer(app)
+    server.add_sockets([sock])
+    client = AsyncHTTPClient(force_instance=True)
+    try:
+        return await client.fetch(f"http://127.0.0.1:{port}{path}", headers=headers,
+                                  raise_error=False, follow_redirects=False)
+    finally:
+        client.close()
+        server.stop()
+        await server.close_all_connections()
+        app.executor.shutdown(wait=False)
+
+
+BASIC = {"basic_auth": ["operator:pw"]}
+OAUTH = {"auth": r".*@example\.com", "oauth2_key": "id"}
+OPEN = {"basic_auth": [], "auth": ""}  # --dev-no-auth
+PREFIXED = {**BASIC, "url_prefix": "flower"}
+
+
+@pytest.mark.parametrize(("options", "path", "headers", "status"), [
+    pytest.param(BASIC, "/metrics", {}, 401, id="basic-none"),
+    pytest.param(BASIC, "/metrics", _basic("operator:wrong"), 401, id="basic-wrong-password"),
+    pytest.param(BASIC, "/metrics", _basic("intruder:pw"), 401, id="basic-unknown-user"),
+    pytest.param(BASIC, "/metrics", {"Authorization": "Bearer operator:pw"}, 401,
+                 id="basic-other-scheme"),
+    pytest.param(BASIC, "/metrics", _basic("operator:pw"), 200, id="basic-right"),
+    pytest.param(BASIC, "/healthcheck", {}, 200, id="basic-healthcheck"),
+    pytest.param(PREFIXED, "/flower/metrics", {}, 401, id="prefixed-none"),
+    pytest.param(PREFIXED, "/flower/metrics", _basic("operator:pw"), 200, id="prefixed-right"),
+    pytest.param(PREFIXED, "/flower/healthcheck", {}, 200, id="prefixed-healthcheck"),
+    # to the login page, like every page
+    pytest.param(OAUTH, "/metrics", {}, 302, id="oauth-no-session"),
+    pytest.param(OAUTH, "/healthcheck", {}, 200, id="oauth-healthcheck"),
+    pytest.param(OPEN, "/metrics", {}, 200, id="dev-no-auth"),
+])
+def test_metrics_need_the_pages_authentication_and_healthcheck_none(
+        options: dict[str, Any], path: str, headers: dict[str, str], status: int) -> None:
+    response = asyncio.run(_fetch(options, path, headers))
+    body = (response.body or b"").decode()
+    assert response.code == status, body[:200]
+    if status == 401:
+        assert response.headers["WWW-Authenticate"] == 'Basic realm="flower"'
+    if status == 302:
+        assert response.headers["Location"].startswith("/login?next=")
+    if path.endswith("/metrics"):
+        assert ("# HELP flower_events_total" in body) == (status == 200)

@@ -4,7 +4,8 @@ Flower builds its application from a fixed list of routes and one template direc
 module leaves Flower's code alone and adds to what it builds:
 
 - routes: ours are put in front of Flower's (whose list ends in a catch-all 404), through
-  Tornado's router, so ``/task/<id>`` is our task page and ``/backups`` exists;
+  Tornado's router, so ``/task/<id>`` is our task page, ``/backups`` exists and ``/metrics``
+  asks for the same credentials as the pages (``/healthcheck`` stays open, for probes);
 - templates: ``FlowerTemplates`` looks in ``templates/`` here first, then in Flower's; a name
   that starts with ``flower/`` is always Flower's own, so our ``navbar.html`` can wrap Flower's
   and our task page can extend Flower's.

@@ -1,8 +1,9 @@
-"""The pages and the action regionvault adds to Flower, as Flower handlers.
+"""The pages and the action regionvault adds to Flower, as Flower handlers, and ``/metrics``.
 
 They subclass Flower's own ``BaseHandler`` (and ``TaskView``), so they are authenticated and
-rendered exactly like Flower's pages. Blocking calls (the result backend, the journal) run on
-Flower's thread pool, never on the IO loop.
+rendered exactly like Flower's pages; ``Metrics`` is Flower's, made to authenticate too.
+Blocking calls (the result backend, the journal) run on Flower's thread pool, never on the IO
+loop.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import redis
 import tornado.web
 from flower.utils.tasks import get_task_by_id
 from flower.views import BaseHandler
+from flower.views.monitor import Metrics as FlowerMetrics
 from flower.views.tasks import TaskView
 from tornado import web
 from tornado.ioloop import IOLoop
@@ -155,6 +157,20 @@ class BackupsPage(BaseHandler, _Blocking):
                     known_task=lambda task_id: get_task_by_id(events, task_id) is not None)
 
 
+class Metrics(FlowerMetrics):
+    """Flower's Prometheus metrics, behind the same authentication as every page.
+
+    Flower's own ``/metrics`` handler never asks who is calling: Tornado checks credentials
+    only when a handler reads ``current_user``, and unlike the pages its ``get`` is not
+    ``@web.authenticated``, so anyone who reached the port read the metrics (task names,
+    workers, queues). ``/healthcheck`` stays Flower's, open, for the Kubernetes probes.
+    """
+
+    @web.authenticated
+    async def get(self) -> None:
+        await super().get()
+
+
 class Navbar(tornado.web.UIModule):
     """Flower's navigation bar with a "Backups" item after Flower's own items."""
 
@@ -168,9 +184,10 @@ class Navbar(tornado.web.UIModule):
 
 
 def routes() -> list[tornado.web.URLSpec]:
-    """The handlers to put in front of Flower's (its ``/task/...`` page is replaced)."""
+    """The handlers to put in front of Flower's (its ``/task/...`` and ``/metrics`` replaced)."""
     return [
         tornado.web.url(r"/task/([^/]+)/retry", RetryTask, name="regionvault-retry"),
         tornado.web.url(r"/task/(.+)", TaskPage, name="task"),
         tornado.web.url(r"/backups", BackupsPage, name="backups"),
+        tornado.web.url(r"/metrics", Metrics),
     ]
