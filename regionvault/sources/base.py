@@ -31,6 +31,13 @@ class Source(Protocol):
     - ``restore(chunks, target_dsn, clean=...)`` feeds a dump made by ``dump`` into the target
       database, all or nothing (a failure half-way leaves the target as it was), and raises
       ``SourceError`` if the restore program fails. It never touches the source.
+    - Failures are classified where the vendor error enters, once: ``TransientSourceError``
+      only when the database could not be reached, was not accepting connections yet, or
+      dropped the connection (the caller retries with backoff); plain ``SourceError`` for
+      everything else, above all a wrong password, a missing role or database, a missing
+      privilege or a dump program too old for the server (the caller fails at once). The
+      message names the source or program and quotes the one line that says why, never a
+      ``DETAIL`` line or quoted SQL (they can hold row data).
     - Credentials never appear in a process's argument list, a log line or an exception.
     """
 

@@ -2,12 +2,17 @@
 
 The DSN is split so that the password travels only in the child's environment
 (``PGPASSWORD``), never on its command line where ``ps`` would show it.
+
+Every failure of pg_dump, pg_restore or psycopg is classified here, once, where it enters:
+``TransientSourceError`` when the server could not be reached or dropped the connection (worth
+retrying), plain ``SourceError`` for everything else (a wrong password is never retried).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -19,7 +24,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from regionvault.errors import ConfigError, SourceError
+from regionvault.errors import ConfigError, SourceError, TransientSourceError
 from regionvault.sources.base import DumpInfo
 
 READ_SIZE = 1024 * 1024
@@ -66,10 +71,133 @@ def _child_env(extra: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-def _stderr_tail(stderr: Path, limit: int = 400) -> str:
-    text = stderr.read_text(errors="replace").strip()
-    last = text.splitlines()[-1] if text else "no error output"
-    return last[-limit:]
+# --- failure classification -------------------------------------------------------------------
+
+#: a message from a PostgreSQL client program; it also ends a quoted block
+_TOOL_LINE = re.compile(r"^(?:pg_dump|pg_restore|pg_dumpall|psql): ")
+
+#: Lines that quote SQL or row data (DETAIL can hold a row's values, ``Command was:`` a whole
+#: statement, continued on the lines after it). They and what follows them, up to the next
+#: tool message, are never classified and never shown: a quoted row could say anything.
+_QUOTING = re.compile(
+    r"^(?:(?:pg_dump|pg_restore|pg_dumpall|psql): detail: )?"
+    r"(?:DETAIL|CONTEXT|HINT|QUERY|STATEMENT|LINE \d+|Command was|Query was):",
+    re.IGNORECASE,
+)
+
+#: Failures that trying again will not fix. Checked first: a line can carry both kinds
+#: ("could not connect to server: Permission denied").
+_PERMANENT = re.compile(
+    "|".join([
+        r"authentication failed",  # password, ident, peer, cert, ...
+        r"no pg_hba\.conf entry",
+        r"no password supplied",
+        r'(?:role|database) "[^"]*" does not exist',
+        r"permission denied",
+        r"server version mismatch",  # pg_dump older than the server
+    ]),
+    re.IGNORECASE,
+)
+
+#: The server could not be reached, was not accepting connections yet, or dropped the
+#: connection: worth trying again with backoff.
+_TRANSIENT = re.compile(
+    "|".join([
+        r"connection refused",
+        r"could not connect",
+        r"timeout expired",
+        r"timed out",
+        r"server closed the connection unexpectedly",
+        r"terminating connection due to administrator command",
+        r"conflict with recovery",  # a hot standby replaying WAL cancelled the query
+        r"the database system is (?:starting up|shutting down|in recovery mode"
+        r"|not (?:yet )?accepting connections)",
+        r"too many (?:connections|clients)",
+        r"remaining connection slots are reserved",
+        r"connection reset",
+        r"SSL SYSCALL error",
+        r"SSL connection has been closed unexpectedly",
+        r"could not (?:send data to|receive data from) server",
+        r"the connection is lost",
+        r"no route to host",
+        r"network is unreachable",
+        r"temporary failure in name resolution",
+    ]),
+    re.IGNORECASE,
+)
+
+#: the lines a person should read when no marker above matched, best first
+_SEVERITY = re.compile(r"\b(?:FATAL|PANIC|ERROR):")
+_TOOL_ERROR = re.compile(r"^(?:pg_dump|pg_restore|pg_dumpall|psql): error:")
+
+CAUSE_LIMIT = 400
+
+
+def _reported_lines(output: str) -> list[str]:
+    """The non-empty lines of ``output`` outside quoted SQL and row data, stripped."""
+    lines: list[str] = []
+    quoting = False
+    for raw in output.splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if _QUOTING.match(line):
+            quoting = True
+            continue
+        if _TOOL_LINE.match(line):
+            quoting = False
+        if not quoting:
+            lines.append(line)
+    return lines
+
+
+def classify_failure(output: str) -> type[SourceError]:
+    """``TransientSourceError`` or ``SourceError`` for the stderr of pg_dump/pg_restore or the
+    message of a psycopg error. Anything not known to be transient is permanent."""
+    lines = _reported_lines(output)
+    if any(_PERMANENT.search(line) for line in lines):
+        return SourceError
+    if any(_TRANSIENT.search(line) for line in lines):
+        return TransientSourceError
+    return SourceError
+
+
+def cause_line(output: str, limit: int = CAUSE_LIMIT) -> str:
+    """The one line of ``output`` that says what went wrong (never a DETAIL or quoted SQL).
+
+    The line that decided the classification, else the first with a server severity or a
+    tool's ``error:``, else the last line. Clipped to its last ``limit`` characters.
+    """
+    lines = _reported_lines(output)
+    if not lines:
+        return "no error output"
+    chosen = lines[-1]
+    for pattern in (_PERMANENT, _TRANSIENT, _SEVERITY, _TOOL_ERROR):
+        found = next((line for line in lines if pattern.search(line)), None)
+        if found is not None:
+            chosen = found
+            break
+    return chosen if len(chosen) <= limit else "..." + chosen[-limit:]
+
+
+def source_failure(what: str, output: str) -> SourceError:
+    """The error to raise: classified by ``output``, saying "<what>: <cause line>"."""
+    return classify_failure(output)(f"{what}: {cause_line(output)}")
+
+
+def _psycopg_failure(what: str, exc: psycopg.Error) -> SourceError:
+    # psycopg messages name host, port and user, never the password. Only an OperationalError
+    # (connection trouble, shutdown, too many connections) can be transient: the text of a
+    # ProgrammingError may quote an identifier that happens to read "connection refused".
+    message = str(exc).strip() or type(exc).__name__
+    if not isinstance(exc, psycopg.OperationalError):
+        return SourceError(f"{what}: {cause_line(message)}")
+    return source_failure(what, message)
+
+
+def _tool_failure(tool: str, what: str, code: int, stderr: Path) -> SourceError:
+    output = stderr.read_text(errors="replace")
+    return source_failure(f"{tool} of {what} failed (exit {code})", output)
 
 
 class PostgresSource:
@@ -95,8 +223,7 @@ class PostgresSource:
                 self._run_pg_dump(write, snapshot=str(row[0]))
                 conn.rollback()
         except psycopg.Error as exc:
-            raise SourceError(
-                f"source {self.name!r} cannot be read: {_pg_message(exc)}") from None
+            raise _psycopg_failure(f"source {self.name!r} cannot be read", exc) from None
         return DumpInfo(row_counts=counts)
 
     def _run_pg_dump(self, write: Callable[[bytes], object], *, snapshot: str) -> None:
@@ -122,19 +249,10 @@ class PostgresSource:
                     proc.stdout.close()
                 code = proc.wait()
             if code != 0:
-                raise SourceError(
-                    f"pg_dump of source {self.name!r} failed (exit {code}): "
-                    f"{_stderr_tail(stderr_path)}"
-                )
+                raise _tool_failure("pg_dump", f"source {self.name!r}", code, stderr_path)
 
     def restore(self, chunks: Iterable[bytes], target_dsn: str, *, clean: bool = False) -> None:
         restore_dump(chunks, target_dsn, label=f"backup of source {self.name!r}", clean=clean)
-
-
-def _pg_message(exc: BaseException) -> str:
-    # psycopg messages name host, port and user, never the password
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _row_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
@@ -156,7 +274,7 @@ def row_counts(dsn: str) -> dict[str, int]:
         with psycopg.connect(dsn, connect_timeout=30) as conn:
             return _row_counts(conn)
     except psycopg.Error as exc:
-        raise SourceError(f"cannot count rows: {_pg_message(exc)}") from None
+        raise _psycopg_failure("cannot count rows", exc) from None
 
 
 def user_relations(dsn: str) -> int:
@@ -169,7 +287,7 @@ def user_relations(dsn: str) -> int:
                 "AND n.nspname NOT LIKE 'pg_toast%' "
                 "AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')").fetchone()
     except psycopg.Error as exc:
-        raise SourceError(f"cannot inspect the target database: {_pg_message(exc)}") from None
+        raise _psycopg_failure("cannot inspect the target database", exc) from None
     return int(row[0]) if row else 0
 
 
@@ -180,7 +298,7 @@ def scalar(dsn: str, query: str) -> str:
             conn.read_only = True
             row = conn.execute(query.encode()).fetchone()
     except psycopg.Error as exc:
-        raise SourceError(f"the check query failed: {_pg_message(exc)}") from None
+        raise _psycopg_failure("the check query failed", exc) from None
     return "" if row is None or row[0] is None else str(row[0])
 
 
@@ -205,7 +323,7 @@ def database_exists(server_dsn: str, name: str) -> bool:
         with psycopg.connect(server_dsn, connect_timeout=30) as conn:
             row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
     except psycopg.Error as exc:
-        raise SourceError(f"cannot list databases: {_pg_message(exc)}") from None
+        raise _psycopg_failure("cannot list databases", exc) from None
     return row is not None
 
 
@@ -215,7 +333,7 @@ def _admin(server_dsn: str, statement: sql.Composed) -> None:
         with psycopg.connect(server_dsn, autocommit=True, connect_timeout=30) as conn:
             conn.execute(statement)
     except psycopg.Error as exc:
-        raise SourceError(f"database administration failed: {_pg_message(exc)}") from None
+        raise _psycopg_failure("database administration failed", exc) from None
 
 
 def restore_dump(chunks: Iterable[bytes], target_dsn: str, *, label: str,
@@ -250,6 +368,4 @@ def restore_dump(chunks: Iterable[bytes], target_dsn: str, *, label: str,
                 raise
             code = proc.wait()
         if code != 0:
-            raise SourceError(
-                f"pg_restore of the {label} failed (exit {code}): {_stderr_tail(stderr_path)}"
-            )
+            raise _tool_failure("pg_restore", f"the {label}", code, stderr_path)
