@@ -1,8 +1,10 @@
 """The beat schedule, built from the configuration: one entry per domain.
 
-Per domain: ``backup_domain(domain)`` at the domain's cron schedule, and
-``restore_drill(domain)`` at its drill schedule (when a scratch server is configured), each
-sent to that domain's own queue. Times are UTC. Beat holds no state of its own.
+Per domain: ``backup_domain(domain)`` at the domain's cron schedule, ``reconcile(domain)``
+every ``reconcile.interval_seconds``, and ``restore_drill(domain)`` at its drill schedule (when
+a scratch server is configured), each sent to that domain's own queue. Times are UTC. Beat
+holds no state of its own: a second beat, or one restarted within a slot, starts nothing new
+(a slot's backup id is fixed, see ``regionvault.schedule``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,14 @@ def build_beat_schedule(config: Config) -> dict[str, dict[str, Any]]:
             "schedule": cron(dcfg.schedule),
             "kwargs": {"domain": domain.value},
             "options": {"queue": queue_name(domain)},
+        }
+        schedule[f"reconcile-{domain.value}"] = {
+            "task": "regionvault.reconcile",
+            "schedule": config.reconcile.interval_seconds,
+            "kwargs": {"domain": domain.value},
+            # a tick that waited longer than a tick is worth nothing: the next one is coming
+            "options": {"queue": queue_name(domain),
+                        "expires": config.reconcile.interval_seconds},
         }
         if dcfg.drill.scratch_dsn is not None:
             schedule[f"restore-drill-{domain.value}"] = {

@@ -30,6 +30,7 @@ from regionvault.errors import (
     TransientStoreError,
 )
 from regionvault.keyring import WrappedKey, new_data_key, wrap_context
+from regionvault.lease import UNOWNED, Ownership
 from regionvault.manifest import (
     MANIFEST_SUFFIX,
     BackupRef,
@@ -133,7 +134,8 @@ class _DigestingSink:
 # --- 1. dump ---------------------------------------------------------------------------------
 
 
-def dump(ctx: DomainContext, backup_id: str, progress: Progress = _no_progress) -> StepOutcome:
+def dump(ctx: DomainContext, backup_id: str, progress: Progress = _no_progress,
+         owner: Ownership = UNOWNED) -> StepOutcome:
     """Stream a consistent snapshot of the source into the spool, already encrypted.
 
     The spool stream is sealed with a one-off spool key wrapped by the domain key, so the
@@ -156,7 +158,7 @@ def dump(ctx: DomainContext, backup_id: str, progress: Progress = _no_progress) 
     source = open_source(ref.domain, src)
     written = 0
 
-    with spool.atomic_write(backup_id, sp.DUMP_FILE) as fh:
+    with spool.atomic_write(backup_id, sp.DUMP_FILE, owner.token) as fh:
         writer = EncryptingWriter(fh, spool_key, stream_context(ref, "spool-stream"))
 
         def write(chunk: bytes) -> None:
@@ -170,14 +172,15 @@ def dump(ctx: DomainContext, backup_id: str, progress: Progress = _no_progress) 
     meta = {"key_id": wrapped.key_id, "wrapped_key": wrapped.encoded(),
             "started_at": started.isoformat(), "source_kind": src.kind, "size": written,
             "row_counts": dict(info.row_counts)}
-    spool.write_bytes(backup_id, sp.DUMP_META, json.dumps(meta).encode())
+    spool.write_bytes(backup_id, sp.DUMP_META, json.dumps(meta).encode(), owner.token)
     return StepOutcome(backup_id, Step.DUMP, f"{written} bytes dumped", bytes=written)
 
 
 # --- 2. encrypt ------------------------------------------------------------------------------
 
 
-def encrypt(ctx: DomainContext, backup_id: str, progress: Progress = _no_progress) -> StepOutcome:
+def encrypt(ctx: DomainContext, backup_id: str, progress: Progress = _no_progress,
+            owner: Ownership = UNOWNED) -> StepOutcome:
     """Compress (zstd) and encrypt the dump under a fresh data key, in one pass.
 
     The same pass measures size and SHA-256 of the plaintext and size, SHA-256 and CRC32C of
@@ -186,7 +189,7 @@ def encrypt(ctx: DomainContext, backup_id: str, progress: Progress = _no_progres
     ref, src = resolve(ctx, backup_id)
     spool = ctx.spool
     if spool.exists(backup_id, sp.BACKUP_FILE) and spool.exists(backup_id, sp.MANIFEST_FILE):
-        _drop_dump(ctx, backup_id)
+        _drop_dump(ctx, backup_id, owner)
         return StepOutcome(backup_id, Step.ENCRYPT, "already encrypted", skipped=True)
     if not spool.exists(backup_id, sp.DUMP_META):
         okey, mkey = keys_of(ref, src)
@@ -204,7 +207,7 @@ def encrypt(ctx: DomainContext, backup_id: str, progress: Progress = _no_progres
     wrapped = ctx.keyring.wrap(data_key, stream_context(ref, "data-key"))
     plain, cipher = StreamDigest(), StreamDigest()
 
-    with spool.atomic_write(backup_id, sp.BACKUP_FILE) as out, \
+    with spool.atomic_write(backup_id, sp.BACKUP_FILE, owner.token) as out, \
             spool.path(backup_id, sp.DUMP_FILE).open("rb") as dumped:
         encryptor = EncryptingWriter(_DigestingSink(out, cipher), data_key,  # type: ignore[arg-type]
                                      stream_context(ref, "backup-stream"))
@@ -233,15 +236,15 @@ def encrypt(ctx: DomainContext, backup_id: str, progress: Progress = _no_progres
         s3_bucket=dcfg.s3_bucket, gcs_bucket=dcfg.gcs_bucket,
     ).with_step(Step.DUMP, created, f"{plain.size} bytes").with_step(
         Step.ENCRYPT, now, f"{cipher.size} bytes")
-    spool.write_bytes(backup_id, sp.MANIFEST_FILE, manifest.to_json())
-    _drop_dump(ctx, backup_id)
+    spool.write_bytes(backup_id, sp.MANIFEST_FILE, manifest.to_json(), owner.token)
+    _drop_dump(ctx, backup_id, owner)
     return StepOutcome(backup_id, Step.ENCRYPT,
                        f"{plain.size} bytes -> {cipher.size} bytes encrypted", bytes=plain.size)
 
 
-def _drop_dump(ctx: DomainContext, backup_id: str) -> None:
-    ctx.spool.remove(backup_id, sp.DUMP_FILE)
-    ctx.spool.remove(backup_id, sp.DUMP_META)
+def _drop_dump(ctx: DomainContext, backup_id: str, owner: Ownership) -> None:
+    ctx.spool.remove_fenced(backup_id, sp.DUMP_FILE, owner.token)
+    ctx.spool.remove_fenced(backup_id, sp.DUMP_META, owner.token)
 
 
 def _spool_manifest(ctx: DomainContext, backup_id: str) -> Manifest | None:
@@ -263,7 +266,8 @@ def _earlier_step_missing(ctx: DomainContext, ref: BackupRef, wanted: str) -> St
 # --- 3. upload -------------------------------------------------------------------------------
 
 
-def upload(ctx: DomainContext, backup_id: str, progress: Progress = _no_progress) -> StepOutcome:
+def upload(ctx: DomainContext, backup_id: str, progress: Progress = _no_progress,
+           owner: Ownership = UNOWNED) -> StepOutcome:
     """Upload the encrypted file and its manifest to the domain's S3 bucket."""
     ref, src = resolve(ctx, backup_id)
     okey, mkey = keys_of(ref, src)
@@ -276,15 +280,17 @@ def upload(ctx: DomainContext, backup_id: str, progress: Progress = _no_progress
         raise _earlier_step_missing(ctx, ref, "be uploaded")
     ctx.ensure_resident("s3")
     if not _object_matches(ctx.s3, okey, local):
-        # A worker killed mid-upload cannot abort its multipart upload; its re-run does, so
-        # no orphaned parts are left (one backup's key is only ever written by its own chain).
-        ctx.s3.abort_incomplete_uploads(okey)
+        # Only the owner of the backup's lease gets here, so an open multipart upload under
+        # this key is one a dead owner left: put_file resumes it from the parts it holds.
+        # Nothing here aborts uploads: a live duplicate never reaches this line.
+        owner.confirm()
         ctx.s3.put_file(okey, str(ctx.spool.path(backup_id, sp.BACKUP_FILE)),
                         crc32c=local.ciphertext_crc32c)
     progress(local.ciphertext_size)
     uploaded = local.with_step(Step.UPLOAD, ctx.clock(), ctx.url("s3", okey))
+    owner.confirm()
     ctx.s3.put_bytes(mkey, uploaded.to_json())
-    ctx.spool.write_bytes(backup_id, sp.MANIFEST_FILE, uploaded.to_json())
+    ctx.spool.write_bytes(backup_id, sp.MANIFEST_FILE, uploaded.to_json(), owner.token)
     return StepOutcome(backup_id, Step.UPLOAD, ctx.url("s3", okey),
                        bytes=local.ciphertext_size)
 
@@ -304,7 +310,7 @@ def _uploaded_manifest(ctx: DomainContext, ref: BackupRef, mkey: str, wanted: st
 
 
 def replicate(ctx: DomainContext, backup_id: str,
-              progress: Progress = _no_progress) -> StepOutcome:
+              progress: Progress = _no_progress, owner: Ownership = UNOWNED) -> StepOutcome:
     """Stream the S3 object into the domain's GCS bucket (no local copy), then the manifest."""
     ref, src = resolve(ctx, backup_id)
     okey, mkey = keys_of(ref, src)
@@ -330,6 +336,7 @@ def replicate(ctx: DomainContext, backup_id: str,
             body.close()
     progress(manifest.ciphertext_size)
     replicated = manifest.with_step(Step.REPLICATE, ctx.clock(), where)
+    owner.confirm()
     ctx.gcs.put_bytes(mkey, replicated.to_json())
     ctx.s3.put_bytes(mkey, replicated.to_json())
     return StepOutcome(backup_id, Step.REPLICATE, where, bytes=manifest.ciphertext_size)
@@ -368,7 +375,8 @@ def check_copy(ctx: DomainContext, role: str, key: str, manifest: Manifest, *,
     return problems
 
 
-def verify(ctx: DomainContext, backup_id: str, *, deep: bool = False) -> StepOutcome:
+def verify(ctx: DomainContext, backup_id: str, *, deep: bool = False,
+           owner: Ownership = UNOWNED) -> StepOutcome:
     """Check both copies against the manifest; only then mark the backup verified."""
     ref, src = resolve(ctx, backup_id)
     okey, mkey = keys_of(ref, src)
@@ -388,6 +396,7 @@ def verify(ctx: DomainContext, backup_id: str, *, deep: bool = False) -> StepOut
         raise IntegrityError(f"backup {backup_id} failed verification: " + "; ".join(problems))
     how = "deep (SHA-256 of both copies)" if deep else "store checksums of both copies"
     verified = manifest.with_step(Step.VERIFY, ctx.clock(), how)
+    owner.confirm()
     ctx.gcs.put_bytes(mkey, verified.to_json())
     ctx.s3.put_bytes(mkey, verified.to_json())
     ctx.spool.clean(backup_id)
@@ -418,7 +427,7 @@ def source_manifests(ctx: DomainContext, src: SourceConfig) -> dict[str, list[Ma
     return found
 
 
-def expire(ctx: DomainContext, backup_id: str) -> StepOutcome:
+def expire(ctx: DomainContext, backup_id: str, owner: Ownership = UNOWNED) -> StepOutcome:
     """Apply the source's retention policy in both clouds."""
     ref, src = resolve(ctx, backup_id)
     now = ctx.clock()
@@ -445,6 +454,7 @@ def expire(ctx: DomainContext, backup_id: str) -> StepOutcome:
         for store in (ctx.gcs, ctx.s3):
             manifest = read_manifest(store, mkey)
             if manifest is not None:
+                owner.confirm()
                 store.put_bytes(mkey, manifest.with_step(Step.EXPIRE, now, detail).to_json())
     return StepOutcome(backup_id, Step.EXPIRE, detail)
 

@@ -230,11 +230,30 @@ class GCSConfig(_Frozen):
 
 
 class TaskRetryConfig(_Frozen):
-    """Celery's automatic retries of a step on transient errors (throttling, outages)."""
+    """The one retry layer: a step that meets a transient error (network, 5xx, throttling, a
+    source that is restarting) is retried by Celery with exponential backoff and jitter for at
+    most ``window_seconds`` in all, then fails. Permanent errors fail at once."""
 
-    max_retries: int = Field(default=5, ge=0, le=50)
-    backoff_seconds: int = Field(default=5, ge=1)
-    backoff_max_seconds: int = Field(default=300, ge=1)
+    window_seconds: int = Field(default=1800, ge=0)
+    backoff_seconds: float = Field(default=5, gt=0)
+    backoff_max_seconds: float = Field(default=300, gt=0)
+
+
+class ReconcileConfig(_Frozen):
+    """Ownership and the per-domain control loop (``regionvault.reconcile``)."""
+
+    #: a step's lease expires this long after its last renewal: how soon a dead owner is seen
+    lease_seconds: float = Field(default=60, ge=1)
+    #: how often beat runs the reconciler of each domain
+    interval_seconds: float = Field(default=60, ge=1)
+    #: a step that was handed over (or queued) but has not started after this long is sent
+    #: again; its old message, if it ever runs, is stale and exits
+    handoff_grace_seconds: float = Field(default=300, ge=1)
+    #: a spool directory, open upload or manifest-less object that no live backup owns is
+    #: removed once it is this old
+    orphan_after_seconds: float = Field(default=6 * 3600, ge=1)
+    #: automatic resumptions of one backup before it is left failed for a person
+    max_resumes: int = Field(default=5, ge=0)
 
 
 class Config(_Frozen):
@@ -250,6 +269,7 @@ class Config(_Frozen):
     gcs: GCSConfig = GCSConfig()
     retention: RetentionConfig = RetentionConfig()
     retries: TaskRetryConfig = TaskRetryConfig()
+    reconcile: ReconcileConfig = ReconcileConfig()
     domains: dict[Domain, DomainConfig]
 
     @model_validator(mode="after")

@@ -65,7 +65,7 @@ def run_demo(data_dir: Path | None, out: Console, err: Console) -> int:
 
 def _back_up_everything(stack: DevStack, out: Console) -> list[DemoRow]:
     from regionvault.follow import follow
-    from tasks.canvas import enqueue_backup
+    from tasks.canvas import start_run
     from workers.journal import journal
 
     assert stack.config is not None
@@ -73,7 +73,7 @@ def _back_up_everything(stack: DevStack, out: Console) -> list[DemoRow]:
     for domain, dcfg in stack.config.domains.items():
         for src in dcfg.sources:
             backup_id = new_backup_id(domain, src.name, DomainContext(stack.config, domain).clock())
-            enqueue_backup(domain.value, src.name, backup_id, deep_verify=True, note="demo")
+            start_run(domain.value, src.name, backup_id, deep_verify=True, note="demo")
             pending.append((domain, src.name, backup_id, time.monotonic()))
             out.print(f"queued {backup_id} in backup.{domain.value}")
     rows = []

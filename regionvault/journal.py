@@ -14,7 +14,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
+from uuid import uuid4
 
 import redis
 
@@ -65,6 +66,20 @@ class BackupRecord:
     error: str = ""
     error_step: Step | None = None
     notes: tuple[str, ...] = field(default=())
+    #: the chain run that owns the backup now; a step message of an older run is stale
+    run: int = 0
+    #: the id of that run's chain (its first task's id), named when a retry is refused
+    chain_id: str = ""
+    #: the step a failure said must run again ("run step 'dump' again"), if any
+    rerun: Step | None = None
+    #: how many times the reconciler resumed this backup automatically
+    resumes: int = 0
+    #: when a step waiting out a transient error will try again
+    retry_at: datetime | None = None
+
+    @property
+    def in_flight(self) -> bool:
+        return self.state in (BackupState.QUEUED, BackupState.RUNNING)
 
     def first_unfinished(self) -> Step | None:
         """The first step not done, where a retry resumes; None if every step is done."""
@@ -72,6 +87,53 @@ class BackupRecord:
             if self.steps[step].state is not StepState.DONE:
                 return step
         return None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The answer to a claim of a backup for a new chain run."""
+
+    accepted: bool
+    run: int
+    chain_id: str
+    #: the backup's state when the claim was refused
+    state: str = ""
+
+
+ClaimMode = Literal["new", "retry", "resume"]
+
+# Claims are atomic: two `regionvault retry` runs, a Flower Retry and the reconciler may all
+# try at the same instant, and exactly one of them may start the next run.
+_CLAIM = """
+local key, index = KEYS[1], KEYS[2]
+local mode, now, ttl = ARGV[1], ARGV[4], ARGV[7]
+local state = redis.call('HGET', key, 'state')
+local run = tonumber(redis.call('HGET', key, 'run') or '0')
+local chain = redis.call('HGET', key, 'chain') or ''
+if mode == 'new' and redis.call('EXISTS', key) == 1 then
+  return {0, run, chain, state or ''}
+end
+if mode == 'retry' and (state == 'queued' or state == 'running' or state == 'cancelled') then
+  return {0, run, chain, state}
+end
+if mode == 'resume' and (run ~= tonumber(ARGV[2]) or state == 'cancelled') then
+  return {0, run, chain, state or ''}
+end
+run = run + 1
+redis.call('HSETNX', key, 'created_at', now)
+redis.call('HSET', key, 'run', run, 'chain', ARGV[3], 'state', 'queued', 'error', '',
+           'error_step', '', 'rerun', '', 'retry_at', '', 'updated_at', now,
+           'domain', ARGV[5], 'source', ARGV[6])
+if mode == 'resume' then redis.call('HINCRBY', key, 'resumes', 1) end
+for i = 10, #ARGV do
+  redis.call('HSET', key, ARGV[i] .. '.state', 'pending', ARGV[i] .. '.task_id', '',
+             ARGV[i] .. '.detail', '')
+end
+redis.call('EXPIRE', key, ttl)
+redis.call('ZADD', index, ARGV[8], ARGV[9])
+redis.call('EXPIRE', index, ttl)
+return {1, run, ARGV[3], 'queued'}
+"""
 
 
 def _now() -> datetime:
@@ -88,6 +150,48 @@ class Journal:
     def __init__(self, client: redis.Redis) -> None:
         # redis-py's annotations mix its sync and async clients; this one is sync
         self._redis: Any = client
+        self._claim = self._redis.register_script(_CLAIM)
+
+    @property
+    def client(self) -> redis.Redis:
+        return self._redis
+
+    def claim(self, backup_id: str, start_at: Step, *, mode: ClaimMode,
+              expected_run: int = 0, at: datetime | None = None) -> Claim:
+        """Atomically make a new chain run the backup's owner, from ``start_at`` on.
+
+        ``new``: only if the backup has no journal yet (one schedule slot, one chain).
+        ``retry``: unless a chain is queued or running (or the backup was cancelled).
+        ``resume`` (the reconciler): only if the run is still ``expected_run``, the one the
+        reconciler looked at, so a resumption never races a retry that just started."""
+        ref = BackupRef.parse(backup_id)
+        when = at or _now()
+        later = [s.value for s in STEPS[STEPS.index(start_at):]]
+        accepted, run, chain, state = self._claim(
+            keys=[_KEY.format(backup_id), _INDEX.format(ref.domain.value)],
+            args=[mode, expected_run, str(uuid4()), when.isoformat(), ref.domain.value,
+                  ref.source, TTL_SECONDS, when.timestamp(), backup_id, *later])
+        return Claim(accepted=bool(int(accepted)), run=int(run), chain_id=str(chain),
+                     state=str(state))
+
+    def current_run(self, backup_id: str) -> int:
+        return int(self._redis.hget(_KEY.format(backup_id), "run") or 0)
+
+    def handed_off(self, backup_id: str, step: Step, task_id: str) -> None:
+        """The next step's message was sent; it is pending under ``task_id``."""
+        self._write(backup_id, {f"{step.value}.state": StepState.PENDING.value,
+                                f"{step.value}.task_id": task_id,
+                                f"{step.value}.detail": ""}, at=_now())
+
+    def rebuild(self, backup_id: str, steps: Mapping[Step, datetime], *, state: BackupState,
+                note: str) -> None:
+        """Write a record from what the stores and the spool show (after a journal loss)."""
+        fields = {"state": state.value}
+        for step, when in steps.items():
+            fields[f"{step.value}.state"] = StepState.DONE.value
+            fields[f"{step.value}.at"] = when.isoformat()
+        self._write(backup_id, fields, at=_now())
+        self.note(backup_id, note)
 
     @classmethod
     def from_url(cls, url: str) -> Journal:
@@ -119,7 +223,8 @@ class Journal:
             self.note(backup_id, note, at=at)
 
     def step(self, backup_id: str, step: Step, state: StepState, *, detail: str = "",
-             task_id: str | None = None, at: datetime | None = None) -> None:
+             task_id: str | None = None, at: datetime | None = None,
+             rerun: Step | None = None, retry_at: datetime | None = None) -> None:
         """Record a step's new state. A cancelled backup stays cancelled: a step killed by
         the cancel reports its death afterwards, and must not make it look failed."""
         if self.is_cancelled(backup_id):
@@ -131,10 +236,11 @@ class Journal:
             fields[f"{step.value}.task_id"] = task_id
         if state is StepState.FAILED:
             fields.update(state=BackupState.FAILED.value, error=detail[:_MAX_ERROR],
-                          error_step=step.value)
+                          error_step=step.value, rerun=rerun.value if rerun else "")
         elif state in (StepState.RUNNING, StepState.RETRYING) and step is not Step.EXPIRE:
             # expire runs after verify: the backup is verified by then, whatever expire does
             fields["state"] = BackupState.RUNNING.value
+            fields["retry_at"] = retry_at.isoformat() if retry_at else ""
         elif state is StepState.DONE and step is Step.VERIFY:
             fields["state"] = BackupState.VERIFIED.value
         self._write(backup_id, fields, at=when)
@@ -195,10 +301,13 @@ def _record(backup_id: str, data: Mapping[str, str], notes: Iterable[str]) -> Ba
         )
     created = _parse_time(data.get("created_at")) or _now()
     error_step = data.get("error_step") or None
+    rerun = data.get("rerun") or None
     return BackupRecord(
         backup_id=backup_id, domain=data.get("domain", ""), source=data.get("source", ""),
         state=BackupState(data.get("state", BackupState.QUEUED.value)), steps=steps,
         created_at=created, updated_at=_parse_time(data.get("updated_at")) or created,
         error=data.get("error", ""), error_step=Step(error_step) if error_step else None,
-        notes=tuple(notes),
+        notes=tuple(notes), run=int(data.get("run") or 0), chain_id=data.get("chain", ""),
+        rerun=Step(rerun) if rerun else None, resumes=int(data.get("resumes") or 0),
+        retry_at=_parse_time(data.get("retry_at")),
     )

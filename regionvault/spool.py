@@ -3,21 +3,33 @@
 Only ciphertext is ever written here. Files appear atomically (written under a ``.partial``
 name, fsynced, then renamed), so a worker killed mid-write leaves a ``.partial`` that the next
 attempt overwrites, never a file that looks complete.
+
+Writes are fenced: each backup directory keeps the highest fencing token (see
+``regionvault.lease``) that has committed a file there, in ``.fence``. A commit with an older
+token is refused with ``LeaseLost``, checked and recorded under an ``flock`` so that two
+owners cannot interleave check and rename. Partial files carry the writer's token and pid, so
+two writers never write into the same file. The spool must therefore be a filesystem with
+working ``flock`` (local disks, a ReadWriteMany volume with a lock manager).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from regionvault.errors import LeaseLost
+
 DUMP_FILE = "dump.rvs"  # the pg_dump stream, encrypted with a spool key
 DUMP_META = "dump.json"  # the wrapped spool key; its presence marks the dump complete
 BACKUP_FILE = "backup.rvb"  # the final encrypted object
 MANIFEST_FILE = "manifest.json"  # the draft manifest until the stores hold it
+FENCE_FILE = ".fence"  # the highest fencing token that committed here
+_LOCK_FILE = ".lock"
 
 
 class Spool:
@@ -37,25 +49,67 @@ class Spool:
     def exists(self, backup_id: str, name: str) -> bool:
         return self.path(backup_id, name).is_file()
 
+    def fence(self, backup_id: str) -> int:
+        """The highest fencing token that committed into this backup's directory (0: none)."""
+        try:
+            return int(self.path(backup_id, FENCE_FILE).read_text().strip() or 0)
+        except (FileNotFoundError, ValueError):
+            return 0
+
     @contextlib.contextmanager
-    def atomic_write(self, backup_id: str, name: str) -> Iterator[BinaryIO]:
-        """Write a spool file so it appears whole or not at all."""
+    def _fenced(self, backup_id: str, token: int) -> Iterator[None]:
+        """Hold the directory's lock, refuse an older token, record this one."""
+        directory = self.dir_for(backup_id)
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with (directory / _LOCK_FILE).open("a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                seen = self.fence(backup_id)
+                if token < seen:
+                    raise LeaseLost(
+                        f"spool write for backup {backup_id} refused: token {token} is older "
+                        f"than token {seen}, which another owner already used")
+                if token > seen:
+                    tmp = directory / f"{FENCE_FILE}.{os.getpid()}"
+                    tmp.write_text(str(token))
+                    os.replace(tmp, directory / FENCE_FILE)
+                yield
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+    def advance_fence(self, backup_id: str, token: int) -> None:
+        """Record ``token`` as the newest owner's before it writes anything: from now on an
+        older owner's commit is refused, even one that lands before the new owner's first."""
+        with self._fenced(backup_id, token):
+            pass
+
+    @contextlib.contextmanager
+    def atomic_write(self, backup_id: str, name: str, token: int = 0) -> Iterator[BinaryIO]:
+        """Write a spool file so it appears whole or not at all, as the owner of ``token``."""
         directory = self.dir_for(backup_id)
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         final = directory / name
-        partial = directory / (name + ".partial")
+        partial = directory / f"{name}.{token}.{os.getpid()}.partial"
         try:
             with partial.open("wb") as fh:
                 yield fh
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.replace(partial, final)
+            with self._fenced(backup_id, token):
+                os.replace(partial, final)
         finally:
             partial.unlink(missing_ok=True)
 
-    def write_bytes(self, backup_id: str, name: str, data: bytes) -> None:
-        with self.atomic_write(backup_id, name) as fh:
+    def write_bytes(self, backup_id: str, name: str, data: bytes, token: int = 0) -> None:
+        with self.atomic_write(backup_id, name, token) as fh:
             fh.write(data)
+
+    def remove_fenced(self, backup_id: str, name: str, token: int) -> None:
+        """Remove one file as the owner of ``token`` (refused for an older token)."""
+        if not self.dir_for(backup_id).exists():
+            return
+        with self._fenced(backup_id, token):
+            self.remove(backup_id, name)
 
     def read_bytes(self, backup_id: str, name: str) -> bytes:
         return self.path(backup_id, name).read_bytes()
@@ -66,6 +120,12 @@ class Spool:
     def clean(self, backup_id: str) -> None:
         """Remove everything the backup left in the spool."""
         shutil.rmtree(self.dir_for(backup_id), ignore_errors=True)
+
+    def backup_ids(self) -> list[str]:
+        """The backups that have a directory here (the reconciler's view of the spool)."""
+        if not self.root.exists():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir())
 
     def files(self) -> list[Path]:
         if not self.root.exists():

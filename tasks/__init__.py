@@ -10,12 +10,13 @@ from tasks import (
     dump,
     encrypt,
     expire,
+    reconcile,
     replicate,
     restore,
     upload,
     verify,
 )
-from tasks.canvas import backup_chain
+from tasks.canvas import start_run
 
-__all__ = ["backup_chain", "backup_domain", "discard", "drill", "dump", "encrypt", "expire",
-           "replicate", "restore", "upload", "verify"]
+__all__ = ["backup_domain", "discard", "drill", "dump", "encrypt", "expire", "reconcile",
+           "replicate", "restore", "start_run", "upload", "verify"]

@@ -1,24 +1,33 @@
-"""The scheduled entry point: start one backup chain per source of a domain."""
+"""The scheduled entry point: start one backup chain per source of a domain, once per slot.
+
+A scheduled backup's id is derived from (domain, source, schedule slot), and starting it is
+an atomic claim of that id in the journal. So a second beat, a beat restarted within the same
+minute, or this task delivered twice starts nothing new; and because it is acknowledged late,
+a fan-out whose worker died half-way is delivered again and completes the sources it skipped.
+"""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
-from regionvault import chain
-from tasks.canvas import enqueue_backup
+from regionvault.schedule import slot_backup_id, slot_of
+from tasks.canvas import start_run
 from workers.app import app
 from workers.guard import DomainTask
 from workers.runtime import context_for
 
 
-# Acknowledged early, unlike the steps: re-delivering a fan-out after a crash would start a
-# second chain per source. A lost fan-out is one missed run, which freshness alerts catch.
-@app.task(name="regionvault.backup_domain", base=DomainTask, bind=True, acks_late=False)
-def backup_domain(self: Any, *, domain: str) -> list[dict[str, str]]:
+@app.task(name="regionvault.backup_domain", base=DomainTask, bind=True, acks_late=True,
+          reject_on_worker_lost=True)
+def backup_domain(self: Any, *, domain: str, slot: str | None = None) -> list[dict[str, str]]:
     ctx = context_for(domain)
+    when = datetime.fromisoformat(slot) if slot else slot_of(ctx.dcfg.schedule, ctx.clock())
     started = []
     for source in ctx.dcfg.sources:
-        backup_id = chain.new_backup(ctx, source.name)
-        result = enqueue_backup(domain, source.name, backup_id, note="scheduled")
-        started.append({"backup_id": backup_id, "source": source.name, "task_id": result.id})
+        backup_id = slot_backup_id(ctx.domain, source.name, when)
+        run = start_run(domain, source.name, backup_id, mode="new",
+                        note=f"scheduled (slot {when.isoformat()})")
+        started.append({"backup_id": backup_id, "source": source.name, "task_id": run.task_id,
+                        "started": "yes" if run.accepted else "already started"})
     return started

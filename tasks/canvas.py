@@ -1,48 +1,82 @@
-"""The chain of one backup: six immutable signatures in the domain's queue."""
+"""How a backup's steps are sent: one message at a time, each step handing over to the next.
+
+There is no Celery ``chain`` here on purpose. A step records itself done in the journal and
+only then sends the next step's message (``handoff``). If that send fails (broker outage at a
+step boundary), the step stays done and the per-domain reconciler sends the next step again:
+the message is the fast path, the reconcile loop is the guarantee.
+
+Every message of a chain carries the backup's *run*: the number of the chain run that owns
+the backup. Starting a run is an atomic claim in the journal (``Journal.claim``), so two
+retries racing, a second beat for the same slot, or the reconciler and an operator at the
+same instant start at most one run; a message of an older run is stale and exits without
+doing anything. A step sent with run 0 (by hand, or by a test) runs on its own: it takes
+the lease like any step but hands over to nothing.
+"""
 
 from __future__ import annotations
 
-from celery import chain
+from dataclasses import dataclass
+
 from celery.canvas import Signature
-from celery.result import AsyncResult
 
 from regionvault.domains import queue_name
+from regionvault.journal import Claim, ClaimMode
 from regionvault.manifest import STEPS, Step
 
+TASK_PREFIX = "regionvault."
 
-def step_signature(step: Step, backup_id: str, domain: str, source: str,
-                   *, deep_verify: bool = False) -> Signature:
+
+def step_signature(step: Step, backup_id: str, domain: str, source: str, *, run: int = 0,
+                   deep_verify: bool = False) -> Signature:
     from workers.app import app
 
-    kwargs: dict[str, object] = {"backup_id": backup_id, "domain": domain, "source": source}
-    if step is Step.VERIFY:
-        kwargs["deep"] = deep_verify
+    kwargs: dict[str, object] = {"backup_id": backup_id, "domain": domain, "source": source,
+                                 "run": run}
+    if deep_verify:
+        kwargs["deep"] = True
     # immutable (.si): a step reads its input from the spool and the stores, never from the
     # previous task's return value, so each can be re-run on its own with the same arguments
-    return app.signature(f"regionvault.{step.value}", kwargs=kwargs, immutable=True,
+    return app.signature(f"{TASK_PREFIX}{step.value}", kwargs=kwargs, immutable=True,
                          queue=queue_name(domain))
 
 
-def backup_chain(domain: str, source: str, backup_id: str, *, deep_verify: bool = False,
-                 start_at: Step = Step.DUMP) -> chain:
-    steps = STEPS[STEPS.index(start_at):]
-    return chain(*(step_signature(s, backup_id, domain, source, deep_verify=deep_verify)
-                   for s in steps))
+def send_step(step: Step, backup_id: str, domain: str, source: str, *, run: int,
+              deep_verify: bool = False, task_id: str | None = None) -> str:
+    """Send one step's message; its task id."""
+    result = step_signature(step, backup_id, domain, source, run=run,
+                            deep_verify=deep_verify).apply_async(task_id=task_id)
+    return str(result.id)
 
 
-def enqueue_backup(domain: str, source: str, backup_id: str, *, deep_verify: bool = False,
-                   start_at: Step = Step.DUMP, note: str = "") -> AsyncResult:
-    """Send a backup's chain (or its rest, from ``start_at``) and journal its task ids."""
+def next_step(step: Step) -> Step | None:
+    index = STEPS.index(step)
+    return STEPS[index + 1] if index + 1 < len(STEPS) else None
+
+
+@dataclass(frozen=True)
+class Started:
+    """What ``start_run`` did: the claim, and the first step's task id if it was accepted."""
+
+    claim: Claim
+    task_id: str = ""
+
+    @property
+    def accepted(self) -> bool:
+        return self.claim.accepted
+
+
+def start_run(domain: str, source: str, backup_id: str, *, start_at: Step = Step.DUMP,
+              mode: ClaimMode = "new", expected_run: int = 0, deep_verify: bool = False,
+              note: str = "", task_id: str | None = None) -> Started:
+    """Claim the backup for a new run from ``start_at`` and send that step's message."""
     from workers.journal import journal
 
-    result = backup_chain(domain, source, backup_id, deep_verify=deep_verify,
-                          start_at=start_at).apply_async()
-    steps = STEPS[STEPS.index(start_at):]
-    ids: dict[Step, str] = {}
-    node: AsyncResult | None = result
-    for step in reversed(steps):  # a chain's result is its last task; parents go backwards
-        assert node is not None
-        ids[step] = str(node.id)
-        node = node.parent
-    journal().queued(backup_id, ids, note=note)
-    return result
+    claim = journal().claim(backup_id, start_at, mode=mode, expected_run=expected_run)
+    if not claim.accepted:
+        return Started(claim)
+    task_id = send_step(start_at, backup_id, domain, source, run=claim.run,
+                        deep_verify=deep_verify, task_id=task_id)
+    journal().handed_off(backup_id, start_at, task_id)
+    if note:
+        journal().note(backup_id, f"{note} (run {claim.run}, from step {start_at.value})")
+    return Started(claim, task_id)

@@ -1,50 +1,87 @@
-"""What every step task does around its core function: check, run, report progress, log."""
+"""What every step task does around its core function: check, own, run, record, hand over.
+
+1. Check the arguments agree, the backup is not cancelled, and the message is not stale (of
+   an older run than the journal's).
+2. Take the backup's lease (waiting while another owner holds it; stepping aside if that
+   owner stays alive or is of a newer run) and renew it in the background while working.
+3. Run the core step with the lease's fencing token.
+4. Record the outcome in the journal, send the next step's message, and only then release
+   the lease: a reconciler that sees no lease therefore also sees the step's outcome.
+
+Errors are classified once: transient ones (stores, sources, the broker) are retried by
+Celery with backoff for a bounded window, permanent ones fail at once with their cause.
+"""
 
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import redis
 from celery.exceptions import Ignore
+from kombu.exceptions import OperationalError
 
-from regionvault.chain import StepOutcome
+from regionvault.chain import Progress, StepOutcome
 from regionvault.config import TaskRetryConfig
 from regionvault.context import DomainContext
-from regionvault.errors import ConfigError, ResidencyError, SourceError, TransientStoreError
-from regionvault.manifest import BackupRef
+from regionvault.errors import (
+    LeaseLost,
+    ResidencyError,
+    StepOrderError,
+    TransientSourceError,
+    TransientStoreError,
+)
+from regionvault.journal import StepState
+from regionvault.lease import Heartbeat, Holder, Lease, LeaseStore, Ownership, owner_id
+from regionvault.lease import owner_is_dead_here as _dead_here
+from regionvault.manifest import BackupRef, Step
+from tasks.canvas import next_step, send_step
 from workers.guard import DomainTask
 from workers.journal import journal
-from workers.runtime import context_for, worker_config
+from workers.runtime import context_for, leases, worker_config
 
 log = logging.getLogger("regionvault.tasks")
 
-def _retry_settings() -> TaskRetryConfig:
-    # read once at import: every process of a pool shares the same configuration
-    try:
-        return worker_config().retries
-    except ConfigError:
-        return TaskRetryConfig()  # no configuration here (e.g. a tool importing the tasks)
+#: errors worth another try: the cause may pass (network, 5xx, throttling, a restarting
+#: source, the broker or journal briefly away)
+TRANSIENT = (TransientStoreError, TransientSourceError, redis.RedisError, OperationalError)
 
-
-_RETRIES = _retry_settings()
-
-#: Options shared by every step task. Retries happen here, at the task level only: a step
-#: retried by Celery resumes from what the spool and the stores already hold.
+#: Options shared by every step task. Retries are decided in ``run_step`` (one layer only);
+#: acks_late + reject_on_worker_lost bring a step whose pool process died straight back.
 STEP_OPTIONS: dict[str, Any] = {
     "base": DomainTask,
     "bind": True,
     "acks_late": True,
     "reject_on_worker_lost": True,
-    "autoretry_for": (TransientStoreError, SourceError),
-    "retry_backoff": _RETRIES.backoff_seconds,
-    "retry_backoff_max": _RETRIES.backoff_max_seconds,
-    "retry_jitter": True,
-    "max_retries": _RETRIES.max_retries,
+    "max_retries": None,  # bounded by time (retries.window_seconds), not by count
 }
 
 PROGRESS_INTERVAL_SECONDS = 1.0
+
+#: the steps that write the spool (later steps write only to the stores, and verify empties
+#: the spool: fencing it there would leave a directory behind)
+SPOOL_WRITERS = frozenset({Step.DUMP, Step.ENCRYPT, Step.UPLOAD})
+
+StepBody = Callable[[DomainContext, Ownership, Progress], StepOutcome]
+
+
+def retry_delay(attempt: int, settings: TaskRetryConfig, *,
+                rng: Callable[[], float] = random.random) -> float | None:
+    """Seconds to wait before try ``attempt + 1`` (attempt 0 is the first try), or None when
+    the backoff of all tries so far would pass the retry window: then the step fails.
+
+    Exponential backoff with jitter in the upper half, so a fleet of workers that met the same
+    outage does not come back in lockstep, yet every wait is at least half the schedule."""
+    def planned(n: int) -> float:
+        return float(min(settings.backoff_seconds * 2 ** n, settings.backoff_max_seconds))
+
+    if sum(planned(n) for n in range(attempt + 1)) > settings.window_seconds:
+        return None
+    return planned(attempt) * (0.5 + 0.5 * rng())
 
 
 def checked_context(backup_id: str, domain: str, source: str) -> DomainContext:
@@ -62,13 +99,40 @@ def checked_context(backup_id: str, domain: str, source: str) -> DomainContext:
     return context_for(domain)
 
 
-def progress_reporter(task: Any, step: str) -> Callable[[int], None]:
-    """Report bytes done to the result backend at most once a second (metadata only)."""
+def acquire(store: LeaseStore, backup_id: str, owner: str, *, step: Step, run: int,
+            floor: int, ttl_ms: int, sleep: Callable[[float], None] = time.sleep,
+            clock: Callable[[], float] = time.monotonic) -> Lease | Holder:
+    """Take the backup's lease, waiting up to two lease lifetimes for another owner's lease
+    to expire; the ``Holder`` that keeps it means this copy steps aside.
+
+    A holder of a newer run wins at once; a holder that is a dead process of this host (a
+    pool child killed a moment ago) is broken at once instead of waited for."""
+    deadline = clock() + 2 * ttl_ms / 1000
+    while True:
+        got = store.acquire(backup_id, owner, ttl_ms, step=step.value, run=run, floor=floor)
+        if isinstance(got, Lease):
+            return got
+        if run and got.run > run:
+            return got
+        if _dead_here(got.owner):
+            store.break_lease(backup_id, got.token)
+            continue
+        if clock() >= deadline:
+            return got
+        sleep(min(1.0, ttl_ms / 1000 / 10))
+
+
+def progress_reporter(task: Any, step: str, heartbeat: Heartbeat | None = None
+                      ) -> Callable[[int], None]:
+    """Report bytes done to the result backend at most once a second (metadata only); stop a
+    step that lost its lease at the next chunk."""
     last = 0.0
     started = time.monotonic()
 
     def report(done: int) -> None:
         nonlocal last
+        if heartbeat is not None:
+            heartbeat.confirm()
         now = time.monotonic()
         if now - last >= PROGRESS_INTERVAL_SECONDS and task.request.id:
             last = now
@@ -78,8 +142,135 @@ def progress_reporter(task: Any, step: str) -> Callable[[int], None]:
     return report
 
 
+def _record(backup_id: str, step: Step, state: StepState, **fields: Any) -> None:
+    """Write the journal; a journal that cannot be written never fails the step (the stores
+    and the spool are the truth, and the reconciler reads them)."""
+    try:
+        journal().step(backup_id, step, state, **fields)
+    except (redis.RedisError, ValueError) as exc:
+        log.warning("journal not updated for %s step %s: %s", backup_id, step.value, exc)
+
+
+def _note(backup_id: str, text: str) -> None:
+    try:
+        journal().note(backup_id, text)
+    except redis.RedisError as exc:
+        log.warning("journal note not written for %s: %s", backup_id, exc)
+
+
+def _stale(backup_id: str, run: int) -> int | None:
+    """The journal's newer run if this message's run is older, else None."""
+    if not run:
+        return None  # sent by hand without a run: the lease alone decides
+    try:
+        current = journal().current_run(backup_id)
+    except redis.RedisError:
+        return None
+    return current if current > run else None
+
+
+def _handoff(step: Step, backup_id: str, domain: str, source: str, run: int,
+             deep: bool) -> None:
+    following = next_step(step)
+    if following is None or not run:
+        return  # the last step, or a step sent on its own (run 0), outside any run
+    try:
+        task_id = send_step(following, backup_id, domain, source, run=run, deep_verify=deep)
+    except Exception as exc:  # the broker's own errors (kombu, redis) at a step boundary
+        log.warning("step %s of backup %s is done, but sending step %s failed (%s); the "
+                    "reconciler will send it", step.value, backup_id, following.value, exc)
+        _note(backup_id, f"{step.value} done; handing over to {following.value} failed: {exc}")
+        return
+    try:
+        journal().handed_off(backup_id, following, task_id)
+    except redis.RedisError as exc:
+        log.warning("journal not updated for the handoff of %s: %s", backup_id, exc)
+
+
+def _fail(exc: BaseException, backup_id: str, step: Step, task_id: str,
+          rerun: Step | None = None) -> None:
+    _record(backup_id, step, StepState.FAILED, detail=str(exc), task_id=task_id, rerun=rerun)
+    exc._rv_journaled = True  # type: ignore[attr-defined]  # the failure signal skips it
+
+
+def run_step(task: Any, step: Step, *, backup_id: str, domain: str, source: str, run: int,
+             deep: bool, body: StepBody) -> dict[str, object]:
+    """Everything a step task does; ``body`` is the core function."""
+    ctx = checked_context(backup_id, domain, source)
+    task_id = str(task.request.id or "")
+    newer = _stale(backup_id, run)
+    if newer is not None:
+        log.info("step %s of backup %s (run %d) is stale: run %d owns the backup; not run",
+                 step.value, backup_id, run, newer)
+        raise Ignore()
+    settings = worker_config().reconcile
+    ttl_ms = int(settings.lease_seconds * 1000)
+    store = leases()
+    try:
+        got = acquire(store, backup_id, owner_id(task_id), step=step, run=run,
+                      floor=ctx.spool.fence(backup_id), ttl_ms=ttl_ms)
+    except redis.RedisError as exc:
+        return _retry_or_fail(task, exc, backup_id, step, task_id)
+    if isinstance(got, Holder):
+        log.info("step %s of backup %s steps aside: %s (step %s, run %d) owns the backup",
+                 step.value, backup_id, got.owner, got.step, got.run)
+        _note(backup_id, f"a duplicate {step.value} (task {task_id}) stepped aside: "
+                         f"{got.step} of run {got.run} is running")
+        raise Ignore()
+    heartbeat = Heartbeat(store, got, ttl_ms).start()
+    try:
+        _record(backup_id, step, StepState.RUNNING, task_id=task_id)
+        try:
+            if step in SPOOL_WRITERS:
+                # from here on, an older owner's spool commit is refused, even before ours
+                ctx.spool.advance_fence(backup_id, got.token)
+            outcome = body(ctx, heartbeat.ownership(),
+                           progress_reporter(task, step.value, heartbeat))
+            heartbeat.confirm()
+        except LeaseLost as exc:
+            log.warning("step %s of backup %s stopped: %s", step.value, backup_id, exc)
+            raise Ignore() from exc
+        except StepOrderError as exc:
+            rerun = Step(exc.rerun_step) if exc.rerun_step else None
+            _fail(exc, backup_id, step, task_id, rerun)
+            raise
+        except TRANSIENT as exc:
+            return _retry_or_fail(task, exc, backup_id, step, task_id)
+        except Exception as exc:
+            _fail(exc, backup_id, step, task_id)
+            raise
+        _record(backup_id, step, StepState.DONE, task_id=task_id, detail=outcome.detail)
+        _handoff(step, backup_id, domain, source, run, deep)
+    finally:
+        heartbeat.stop()
+        try:
+            store.release(got)
+        except redis.RedisError as exc:  # it expires by itself
+            log.warning("lease of %s not released: %s", backup_id, exc)
+    return finish(outcome, domain, source)
+
+
+def _retry_or_fail(task: Any, exc: BaseException, backup_id: str, step: Step,
+                   task_id: str) -> dict[str, object]:
+    delay = retry_delay(int(task.request.retries or 0), worker_config().retries)
+    if delay is None:
+        window = worker_config().retries.window_seconds
+        _fail(exc, backup_id, step, task_id)
+        log.error("step %s of backup %s failed after retrying for %ds: %s", step.value,
+                  backup_id, window, exc)
+        raise exc
+    retry_at = datetime.now(UTC) + timedelta(seconds=delay)
+    _record(backup_id, step, StepState.RETRYING, task_id=task_id,
+            detail=f"retrying in {delay:.0f}s: {exc}", retry_at=retry_at)
+    raise task.retry(exc=exc, countdown=delay)
+
+
 def finish(outcome: StepOutcome, domain: str, source: str) -> dict[str, object]:
     log.info("step %s of backup %s (domain %s, source %s): %s%s", outcome.step.value,
              outcome.backup_id, domain, source, outcome.detail,
              " (already done)" if outcome.skipped else "")
     return {**outcome.as_dict(), "domain": domain, "source": source}
+
+
+__all__ = ["STEP_OPTIONS", "checked_context", "finish", "progress_reporter",
+           "retry_delay", "run_step"]

@@ -5,12 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from regionvault import chain
-from tasks.runner import STEP_OPTIONS, checked_context, finish, progress_reporter
+from regionvault.manifest import Step
+from tasks.runner import STEP_OPTIONS, run_step
 from workers.app import app
 
 
 @app.task(name="regionvault.upload", **STEP_OPTIONS)
-def upload(self: Any, *, backup_id: str, domain: str, source: str) -> dict[str, object]:
-    ctx = checked_context(backup_id, domain, source)
-    outcome = chain.upload(ctx, backup_id, progress_reporter(self, "upload"))
-    return finish(outcome, domain, source)
+def upload(self: Any, *, backup_id: str, domain: str, source: str, run: int = 0,
+           deep: bool = False) -> dict[str, object]:
+    return run_step(self, Step.UPLOAD, backup_id=backup_id, domain=domain, source=source,
+                    run=run, deep=deep,
+                    body=lambda ctx, owner, progress: chain.upload(
+                        ctx, backup_id, progress, owner))

@@ -80,6 +80,20 @@ DRILL_LAST_SUCCESS = Gauge(
     "regionvault_drill_last_success_timestamp_seconds",
     "Time (Unix seconds) of the last restore drill that passed", ["domain"],
     multiprocess_mode="max")
+RECONCILE_ACTIONS = Counter(
+    "regionvault_reconciler_actions", "What the reconciler did to backups, by action",
+    ["domain", "action"])
+RECONCILE_SWEPT = Counter(
+    "regionvault_reconciler_swept",
+    "Leftovers the reconciler removed: spool directories, open uploads, manifest-less objects",
+    ["domain", "kind"])
+RECONCILE_ERRORS = Counter(
+    "regionvault_reconciler_errors", "Backups or stores the reconciler could not judge",
+    ["domain"])
+RECONCILE_LAST_RUN = Gauge(
+    "regionvault_reconciler_last_run_timestamp_seconds",
+    "Time (Unix seconds) of the last reconciler tick of a domain", ["domain"],
+    multiprocess_mode="max")
 WORKER_INFO = Gauge(
     "regionvault_worker_info", "1 while a worker of the domain runs (an exporter answers)",
     ["domain"], multiprocess_mode="liveall")
@@ -91,7 +105,9 @@ EXPORTED = {
     "regionvault_step_failures_total", "regionvault_last_verified_backup_timestamp_seconds",
     "regionvault_misrouted_tasks_refused_total", "regionvault_verification_mismatches_total",
     "regionvault_drill_failures_total", "regionvault_drill_last_success_timestamp_seconds",
-    "regionvault_worker_info",
+    "regionvault_worker_info", "regionvault_reconciler_actions_total",
+    "regionvault_reconciler_swept_total", "regionvault_reconciler_errors_total",
+    "regionvault_reconciler_last_run_timestamp_seconds",
 }
 
 _started: dict[str, float] = {}
@@ -173,3 +189,15 @@ def _step_failed(sender: Any, task_id: str, exception: BaseException,
         for store in ("s3", "gcs"):
             if f"{store} copy" in str(exception) or f"{store} manifest" in str(exception):
                 VERIFY_MISMATCHES.labels(*labels, store).inc()
+
+
+def record_reconcile(report: Any) -> None:
+    """Count what one reconciler tick did (``regionvault.reconcile.Report``)."""
+    for action, count in report.actions.items():
+        if action != "leave":
+            RECONCILE_ACTIONS.labels(domain=report.domain, action=action).inc(count)
+    for kind, count in report.swept.items():
+        RECONCILE_SWEPT.labels(domain=report.domain, kind=kind).inc(count)
+    if report.errors:
+        RECONCILE_ERRORS.labels(domain=report.domain).inc(len(report.errors))
+    RECONCILE_LAST_RUN.labels(domain=report.domain).set(time.time())

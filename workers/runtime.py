@@ -7,6 +7,7 @@ from functools import lru_cache
 from regionvault.config import Config, load_config
 from regionvault.context import DomainContext
 from regionvault.domains import parse_domain
+from regionvault.lease import RedisLeaseStore
 
 
 @lru_cache(maxsize=1)
@@ -17,3 +18,11 @@ def worker_config() -> Config:
 @lru_cache(maxsize=4)
 def context_for(domain: str) -> DomainContext:
     return DomainContext(worker_config(), parse_domain(domain))
+
+
+@lru_cache(maxsize=1)
+def leases() -> RedisLeaseStore:
+    """The backup leases, in the result backend's Redis (where the journal lives)."""
+    from workers.app import app
+
+    return RedisLeaseStore.from_url(str(app.conf.result_backend))

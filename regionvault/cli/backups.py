@@ -20,7 +20,7 @@ from regionvault.cli.common import (
 )
 from regionvault.context import DomainContext
 from regionvault.domains import parse_domain
-from regionvault.errors import ConfigError
+from regionvault.errors import BackupBusy, ConfigError
 from regionvault.manifest import BackupRef, Manifest, new_backup_id
 
 # --- backup ----------------------------------------------------------------------------------
@@ -37,9 +37,14 @@ def backup(
     = False,
     deep: Annotated[bool, typer.Option("--deep", help="verify by reading both copies")] = False,
     timeout: Annotated[float, typer.Option(help="seconds to wait with --wait")] = 3600,
+    force: Annotated[bool, typer.Option(
+        "--force", help="start even while another backup of the source is in flight")] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Start an ad-hoc backup (in the domain's own queue); exit 0 with --wait only if verified."""
+    """Start an ad-hoc backup (in the domain's own queue); exit 0 with --wait only if verified.
+
+    Refused (exit 3) while another backup of the same source is queued or running, naming
+    it; --force starts one anyway."""
 
     def run() -> None:
         cfg = config_from(config)
@@ -49,13 +54,16 @@ def backup(
         names = [s.name for s in cfg.domain(d).sources] if all_sources else [str(source)]
         for name in names:
             cfg.source(d, name)  # unknown domain or source: refused before anything is sent
-        from tasks.canvas import enqueue_backup
+        from tasks.canvas import start_run
 
+        if not force:
+            for name in names:
+                _refuse_if_in_flight(d.value, name)
         started = []
         for name in names:
             backup_id = new_backup_id(d, name, DomainContext(cfg, d).clock())
-            enqueue_backup(d.value, name, backup_id, deep_verify=deep,
-                           note=f"ad-hoc backup by {operator()}")
+            start_run(d.value, name, backup_id, deep_verify=deep,
+                      note=f"ad-hoc backup by {operator()}")
             started.append(backup_id)
             out.print(f"backup {backup_id} queued in backup.{d.value}")
         if not wait:
@@ -70,6 +78,15 @@ def backup(
             raise typer.Exit(1)
 
     guarded(run)
+
+
+def _refuse_if_in_flight(domain: str, source: str) -> None:
+    running = [r for r in journal().for_source(domain, source) if r.in_flight]
+    if running:
+        raise BackupBusy(
+            f"backup {running[0].backup_id} of source {source!r} in domain {domain!r} is still "
+            f"{running[0].state.value}; watch it (regionvault watch {running[0].backup_id}) "
+            "or pass --force to start another")
 
 
 @app.command()

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from regionvault.backup_state import gather_facts, next_step
 from regionvault.cli.common import (
     ConfigOption,
     app,
@@ -24,7 +25,7 @@ from regionvault.cli.common import (
 from regionvault.cli.restores import parse_time
 from regionvault.context import DomainContext
 from regionvault.domains import parse_domain
-from regionvault.errors import ConfigError, NotFound
+from regionvault.errors import BackupBusy, ConfigError, NotFound
 from regionvault.journal import BackupRecord, BackupState
 from regionvault.manifest import STEPS, BackupRef, Step
 from regionvault.status import EXIT_CODES, Freshness, SourceStatus, assess, worst
@@ -111,23 +112,17 @@ def _print_status(rows: list[SourceStatus]) -> None:
     out.print(table)
 
 
-def _resume_point(ctx: DomainContext, backup_id: str, record: BackupRecord | None) -> Step:
-    """Where a retry starts: the journal's first unfinished step, else what the stores say."""
-    if record is None:  # no journal (expired or lost): the manifests say how far it got
-        from regionvault.catalogue import find_backup
-
-        try:
-            manifest = next(iter(find_backup(ctx, backup_id).values()))
-        except NotFound:
-            return Step.DUMP
-        return next((s for s in STEPS if s not in manifest.steps), Step.EXPIRE)
-    if record.state in (BackupState.QUEUED, BackupState.RUNNING):
-        raise ConfigError(f"backup {backup_id} is still {record.state.value}; watch it "
-                          f"(regionvault watch {backup_id}) or cancel it first")
-    if record.state is BackupState.CANCELLED:
+def _resume_point(ctx: DomainContext, backup_id: str, record: BackupRecord | None,
+                  wanted: Step | None) -> Step:
+    """Where a retry starts: ``--from`` if given; else what the spool and the stores show
+    (the journal can be wrong: a step that asked for an earlier one to run again, a spool lost
+    with its disk, a journal wiped by a broker restart)."""
+    if record is not None and record.state is BackupState.CANCELLED:
         raise ConfigError(f"backup {backup_id} was cancelled and its data discarded; "
                           "start a new backup instead")
-    step = record.first_unfinished()
+    if wanted is not None:
+        return wanted
+    step = next_step(gather_facts(ctx, backup_id))
     if step is None:
         raise ConfigError(f"backup {backup_id} finished every step; nothing to retry")
     return step
@@ -136,24 +131,38 @@ def _resume_point(ctx: DomainContext, backup_id: str, record: BackupRecord | Non
 @app.command()
 def retry(
     backup_id: str,
+    from_step: Annotated[str | None, typer.Option(
+        "--from", help="resume from this step (dump, encrypt, upload, replicate, verify, "
+                       "expire) instead of the one the spool and the stores name")] = None,
     wait: Annotated[bool, typer.Option("--wait")] = False,
     timeout: Annotated[float, typer.Option(help="seconds to wait with --wait")] = 3600,
     config: ConfigOption = None,
 ) -> None:
-    """Resume a failed backup from its first unfinished step, in its own domain's queue."""
+    """Resume a failed backup, in its own domain's queue, from the step its state names.
+
+    Refused (exit 3), naming the running chain, while a chain of the backup is queued or
+    running: two retries at once start one chain."""
 
     def run() -> None:
-        from tasks.canvas import enqueue_backup
+        from tasks.canvas import start_run
 
         ref = BackupRef.parse(backup_id)
         cfg = config_from(config)
         ctx = context_for(cfg, ref.domain)
         cfg.source(ref.domain, ref.source)
-        step = _resume_point(ctx, backup_id, journal().get(backup_id))
-        enqueue_backup(ref.domain.value, ref.source, backup_id, start_at=step,
-                       note=f"retried from step {step.value} by {operator()}")
+        wanted = _parse_step(from_step) if from_step else None
+        step = _resume_point(ctx, backup_id, journal().get(backup_id), wanted)
+        started = start_run(ref.domain.value, ref.source, backup_id, start_at=step,
+                            mode="retry", note=f"retried by {operator()}")
+        if not started.accepted:
+            claim = started.claim
+            raise BackupBusy(
+                f"backup {backup_id} is {claim.state or 'busy'}: chain {claim.chain_id} (run "
+                f"{claim.run}) owns it; watch it (regionvault watch {backup_id}) or cancel it "
+                "first. If its worker died, the reconciler resumes it by itself.")
         out.print(f"backup {backup_id} resumed from step {step.value} in "
-                  f"backup.{ref.domain.value}")
+                  f"backup.{ref.domain.value} (chain {started.claim.chain_id}, run "
+                  f"{started.claim.run})")
         if wait:
             from regionvault.follow import follow
 
@@ -161,6 +170,14 @@ def retry(
                 raise typer.Exit(1)
 
     guarded(run)
+
+
+def _parse_step(value: str) -> Step:
+    try:
+        return Step(value)
+    except ValueError:
+        raise ConfigError(f"--from {value!r} is not a step (steps: "
+                          f"{', '.join(s.value for s in STEPS)})") from None
 
 
 @app.command()

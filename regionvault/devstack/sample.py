@@ -108,7 +108,10 @@ def sample_config(*, data_dir: Path, sources: tuple[SampleSource, ...],
         "gcs": {"project": "regionvault-dev", "chunk_size_mib": 1},
         "retention": {"pii_days": 29, "metadata_days": 365},
         # quick retries: on a laptop an outage is usually a stopped emulator
-        "retries": {"max_retries": 2, "backoff_seconds": 1, "backoff_max_seconds": 4},
+        "retries": {"window_seconds": 10, "backoff_seconds": 1, "backoff_max_seconds": 4},
+        # a laptop's stack heals fast: dead owners are seen in seconds, not minutes
+        "reconcile": {"lease_seconds": 10, "interval_seconds": 10,
+                      "handoff_grace_seconds": 30, "orphan_after_seconds": 600},
         "domains": domains,
     }
 

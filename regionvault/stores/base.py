@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import BinaryIO, Protocol, runtime_checkable
 
 
@@ -23,6 +24,19 @@ class ObjectInfo:
     size: int
     #: base64 CRC32C of the whole object as the store reports it; None if it reports none
     crc32c: str | None
+    #: when the object was last written (timezone-aware, UTC); None if the store reports none
+    modified: datetime | None = None
+
+
+@dataclass(frozen=True)
+class IncompleteUpload:
+    """A multipart upload that was started and neither completed nor aborted."""
+
+    key: str
+    #: the store's id for the upload (S3's UploadId)
+    upload_id: str
+    #: when it was started (timezone-aware, UTC), as the store reports it; None if it does not
+    initiated: datetime | None
 
 
 @runtime_checkable
@@ -43,19 +57,35 @@ class ObjectStore(Protocol):
       object. Returns the ``ObjectInfo`` the store reports afterwards.
     - ``put_stream(key, stream, size, crc32c=...)``: same as ``put_file`` for a readable
       stream of exactly ``size`` bytes (used to copy between clouds with no local copy).
+    - Resuming: ``put_file``/``put_stream`` MAY resume an incomplete upload of the same key
+      whose parts match the bytes (every byte is still read and checked; matching parts are
+      not sent again). An upload interrupted by anything but ``ChecksumMismatch`` (a transient
+      error, a crash) MAY therefore be left open for the next attempt to resume. The caller
+      MUST own the key (hold the backup's lease), because a resume by a second writer of
+      different bytes would corrupt it; with identical bytes two writers are harmless.
     - ``put_bytes(key, data)``: store a small object (manifests, reports) whole.
     - ``get_bytes(key)``: the whole object; ``NotFound`` if missing.
     - ``open_read(key)``: a readable binary stream of the object, read lazily (bounded memory);
       ``NotFound`` if missing. The caller closes it.
-    - ``stat(key)``: ``ObjectInfo``; ``NotFound`` if missing.
+    - ``stat(key)``: ``ObjectInfo``, with ``modified`` filled in; ``NotFound`` if missing.
     - ``list_keys(prefix)``: every key starting with ``prefix``, in lexicographic order.
+    - ``list_info(prefix)``: the same objects in the same order as ``ObjectInfo`` with size and
+      ``modified``; ``crc32c`` is None where the listing does not carry it (S3's does not).
     - ``delete(key)``: idempotent; deleting a missing key is not an error.
-    - ``abort_incomplete_uploads(prefix)``: abort multipart/resumable uploads left under
-      ``prefix`` by a crashed writer; returns how many were aborted. Stores without such
-      uploads return 0.
+    - ``incomplete_uploads(prefix)``: the multipart uploads open under ``prefix`` (for the
+      reconciler, which aborts those no live backup owns). Stores whose unfinished uploads
+      cannot be listed (GCS resumable sessions) or do not exist return ``[]``.
+    - ``abort_upload(upload)``: abort one incomplete upload; True if it was aborted, False if
+      it was already gone (completed or aborted). Idempotent.
+    - ``abort_incomplete_uploads(prefix)``: abort every incomplete upload under ``prefix``
+      (cancel and discard, when the caller owns every backup under it); returns how many were
+      aborted. Stores without such uploads return 0.
     - Errors: only ``regionvault.errors`` types escape: ``NotFound``, ``TransientStoreError``
       (worth retrying: throttling, 5xx, connection trouble), ``PermanentStoreError`` (not worth
       retrying), ``ChecksumMismatch``, ``ResidencyError``. Never a vendor exception.
+    - Retries: a store makes one attempt per request and raises ``TransientStoreError``; the
+      caller's retry (Celery's, with backoff) is the one retry layer, and resuming makes a
+      retried upload cheap.
     """
 
     name: str
@@ -77,6 +107,12 @@ class ObjectStore(Protocol):
 
     def list_keys(self, prefix: str) -> Iterator[str]: ...
 
+    def list_info(self, prefix: str) -> Iterator[ObjectInfo]: ...
+
     def delete(self, key: str) -> None: ...
+
+    def incomplete_uploads(self, prefix: str) -> list[IncompleteUpload]: ...
+
+    def abort_upload(self, upload: IncompleteUpload) -> bool: ...
 
     def abort_incomplete_uploads(self, prefix: str) -> int: ...

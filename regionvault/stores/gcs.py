@@ -6,6 +6,10 @@ the read that reaches the end raises before the final chunk is sent if they are 
 object is never committed. After the upload the object's CRC32C as GCS reports it is compared
 once more, and a mismatch deletes what was stored.
 
+Retries: every call passes ``retry=None``, the resumable upload's included, so the library makes
+one attempt per request. Celery's step retry, with backoff, is the one retry layer; the library's
+own retry under it would multiply the waiting and hide how often GCS fails.
+
 Vendor errors (google-api-core, google-auth, requests, the storage media layer) are translated
 in ``translate_error`` and nowhere else.
 """
@@ -24,7 +28,6 @@ from google.auth import exceptions as auth_exceptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from google.cloud.storage import exceptions as media_exceptions
-from google.cloud.storage.retry import DEFAULT_RETRY
 
 from regionvault.checksums import crc32c_of_bytes
 from regionvault.errors import (
@@ -37,7 +40,7 @@ from regionvault.errors import (
     StoreError,
     TransientStoreError,
 )
-from regionvault.stores.base import ObjectInfo
+from regionvault.stores.base import IncompleteUpload, ObjectInfo
 from regionvault.stores.streams import CheckedReader, TranslatingReader
 
 MiB = 1024 * 1024
@@ -46,9 +49,6 @@ CHUNK_QUANTUM = 256 * 1024
 
 #: (connect, read) seconds for each HTTP request.
 TIMEOUT = (10.0, 60.0)
-#: The library retries idempotent calls (and, with this, upload chunks, which resume cheaply)
-#: for at most this long; anything longer is the caller's (Celery's) retry.
-RETRY = DEFAULT_RETRY.with_timeout(30.0)
 
 _DATA_CORRUPTION: tuple[type[BaseException], ...] = (media_exceptions.DataCorruption,)
 _INVALID_RESPONSE: tuple[type[BaseException], ...] = (media_exceptions.InvalidResponse,)
@@ -179,7 +179,7 @@ class GCSStore:
 
     def check_residency(self, allowed: frozenset[str]) -> None:
         with self._translated("find the location of"):
-            self._bucket.reload(timeout=TIMEOUT, retry=RETRY)
+            self._bucket.reload(timeout=TIMEOUT, retry=None)
         location = (self._bucket.location or "").lower()
         permitted = {name.lower() for name in allowed}
         if location not in permitted:
@@ -205,7 +205,7 @@ class GCSStore:
                     size=size,
                     checksum="crc32c",
                     timeout=TIMEOUT,
-                    retry=RETRY,
+                    retry=None,
                 )
         except ChecksumMismatch as exc:
             # From the reader: raised before the last chunk went out, so nothing was committed.
@@ -221,7 +221,7 @@ class GCSStore:
     def get_bytes(self, key: str) -> bytes:
         with self._translated("read", key):
             data: bytes = self._bucket.blob(key).download_as_bytes(
-                checksum="crc32c", timeout=TIMEOUT, retry=RETRY
+                checksum="crc32c", timeout=TIMEOUT, retry=None
             )
         return data
 
@@ -230,40 +230,53 @@ class GCSStore:
         with self._translated("open", key):
             # The reloaded blob carries its generation, so an overwrite while we read does not
             # mix two objects; the reader fetches one chunk at a time (bounded memory).
-            reader = blob.open("rb", chunk_size=self.chunk_size, timeout=TIMEOUT, retry=RETRY)
+            reader = blob.open("rb", chunk_size=self.chunk_size, timeout=TIMEOUT, retry=None)
         return io.BufferedReader(TranslatingReader(
             reader, self._where(key), _VENDOR_ERRORS, translate_error), 1 * MiB)
 
     def stat(self, key: str) -> ObjectInfo:
-        blob = self._reload(key, "stat")
-        return ObjectInfo(key=key, size=int(blob.size or 0), crc32c=blob.crc32c)
+        return _info(self._reload(key, "stat"))
 
     def list_keys(self, prefix: str) -> Iterator[str]:
-        # GCS lists names in lexicographic order, page by page.
+        for info in self.list_info(prefix):
+            yield info.key
+
+    def list_info(self, prefix: str) -> Iterator[ObjectInfo]:
+        # GCS lists names in lexicographic order, page by page, with each object's metadata.
         with self._translated("list", f"{prefix}*"):
             for blob in self._client.list_blobs(
-                self._bucket, prefix=prefix, timeout=TIMEOUT, retry=RETRY
+                self._bucket, prefix=prefix, timeout=TIMEOUT, retry=None
             ):
-                yield blob.name
+                yield _info(blob)
 
     def delete(self, key: str) -> None:
         try:
             with self._translated("delete", key):
-                self._bucket.blob(key).delete(timeout=TIMEOUT, retry=RETRY)
+                self._bucket.blob(key).delete(timeout=TIMEOUT, retry=None)
         except NotFound:
             pass  # already gone: deleting is idempotent
 
+    def incomplete_uploads(self, prefix: str) -> list[IncompleteUpload]:
+        """Always ``[]``: GCS resumable sessions cannot be listed.
+
+        An unfinished session stores nothing under its name, only its session URL can address
+        it, and GCS drops it by itself a week after it started. So there is nothing for the
+        reconciler to find or to sweep here.
+        """
+        return []
+
+    def abort_upload(self, upload: IncompleteUpload) -> bool:
+        return False  # no GCS upload is ever listed (see incomplete_uploads), so none is open
+
     def abort_incomplete_uploads(self, prefix: str) -> int:
-        # An unfinished GCS resumable upload stores nothing under its name, and GCS drops the
-        # session by itself after a week; there is no API to list sessions, and none to abort.
-        return 0
+        return sum(self.abort_upload(upload) for upload in self.incomplete_uploads(prefix))
 
     # -- helpers ----------------------------------------------------------------------------
 
     def _reload(self, key: str, action: str) -> Any:
         blob = self._bucket.blob(key)
         with self._translated(action, key):
-            blob.reload(timeout=TIMEOUT, retry=RETRY)
+            blob.reload(timeout=TIMEOUT, retry=None)
         return blob
 
     def _delete_quietly(self, key: str) -> None:
@@ -275,9 +288,20 @@ class GCSStore:
         blob = self._reload(key, "check")
         if blob.size != size or blob.crc32c != crc32c:
             with self._translated("delete", key):
-                blob.delete(timeout=TIMEOUT, retry=RETRY)  # this generation only
+                blob.delete(timeout=TIMEOUT, retry=None)  # this generation only
             raise ChecksumMismatch(
                 f"deleted {self._where(key)} after writing it: GCS reports {blob.size} bytes with "
                 f"CRC32C {blob.crc32c}, expected {size} bytes with {crc32c}"
             )
-        return ObjectInfo(key=key, size=int(blob.size), crc32c=blob.crc32c)
+        return _info(blob)
+
+
+def _info(blob: Any) -> ObjectInfo:
+    # time_created is when this generation's bytes were written; updated also moves when only
+    # metadata changes. The library parses both into aware UTC datetimes.
+    return ObjectInfo(
+        key=blob.name,
+        size=int(blob.size or 0),
+        crc32c=blob.crc32c,
+        modified=blob.time_created or blob.updated,
+    )

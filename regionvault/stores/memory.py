@@ -3,30 +3,50 @@
 It passes the same conformance suite as the real stores, so code tested against it behaves the
 same against them. It is not a fake of either cloud's API, and not for tests that claim the
 system works end to end (those use the moto and GCS emulator servers).
+
+Objects of ``part_size`` bytes or more are written as S3 writes them, in parts of an upload
+that stays open (``incomplete_uploads``) until its last part is in, so an interrupted write
+leaves an upload for a retry to resume or for the reconciler to sweep. ``fail_upload_after``
+interrupts one, as a store that goes away mid-upload would.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
 from typing import BinaryIO
 
-import google_crc32c
+from regionvault.checksums import crc32c_of_bytes
+from regionvault.errors import ChecksumMismatch, NotFound, ResidencyError, TransientStoreError
+from regionvault.stores.base import IncompleteUpload, ObjectInfo
+from regionvault.stores.streams import CheckedReader, ResumeChooser
 
-from regionvault.checksums import crc32c_b64, crc32c_of_bytes
-from regionvault.errors import ChecksumMismatch, NotFound, ResidencyError
-from regionvault.stores.base import ObjectInfo
+MiB = 1024 * 1024
 
-_READ_SIZE = 1024 * 1024
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
 class _StoredObject:
     data: bytes
     crc32c: str
+    modified: datetime
+
+
+@dataclass
+class _OpenUpload:
+    key: str
+    initiated: datetime
+    parts: dict[int, bytes] = field(default_factory=dict)
 
 
 class MemoryStore:
@@ -34,12 +54,29 @@ class MemoryStore:
 
     name = "memory"
 
-    def __init__(self, bucket: str, location: str, *, exists: bool = True) -> None:
+    def __init__(
+        self,
+        bucket: str,
+        location: str,
+        *,
+        exists: bool = True,
+        part_size: int = 8 * MiB,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
         self.bucket = bucket
         self.location = location
         #: False models a bucket that was never created (or was deleted)
         self.exists = exists
+        #: writes of this many bytes or more go in parts, as S3Store's do
+        self.part_size = part_size
+        #: what ``modified`` and ``initiated`` are read from (tests pass their own)
+        self.clock = clock
+        #: requests as S3 would count them ("create_upload", "upload_part"), for tests
+        self.requests: Counter[str] = Counter()
         self._objects: dict[str, _StoredObject] = {}
+        self._uploads: dict[str, _OpenUpload] = {}
+        self._upload_ids = itertools.count(1)
+        self._fail_after: int | None = None
         # Celery's threads pool and tests with threads share one store.
         self._lock = threading.Lock()
 
@@ -65,10 +102,12 @@ class MemoryStore:
             return self.put_stream(key, f, os.fstat(f.fileno()).st_size, crc32c=crc32c)
 
     def put_stream(self, key: str, stream: BinaryIO, size: int, *, crc32c: str) -> ObjectInfo:
-        data = self._read_checked(key, stream, size, crc32c)
+        reader = CheckedReader(stream, size, crc32c, self._where(key))
+        # Either way the read reaching the end raises ChecksumMismatch if the bytes are wrong.
+        data = reader.read(size) if size < self.part_size else self._put_multipart(key, reader)
         with self._lock:
-            self._objects[key] = _StoredObject(data, crc32c)
-        return ObjectInfo(key=key, size=size, crc32c=crc32c)
+            self._objects[key] = _StoredObject(data, crc32c, self.clock())
+        return self.stat(key)
 
     def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
         return self.put_stream(key, io.BytesIO(data), len(data), crc32c=crc32c_of_bytes(data))
@@ -80,21 +119,49 @@ class MemoryStore:
         return io.BytesIO(self._get(key).data)
 
     def stat(self, key: str) -> ObjectInfo:
-        stored = self._get(key)
-        return ObjectInfo(key=key, size=len(stored.data), crc32c=stored.crc32c)
+        return self._info(key, self._get(key))
 
     def list_keys(self, prefix: str) -> Iterator[str]:
+        for info in self.list_info(prefix):
+            yield info.key
+
+    def list_info(self, prefix: str) -> Iterator[ObjectInfo]:
         self._require_bucket()
         with self._lock:
-            keys = sorted(key for key in self._objects if key.startswith(prefix))
-        yield from keys
+            found = sorted(item for item in self._objects.items() if item[0].startswith(prefix))
+        for key, stored in found:
+            yield self._info(key, stored)
 
     def delete(self, key: str) -> None:
         with self._lock:
             self._objects.pop(key, None)
 
+    def incomplete_uploads(self, prefix: str) -> list[IncompleteUpload]:
+        self._require_bucket()
+        with self._lock:
+            found = [
+                IncompleteUpload(key=upload.key, upload_id=upload_id, initiated=upload.initiated)
+                for upload_id, upload in self._uploads.items()
+                if upload.key.startswith(prefix)
+            ]
+        return sorted(found, key=lambda upload: (upload.key, upload.upload_id))
+
+    def abort_upload(self, upload: IncompleteUpload) -> bool:
+        with self._lock:
+            return self._uploads.pop(upload.upload_id, None) is not None
+
     def abort_incomplete_uploads(self, prefix: str) -> int:
-        return 0  # writes are all-or-nothing here: there is never an incomplete upload
+        return sum(self.abort_upload(upload) for upload in self.incomplete_uploads(prefix))
+
+    # -- test helpers -----------------------------------------------------------------------
+
+    def fail_upload_after(self, parts: int) -> None:
+        """Let ``parts`` more parts be stored, then fail the next with ``TransientStoreError``.
+
+        The upload stays open with what it had, as one does when S3 goes away mid-upload.
+        """
+        with self._lock:
+            self._fail_after = parts
 
     def corrupt(self, key: str, offset: int, *, keep_checksum: bool = False) -> None:
         """Test helper: flip every bit of the byte at ``offset`` of ``key``.
@@ -114,7 +181,14 @@ class MemoryStore:
             data = bytearray(stored.data)
             data[offset] ^= 0xFF
             crc = stored.crc32c if keep_checksum else crc32c_of_bytes(bytes(data))
-            self._objects[key] = _StoredObject(bytes(data), crc)
+            self._objects[key] = _StoredObject(bytes(data), crc, stored.modified)
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _info(self, key: str, stored: _StoredObject) -> ObjectInfo:
+        return ObjectInfo(
+            key=key, size=len(stored.data), crc32c=stored.crc32c, modified=stored.modified
+        )
 
     def _get(self, key: str) -> _StoredObject:
         self._require_bucket()
@@ -124,28 +198,69 @@ class MemoryStore:
             raise NotFound(f"{self._where(key)} does not exist")
         return stored
 
-    def _read_checked(self, key: str, stream: BinaryIO, size: int, crc32c: str) -> bytes:
-        crc = google_crc32c.Checksum()
-        chunks: list[bytes] = []
-        got = 0
-        while got < size:
-            chunk = stream.read(min(_READ_SIZE, size - got))
-            if not chunk:
-                raise ChecksumMismatch(
-                    f"refusing to store {self._where(key)}: the stream ended after {got} of "
-                    f"{size} bytes"
-                )
-            crc.update(chunk)
-            chunks.append(chunk)
-            got += len(chunk)
-        if stream.read(1):
-            raise ChecksumMismatch(
-                f"refusing to store {self._where(key)}: the stream is longer than {size} bytes"
-            )
-        actual = crc32c_b64(crc.digest())
-        if actual != crc32c:
-            raise ChecksumMismatch(
-                f"refusing to store {self._where(key)}: its bytes have CRC32C {actual}, "
-                f"not the expected {crc32c}"
-            )
-        return b"".join(chunks)
+    def _put_multipart(self, key: str, reader: CheckedReader) -> bytes:
+        """The object's bytes, sent in parts of an upload that resumes as S3Store's does."""
+        self._require_bucket()
+        with self._lock:
+            open_parts = {
+                upload_id: dict(upload.parts)
+                for upload_id, upload in self._uploads.items()
+                if upload.key == key
+            }
+        chooser = ResumeChooser({u: partial(_holds, held) for u, held in open_parts.items()})
+        upload_id: str | None = None
+        number = 0
+        try:
+            while reader.remaining:
+                number += 1
+                data = reader.read(self.part_size)  # the last read checks the whole object
+                if chooser.already_stored(number, data, crc32c_of_bytes(data)):
+                    continue
+                if upload_id is None:
+                    upload_id = self._start_or_resume(key, chooser)
+                self._upload_part(key, upload_id, number, data)
+            if upload_id is None:
+                chooser.finish()
+                upload_id = self._start_or_resume(key, chooser)
+        except ChecksumMismatch:
+            with self._lock:
+                for stale in [upload_id] if upload_id is not None else list(open_parts):
+                    self._uploads.pop(stale, None)
+            raise
+        with self._lock:
+            upload = self._uploads.pop(upload_id, None)
+        if upload is None:
+            raise NotFound(f"cannot complete the upload of {self._where(key)}: it was aborted")
+        return b"".join(upload.parts[n] for n in range(1, number + 1))
+
+    def _start_or_resume(self, key: str, chooser: ResumeChooser) -> str:
+        with self._lock:
+            for stale in chooser.superseded:
+                self._uploads.pop(stale, None)
+            if chooser.resumed is not None:
+                return chooser.resumed
+            self.requests["create_upload"] += 1
+            upload_id = f"upload-{next(self._upload_ids)}"
+            self._uploads[upload_id] = _OpenUpload(key, self.clock())
+        return upload_id
+
+    def _upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> None:
+        with self._lock:
+            self.requests["upload_part"] += 1
+            if self._fail_after is not None:
+                if self._fail_after == 0:
+                    self._fail_after = None
+                    raise TransientStoreError(
+                        f"cannot upload part {number} of {self._where(key)}: the memory store "
+                        "was told to fail here; retry later"
+                    )
+                self._fail_after -= 1
+            upload = self._uploads.get(upload_id)
+            if upload is None:
+                raise NotFound(f"cannot upload part {number} of {self._where(key)}: the upload "
+                               "was aborted")
+            upload.parts[number] = data
+
+
+def _holds(parts: dict[int, bytes], number: int, data: bytes, crc32c: str) -> bool:
+    return parts.get(number) == data

@@ -4,19 +4,26 @@ Integrity: every write carries its CRC32C. The bytes are checksummed here as the
 (one pass, one part in memory at a time) and the upload is abandoned before it is committed if
 they do not match; S3 itself checks the ``x-amz-checksum-crc32c`` headers; and after the write
 the object's checksum as S3 reports it is compared once more. Whatever fails, nothing is left
-under the key and no multipart upload is left open.
+under the key; wrong bytes also leave no multipart upload open.
+
+Retries: one attempt per request (botocore's own retries are off). Celery's step retry, with
+backoff, is the one retry layer; it is cheap because a retried multipart upload resumes from the
+parts S3 already holds (see ``_put_multipart``) instead of starting again at part 1.
 
 Vendor errors (botocore, boto3) are translated in ``translate_error`` and nowhere else.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
+from functools import partial
 from typing import Any, BinaryIO
 
 import boto3
@@ -44,8 +51,8 @@ from regionvault.errors import (
     StoreError,
     TransientStoreError,
 )
-from regionvault.stores.base import ObjectInfo
-from regionvault.stores.streams import CheckedReader, TranslatingReader
+from regionvault.stores.base import IncompleteUpload, ObjectInfo
+from regionvault.stores.streams import CheckedReader, ResumeChooser, TranslatingReader
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +60,6 @@ MiB = 1024 * 1024
 #: S3 refuses parts below 5 MiB (except the last) and uploads of more than 10,000 parts.
 MIN_PART_SIZE = 5 * MiB
 MAX_PARTS = 10_000
-
-#: one part is retried here on a transient error (a cheap resume: the part is in memory);
-#: anything larger than a part is retried by the caller (Celery), never here.
-PART_TRIES = 3
-PART_RETRY_DELAY = 1.0  # seconds, times the attempt number
 
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "404"})
 _TRANSIENT_CODES = frozenset(
@@ -90,7 +92,6 @@ def make_s3_client(
     region: str,
     endpoint_url: str | None = None,
     *,
-    max_attempts: int = 3,
     connect_timeout: float = 10.0,
     read_timeout: float = 60.0,
 ) -> Any:
@@ -98,7 +99,9 @@ def make_s3_client(
     config = Config(
         region_name=region,
         signature_version="s3v4",
-        retries={"mode": "standard", "max_attempts": max_attempts},
+        # One attempt: a transient error goes straight to the caller, whose Celery retry (with
+        # backoff) is the one retry layer; stacked retries multiply into minutes of waiting.
+        retries={"mode": "standard", "total_max_attempts": 1},
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
         # S3-compatible endpoints (moto, MinIO) rarely resolve virtual-host bucket names.
@@ -107,6 +110,13 @@ def make_s3_client(
     # A session of its own: boto3's default session is not safe to share between threads.
     session = boto3.session.Session()
     return session.client("s3", region_name=region, endpoint_url=endpoint_url, config=config)
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    # botocore parses timestamps into aware datetimes in UTC or local time; report UTC.
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _error_code(exc: ClientError) -> str:
@@ -235,36 +245,56 @@ class S3Store:
         # object's bytes, so it cannot be compared with anything we know.
         if crc is not None and ("-" in crc or response.get("ChecksumType") == "COMPOSITE"):
             crc = None
-        return ObjectInfo(key=key, size=int(response["ContentLength"]), crc32c=crc)
+        return ObjectInfo(
+            key=key,
+            size=int(response["ContentLength"]),
+            crc32c=crc,
+            modified=_utc(response.get("LastModified")),
+        )
 
     def list_keys(self, prefix: str) -> Iterator[str]:
+        for info in self.list_info(prefix):
+            yield info.key
+
+    def list_info(self, prefix: str) -> Iterator[ObjectInfo]:
         paginator = self._client.get_paginator("list_objects_v2")
-        # S3 lists keys in UTF-8 byte order, which is Python's str order.
+        # S3 lists keys in UTF-8 byte order, which is Python's str order. The listing names an
+        # object's checksum algorithm but not its value, so crc32c stays None here.
         with self._translated("list", f"{prefix}*"):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                 for item in page.get("Contents", []):
-                    yield item["Key"]
+                    yield ObjectInfo(
+                        key=item["Key"],
+                        size=int(item["Size"]),
+                        crc32c=None,
+                        modified=_utc(item.get("LastModified")),
+                    )
 
     def delete(self, key: str) -> None:
         # S3 answers 204 for a missing key as well, so this is idempotent as it stands.
         with self._translated("delete", key):
             self._client.delete_object(Bucket=self.bucket, Key=key)
 
+    def incomplete_uploads(self, prefix: str) -> list[IncompleteUpload]:
+        return [
+            IncompleteUpload(
+                key=upload["Key"],
+                upload_id=upload["UploadId"],
+                initiated=_utc(upload.get("Initiated")),
+            )
+            for upload in self._list_uploads(prefix)
+        ]
+
+    def abort_upload(self, upload: IncompleteUpload) -> bool:
+        return self._abort(upload.key, upload.upload_id)
+
     def abort_incomplete_uploads(self, prefix: str) -> int:
         """Abort every open multipart upload under ``prefix``.
 
-        Only for uploads left by a crashed writer: a live upload under the same prefix is
-        aborted too. A bucket lifecycle rule (AbortIncompleteMultipartUpload) is the backstop.
+        Only for uploads nobody is writing: a live upload under the same prefix is aborted too.
+        A bucket lifecycle rule (AbortIncompleteMultipartUpload) is the backstop.
         """
-        paginator = self._client.get_paginator("list_multipart_uploads")
-        aborted = 0
-        with self._translated("list the multipart uploads under", f"{prefix}*"):
-            pages = list(paginator.paginate(Bucket=self.bucket, Prefix=prefix))
-        for page in pages:
-            for upload in page.get("Uploads", []):
-                if self._abort(upload["Key"], upload["UploadId"]):
-                    aborted += 1
-        return aborted
+        return sum(self.abort_upload(upload) for upload in self.incomplete_uploads(prefix))
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -285,25 +315,45 @@ class S3Store:
         return max(self.part_size, -(-needed // MiB) * MiB)
 
     def _put_multipart(self, key: str, reader: CheckedReader, size: int, crc32c: str) -> None:
+        """Upload in parts, resuming an open upload of ``key`` that holds the first parts.
+
+        Every part is read (the reader checks the whole object's CRC32C at the end); a part an
+        open upload already holds is not sent again, and from the first part it lacks (or holds
+        with other bytes) every part is sent. Resuming another writer's upload of different
+        bytes would corrupt the object, which is why the caller must own the key (the contract).
+
+        Wrong bytes (``ChecksumMismatch``) or a refused request abort the upload: a resume
+        could not help. Anything else (a transient error, a crash) leaves it open for the next
+        attempt to resume; the reconciler or the bucket's lifecycle rule clears it if none does.
+        """
         part_size = self._part_size_for(size)
-        with self._translated("start a multipart upload of", key):
-            upload_id = self._client.create_multipart_upload(
-                Bucket=self.bucket,
-                Key=key,
-                ChecksumAlgorithm="CRC32C",
-                ChecksumType="FULL_OBJECT",
-            )["UploadId"]
-        completed = False
-        started, sent = time.monotonic(), 0
+        open_parts = self._open_uploads_of(key)
+        chooser = ResumeChooser({u: partial(_holds, held) for u, held in open_parts.items()})
+        upload_id: str | None = None
+        parts: list[dict[str, Any]] = []
+        started, sent, number = time.monotonic(), 0, 0
         try:
-            parts: list[dict[str, Any]] = []
             while reader.remaining:
+                number += 1
                 # The read reaching the end raises ChecksumMismatch if the bytes are wrong, so a
                 # wrong upload is never completed.
                 data = reader.read(part_size)
-                parts.append(self._upload_part(key, upload_id, len(parts) + 1, data))
+                part_crc = crc32c_of_bytes(data)
+                if chooser.already_stored(number, data, part_crc):
+                    parts.append({"PartNumber": number, "ChecksumCRC32C": part_crc})
+                    continue
+                if upload_id is None:
+                    upload_id = self._start_or_resume(key, chooser)
+                parts.append(self._upload_part(key, upload_id, number, data, part_crc))
                 sent += len(data)
                 self._pace(started, sent)
+            if upload_id is None:  # the open upload held every part: only completing was left
+                chooser.finish()
+                upload_id = self._start_or_resume(key, chooser)
+            # The ETags of reused parts are those the resumed upload holds (with SSE-KMS they
+            # differ between uploads of the same bytes).
+            for part in parts[: chooser.reused]:
+                part["ETag"] = open_parts[upload_id][part["PartNumber"]]["ETag"]
             with self._translated("complete the multipart upload of", key):
                 self._client.complete_multipart_upload(
                     Bucket=self.bucket,
@@ -314,10 +364,69 @@ class S3Store:
                     MpuObjectSize=size,
                     MultipartUpload={"Parts": parts},
                 )
-            completed = True
-        finally:
-            if not completed:
-                self._abort_quietly(key, upload_id)
+        except (ChecksumMismatch, PermanentStoreError):
+            # Before the choice was made, the open uploads hold the first parts of these wrong
+            # bytes: abort them too, since the contract leaves no upload behind wrong bytes.
+            for stale in [upload_id] if upload_id is not None else list(open_parts):
+                self._abort_quietly(key, stale)
+            raise
+        except BaseException:
+            if upload_id is not None:
+                log.info("left the multipart upload of %s open with %d parts stored, for the "
+                         "next attempt to resume", self._where(key), len(parts))
+            raise
+        if chooser.resumed is not None:
+            log.info("resumed the multipart upload of %s: reused %d of %d parts, sent %d",
+                     self._where(key), chooser.reused, number, number - chooser.reused)
+
+    def _open_uploads_of(self, key: str) -> dict[str, dict[int, dict[str, Any]]]:
+        """The open multipart uploads of exactly ``key``, each with the parts S3 lists for it."""
+        found: dict[str, dict[int, dict[str, Any]]] = {}
+        for upload in self._list_uploads(key):
+            if upload["Key"] != key:  # the listing is by prefix: "a.bin" also lists "a.bin.1"
+                continue
+            # One started another way (no full-object CRC32C) cannot be completed the way we
+            # complete, so none of its parts can be reused: it is only there to be aborted.
+            ours = (upload.get("ChecksumAlgorithm") == "CRC32C"
+                    and upload.get("ChecksumType") == "FULL_OBJECT")
+            found[upload["UploadId"]] = self._list_parts(key, upload["UploadId"]) if ours else {}
+        return found
+
+    def _list_uploads(self, prefix: str) -> list[dict[str, Any]]:
+        paginator = self._client.get_paginator("list_multipart_uploads")
+        with self._translated("list the multipart uploads under", f"{prefix}*"):
+            return [
+                upload
+                for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix)
+                for upload in page.get("Uploads", [])
+            ]
+
+    def _list_parts(self, key: str, upload_id: str) -> dict[int, dict[str, Any]]:
+        paginator = self._client.get_paginator("list_parts")
+        try:
+            with self._translated("list the stored parts of", key):
+                return {
+                    int(part["PartNumber"]): part
+                    for page in paginator.paginate(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                    for part in page.get("Parts", [])
+                }
+        except NotFound:  # completed or aborted since it was listed: nothing to reuse
+            return {}
+
+    def _start_or_resume(self, key: str, chooser: ResumeChooser) -> str:
+        """The upload id to send the remaining parts to, once the chooser has decided."""
+        for stale in chooser.superseded:
+            self._abort_quietly(key, stale)
+        if chooser.resumed is not None:
+            return chooser.resumed
+        with self._translated("start a multipart upload of", key):
+            upload_id: str = self._client.create_multipart_upload(
+                Bucket=self.bucket,
+                Key=key,
+                ChecksumAlgorithm="CRC32C",
+                ChecksumType="FULL_OBJECT",
+            )["UploadId"]
+        return upload_id
 
     def _pace(self, started: float, sent: int) -> None:
         if self.max_bytes_per_second:
@@ -325,26 +434,21 @@ class S3Store:
             if ahead > 0:
                 time.sleep(ahead)
 
-    def _upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> dict[str, Any]:
-        part_crc = crc32c_of_bytes(data)
-        for attempt in range(1, PART_TRIES + 1):
-            try:
-                with self._translated(f"upload part {number} of", key):
-                    response = self._client.upload_part(
-                        Bucket=self.bucket,
-                        Key=key,
-                        UploadId=upload_id,
-                        PartNumber=number,
-                        Body=data,
-                        ChecksumAlgorithm="CRC32C",
-                        ChecksumCRC32C=part_crc,
-                    )
-                break
-            except TransientStoreError as exc:
-                if attempt == PART_TRIES:
-                    raise
-                log.warning("retrying part %d of %s: %s", number, self._where(key), exc)
-                time.sleep(PART_RETRY_DELAY * attempt)
+    def _upload_part(
+        self, key: str, upload_id: str, number: int, data: bytes, part_crc: str
+    ) -> dict[str, Any]:
+        # No retry loop here: a failed part fails the step, and Celery's retry resumes the
+        # upload from this part (see _put_multipart).
+        with self._translated(f"upload part {number} of", key):
+            response = self._client.upload_part(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=data,
+                ChecksumAlgorithm="CRC32C",
+                ChecksumCRC32C=part_crc,
+            )
         reported = response.get("ChecksumCRC32C")
         if reported is not None and reported != part_crc:
             raise ChecksumMismatch(
@@ -366,8 +470,8 @@ class S3Store:
         return True
 
     def _abort_quietly(self, key: str, upload_id: str) -> None:
-        # Called while another error propagates: that error is the one worth reporting, and
-        # abort_incomplete_uploads (or the bucket's lifecycle rule) clears what this leaves.
+        # Called while another error propagates, or for an upload nobody will complete: the
+        # reconciler (or the bucket's lifecycle rule) clears what this leaves.
         try:
             self._abort(key, upload_id)
         except StoreError as exc:
@@ -384,3 +488,18 @@ class S3Store:
                 f"CRC32C {info.crc32c}, expected {size} bytes with {crc32c}"
             )
         return info
+
+
+def _holds(parts: dict[int, dict[str, Any]], number: int, data: bytes, crc32c: str) -> bool:
+    """Whether an open upload's listed part ``number`` has exactly these bytes."""
+    part = parts.get(number)
+    if part is None or int(part["Size"]) != len(data):
+        return False
+    listed_crc = part.get("ChecksumCRC32C")
+    if listed_crc is not None:
+        return bool(listed_crc == crc32c)
+    # moto (5.x) lists parts without their checksums, as some S3-compatible stores do. The ETag
+    # is then the part's MD5, which S3 computes for parts that are not KMS-encrypted; a part
+    # whose ETag is something else is simply sent again.
+    md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+    return bool(str(part["ETag"]).strip('"') == md5)

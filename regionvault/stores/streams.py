@@ -1,9 +1,10 @@
-"""Stream wrappers shared by the cloud stores: checked uploads and translated downloads."""
+"""What the stores share for moving bytes: checked uploads, translated downloads, and the
+choice of which interrupted multipart upload to resume."""
 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, BinaryIO
 
 import google_crc32c
@@ -98,3 +99,54 @@ class TranslatingReader(io.RawIOBase):
         if not self.closed:
             self._body.close()
         super().close()
+
+
+#: ``holds(number, data, crc32c)``: does an open upload already hold this part, byte for byte?
+PartHeld = Callable[[int, bytes, str], bool]
+
+
+class ResumeChooser:
+    """Chooses, one part at a time, which open multipart upload of a key to resume.
+
+    The uploader reads every part in order (the whole-object CRC32C needs every byte) and asks
+    ``already_stored`` about each. While some open uploads hold every part so far, the part is
+    not sent. At the first part that none of them holds, the choice is made: the upload that
+    held the most parts is ``resumed`` (none if not even part 1 matched: start a fresh one),
+    and every other open upload is ``superseded`` (the uploader aborts those). From then on
+    every part is sent. Deciding as the bytes go by is what lets a non-seekable stream be
+    compared with several uploads in one pass.
+    """
+
+    def __init__(self, open_uploads: Mapping[str, PartHeld]) -> None:
+        self._holds = open_uploads
+        #: uploads that hold every part offered so far
+        self._alive = list(open_uploads)
+        self.decided = False
+        #: the upload to resume, once decided; None means start a fresh one
+        self.resumed: str | None = None
+        #: how many leading parts ``resumed`` already holds (not sent again)
+        self.reused = 0
+
+    @property
+    def superseded(self) -> list[str]:
+        """Once decided: the open uploads that are not resumed, to be aborted."""
+        return [upload for upload in self._holds if upload != self.resumed]
+
+    def already_stored(self, number: int, data: bytes, crc32c: str) -> bool:
+        """True if part ``number`` need not be sent; False decides, and means send it."""
+        if not self.decided:
+            holding = [u for u in self._alive if self._holds[u](number, data, crc32c)]
+            if holding:
+                self._alive = holding
+                self.reused = number
+                return True
+            self.finish()
+        return False
+
+    def finish(self) -> None:
+        """Decide now (every part was offered, or none is left to offer)."""
+        if not self.decided:
+            self.decided = True
+            # The first part that none holds also ends every upload still alive; the ones
+            # alive until then held the most parts, and any of them will do.
+            self.resumed = self._alive[0] if self.reused else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from regionvault.config import Config
 from regionvault.context import DomainContext
 from regionvault.devstack.stack import DEV_AWS_ENV, DevStack
 from regionvault.domains import Domain
+from regionvault.journal import BackupRecord, BackupState, StepState
 from regionvault.manifest import STEPS, Step, new_backup_id
 
 
@@ -29,13 +31,34 @@ def context(stack: DevStack, domain: Domain) -> DomainContext:
 
 def run_chain(stack: DevStack, domain: Domain, source: str, *, deep: bool = True,
               timeout: float = 120) -> str:
-    """Run a whole backup chain through the real workers; return the backup id."""
-    from tasks.canvas import enqueue_backup
+    """Run a whole backup chain through the real workers; return the backup id once its last
+    step (expire) is done."""
+    from tasks.canvas import start_run
 
     backup_id = new_backup_id(domain, source, context(stack, domain).clock())
-    result = enqueue_backup(domain.value, source, backup_id, deep_verify=deep, note="test")
-    result.get(timeout=timeout)
+    assert start_run(domain.value, source, backup_id, deep_verify=deep, note="test").accepted
+    wait_for_step(backup_id, Step.EXPIRE, timeout=timeout)
     return backup_id
+
+
+def wait_for_step(backup_id: str, step: Step, *, timeout: float = 120) -> BackupRecord:
+    """Poll the journal until ``step`` of the backup is done; fail on a failed or cancelled
+    backup, naming its error."""
+    from workers.journal import journal
+
+    deadline = time.monotonic() + timeout
+    record = None
+    while time.monotonic() < deadline:
+        record = journal().get(backup_id)
+        if record is not None:
+            if record.steps[step].state is StepState.DONE:
+                return record
+            if record.state in (BackupState.FAILED, BackupState.CANCELLED):
+                raise AssertionError(f"backup {backup_id} is {record.state.value} at "
+                                     f"{record.error_step}: {record.error}")
+        time.sleep(0.1)
+    raise AssertionError(f"step {step.value} of backup {backup_id} not done in {timeout}s: "
+                         f"{record}")
 
 
 def run_step(stack: DevStack, step: Step, backup_id: str, domain: Domain, source: str,

@@ -9,19 +9,16 @@ from regionvault.catalogue import find_backup
 from regionvault.devstack import sample
 from regionvault.devstack.stack import DevStack
 from regionvault.domains import Domain
-from regionvault.manifest import STEPS, BackupRef
+from regionvault.manifest import STEPS, BackupRef, Step
 from regionvault.restore import restore
-from tests.integration.helpers import config_of, context, object_names
+from tests.integration.helpers import config_of, context, object_names, wait_for_step
 
 pytestmark = pytest.mark.stack
 
 
 def test_scheduled_backup_of_every_domain_is_verified_and_stays_in_its_domain(
         stack: DevStack) -> None:
-    from celery.result import AsyncResult
-
     from tasks.backup_domain import backup_domain
-    from workers.app import app
 
     config = config_of(stack)
     started: dict[Domain, list[dict[str, str]]] = {}
@@ -32,7 +29,7 @@ def test_scheduled_backup_of_every_domain_is_verified_and_stays_in_its_domain(
         assert {c["source"] for c in chains} == {s.name for s in config.domain(domain).sources}
         assert len(chains) >= 2
         for c in chains:
-            AsyncResult(c["task_id"], app=app).get(timeout=180)
+            wait_for_step(c["backup_id"], Step.EXPIRE, timeout=180)
 
     names = object_names(stack)
     for domain, chains in started.items():

@@ -7,20 +7,25 @@ each other's objects.
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from botocore.exceptions import ClientError
 
+from regionvault.checksums import crc32c_of_bytes
+from regionvault.errors import TransientStoreError
 from regionvault.stores.base import ObjectStore
 from regionvault.stores.gcs import GCSStore, make_gcs_client
 from regionvault.stores.memory import MemoryStore
@@ -151,20 +156,40 @@ class Backend:
     #: a store on a bucket that does not exist (None where that cannot happen)
     missing_bucket_store: ObjectStore
     #: how many multipart uploads are open under a prefix, asked of the server directly
+    #: (the memory store has no server: it is asked itself)
     open_uploads: Callable[[str], int]
     #: leaves an upload open under a key, as a crashed writer would (None: no such thing)
     leave_open_upload: Callable[[str], None] | None
+    #: whether the store lists its open uploads (GCS cannot list resumable sessions)
+    lists_uploads: bool = False
+    #: the store's requests as S3 counts them ("create_upload", "upload_part"), where counted
+    requests: Counter[str] = field(default_factory=Counter)
+    #: let N more parts be stored, then fail the next with a transient error (None: not here)
+    fail_part_after: Callable[[int], None] | None = None
 
 
 @pytest.fixture
 def memory_backend() -> Backend:
+    # Parts of the same size as the S3 backend's, so that the same tests resume on both.
+    store = MemoryStore(new_bucket_name(), GCS_LOCATION, part_size=S3_PART_SIZE)
+
+    def leave_open_upload(key: str) -> None:
+        # The way the memory store gets an open upload: a write that fails after one part.
+        data = b"\0" * (2 * S3_PART_SIZE)
+        store.fail_upload_after(1)
+        with pytest.raises(TransientStoreError):
+            store.put_stream(key, io.BytesIO(data), len(data), crc32c=crc32c_of_bytes(data))
+
     return Backend(
         name="memory",
-        store=MemoryStore(new_bucket_name(), GCS_LOCATION),
+        store=store,
         region=GCS_LOCATION,
         missing_bucket_store=MemoryStore("never-created", GCS_LOCATION, exists=False),
-        open_uploads=lambda prefix: 0,
-        leave_open_upload=None,
+        open_uploads=lambda prefix: len(store.incomplete_uploads(prefix)),
+        leave_open_upload=leave_open_upload,
+        lists_uploads=True,
+        requests=store.requests,
+        fail_part_after=store.fail_upload_after,
     )
 
 
@@ -188,13 +213,46 @@ def s3_backend(moto_server: ServerProcess, s3_client: Any) -> Backend:
     def store_on(name: str) -> S3Store:
         return S3Store(name, S3_REGION, endpoint_url=moto_server.url, part_size=S3_PART_SIZE)
 
+    store = store_on(bucket)
+    counted: Counter[str] = Counter()
+    fail_after: list[int] = []  # [n]: let n more parts through, then fail one
+
+    # botocore's before-call hooks run once per API call, before anything is sent; a hook that
+    # returns None lets the call go on, one that raises ends it as the server's error would.
+    def count_create(**_: Any) -> None:
+        counted["create_upload"] += 1
+
+    def count_part(**_: Any) -> None:
+        counted["upload_part"] += 1
+        if fail_after:
+            if fail_after[0] == 0:
+                fail_after.clear()
+                raise ClientError(
+                    {
+                        "Error": {"Code": "SlowDown", "Message": "Reduce your request rate."},
+                        "ResponseMetadata": {"HTTPStatusCode": 503},
+                    },
+                    "UploadPart",
+                )
+            fail_after[0] -= 1
+
+    def fail_part_after(parts: int) -> None:
+        fail_after[:] = [parts]
+
+    events = store._client.meta.events
+    events.register("before-call.s3.CreateMultipartUpload", count_create)
+    events.register("before-call.s3.UploadPart", count_part)
+
     return Backend(
         name="s3",
-        store=store_on(bucket),
+        store=store,
         region=S3_REGION,
         missing_bucket_store=store_on(new_bucket_name()),
         open_uploads=open_uploads,
         leave_open_upload=leave_open_upload,
+        lists_uploads=True,
+        requests=counted,
+        fail_part_after=fail_part_after,
     )
 
 
@@ -248,3 +306,15 @@ def backend(request: pytest.FixtureRequest) -> Backend:
 @pytest.fixture
 def store(backend: Backend) -> ObjectStore:
     return backend.store
+
+
+@pytest.fixture(params=["memory", "s3"])
+def resumable_backend(request: pytest.FixtureRequest) -> Backend:
+    """The stores whose interrupted uploads a retry resumes.
+
+    Not GCS: a resumable session can only be resumed through its session URL, which dies with
+    the process that opened it, and GCS cannot list sessions, so a retry starts a new one. An
+    abandoned session stores nothing and GCS drops it after a week.
+    """
+    found: Backend = request.getfixturevalue(f"{request.param}_backend")
+    return found

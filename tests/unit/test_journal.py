@@ -100,3 +100,62 @@ def test_recent_lists_newest_first_per_domain(journal: Journal) -> None:
 
 def test_unknown_backup_is_none(journal: Journal) -> None:
     assert journal.get("eu.accounts.20261128T020000Z.deadbeef") is None
+
+
+def test_a_slot_is_claimed_once(journal: Journal) -> None:
+    bid = "eu.accounts.20261128T020000Z.0000000c"
+    first = journal.claim(bid, Step.DUMP, mode="new")
+    second = journal.claim(bid, Step.DUMP, mode="new")
+    assert first.accepted and first.run == 1
+    assert not second.accepted and second.chain_id == first.chain_id
+
+
+def test_racing_retries_start_one_run(journal: Journal) -> None:
+    import threading
+
+    bid = "eu.accounts.20261128T020000Z.0000000d"
+    journal.claim(bid, Step.DUMP, mode="new")
+    journal.step(bid, Step.DUMP, StepState.FAILED, detail="boom")
+    barrier = threading.Barrier(8)
+    answers = []
+
+    def retry() -> None:
+        mine = Journal.from_url(_url_of(journal))  # a client of its own, like a CLI run
+        barrier.wait()
+        answers.append(mine.claim(bid, Step.DUMP, mode="retry"))
+
+    threads = [threading.Thread(target=retry) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    accepted = [a for a in answers if a.accepted]
+    assert len(accepted) == 1
+    refused = [a for a in answers if not a.accepted]
+    assert {a.chain_id for a in refused} == {accepted[0].chain_id}  # they name the winner
+    record = journal.get(bid)
+    assert record is not None and record.run == 2 and record.state is BackupState.QUEUED
+
+
+def test_the_reconciler_resumes_only_the_run_it_saw(journal: Journal) -> None:
+    bid = "eu.accounts.20261128T020000Z.0000000e"
+    journal.claim(bid, Step.DUMP, mode="new")
+    journal.step(bid, Step.DUMP, StepState.FAILED, detail="lost", rerun=Step.DUMP)
+    assert journal.claim(bid, Step.DUMP, mode="retry").accepted  # an operator was quicker
+    late = journal.claim(bid, Step.DUMP, mode="resume", expected_run=1)
+    assert not late.accepted and late.run == 2
+    record = journal.get(bid)
+    assert record is not None and record.resumes == 0
+
+
+def test_a_cancelled_backup_is_not_retried(journal: Journal) -> None:
+    bid = "eu.accounts.20261128T020000Z.0000000f"
+    journal.claim(bid, Step.DUMP, mode="new")
+    journal.cancelled(bid, by="test")
+    assert not journal.claim(bid, Step.DUMP, mode="retry").accepted
+    assert not journal.claim(bid, Step.DUMP, mode="resume", expected_run=1).accepted
+
+
+def _url_of(journal: Journal) -> str:
+    kwargs = journal.client.connection_pool.connection_kwargs
+    return f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs.get('db', 0)}"

@@ -7,9 +7,11 @@ re-sent; ``retry_task`` carries it out: it claims the failed task id (a second c
 second operator, gets "already retried" instead of a second run), sends the task with a new id
 to ``backup.<domain>``, and records who did it and when in the backup journal and the log.
 
-A step of a backup is re-sent with the rest of its chain behind it (upload, then replicate,
-verify, expire), as the failed message carried it: a step re-run alone would leave the backup
-forever "running" in the journal, with its later steps never sent.
+A step of a backup is re-sent as a new run of that backup, claimed in the journal exactly as
+``regionvault retry`` claims one: a Flower Retry racing a CLI retry starts one run, and the
+loser is told which chain owns the backup. It starts from the step the failure asked to run
+again (``rerun``, e.g. ``dump`` after a lost spool), else from the failed step; each step then
+hands over to the next.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import redis
 from regionvault.domains import Domain, parse_domain, queue_name
 from regionvault.errors import RegionvaultError
 from regionvault.journal import BackupState, Journal
-from regionvault.manifest import STEPS, Step
+from regionvault.manifest import Step
 
 log = logging.getLogger("regionvault.flower")
 
@@ -201,16 +203,17 @@ class RetryMarks:
         self._redis.delete(self._KEY.format(task_id))
 
 
-def _check_journal(journal: Journal, plan: RetryPlan) -> None:
-    """Refuse to re-send a step of a cancelled backup, or one that was re-sent since."""
+def _check_journal(journal: Journal, plan: RetryPlan) -> Step | None:
+    """Refuse to re-send a step of a cancelled backup, or one that was re-sent since; the
+    step to start from (the one the failure asked to run again, else the failed one)."""
     if plan.step is None or plan.backup_id is None:
-        return
+        return None
     try:
         record = journal.get(plan.backup_id)
     except redis.RedisError:
-        return  # no journal to ask: the claim below still keeps the retry to one
+        return plan.step  # no journal to ask: the claim below still keeps the retry to one
     if record is None:
-        return
+        return plan.step
     if record.state is BackupState.CANCELLED:
         raise RetryRefused(409, (
             f"backup {plan.backup_id} was cancelled and its data discarded; start a new "
@@ -220,57 +223,26 @@ def _check_journal(journal: Journal, plan: RetryPlan) -> None:
         raise RetryRefused(409, (
             f"step {plan.step.value} of backup {plan.backup_id} was sent again since, as task "
             f"{current}; retry that task if it fails"))
+    return record.rerun or plan.step
 
 
-def _rest_of_chain(plan: RetryPlan) -> Any:
-    """The chain from the failed step on; its first task carries the original arguments."""
-    assert plan.step is not None and plan.backup_id is not None
-    from tasks.canvas import backup_chain  # the one place that knows a chain's signatures
-
-    # The later steps' own options are not in the result backend; verify's `deep` is taken
-    # from the failed task when it is verify, else the chain's default (as `regionvault retry`).
-    rest = backup_chain(plan.domain.value, str(plan.kwargs["source"]), plan.backup_id,
-                        deep_verify=bool(plan.kwargs.get("deep", False)), start_at=plan.step)
-    first = rest.tasks[0] if hasattr(rest, "tasks") else rest  # a chain of one is its task
-    if plan.args or dict(first.kwargs) != plan.kwargs or first.options.get("queue") != plan.queue:
-        raise RetryRefused(409, (
-            f"task {plan.task_id} ({plan.name}) has arguments {plan.kwargs!r} but its chain "
-            f"would send {dict(first.kwargs)!r}; refused rather than re-sent differently"))
-    return rest
-
-
-def _send(capp: Any, plan: RetryPlan, chain: Any, new_task_id: str) -> dict[Step, str]:
-    """Send the task (and the rest of its chain); the new task ids of the backup's steps."""
-    if chain is None:
+def _send(capp: Any, plan: RetryPlan, start_at: Step | None, new_task_id: str,
+          note: str) -> None:
+    """Send the task; a backup step as a new run of its backup, claimed like any retry."""
+    if start_at is None or plan.backup_id is None:
         capp.tasks[plan.name].apply_async(args=plan.args, kwargs=plan.kwargs, queue=plan.queue,
                                           task_id=new_task_id)
-        return {}
-    assert plan.step is not None
-    first = chain.tasks[0] if hasattr(chain, "tasks") else chain
-    first.set(task_id=new_task_id)  # kept when the chain freezes its tasks' ids
-    node = chain.apply_async()
-    ids: dict[Step, str] = {}
-    for step in reversed(STEPS[STEPS.index(plan.step):]):  # the result is the last task's
-        ids[step] = str(node.id)
-        node = node.parent
-    return {step: ids[step] for step in STEPS if step in ids}  # in chain order
-
-
-def _journal_note(journal: Journal, plan: RetryPlan, mark: RetryMark,
-                  ids: Mapping[Step, str]) -> None:
-    step, backup_id = plan.step, plan.backup_id
-    if step is None or backup_id is None:
         return
-    later = [s.value for s in ids if s is not step]
-    text = (f"{step.value} retried in Flower by {mark.by}: failed task {plan.task_id} re-sent "
-            f"as task {mark.new_task_id} to {plan.queue}"
-            + (f", followed by {', '.join(later)}" if later else ""))
-    try:
-        # the steps are pending again under their new task ids, which the Backups page links
-        journal.queued(backup_id, ids, note=text, at=mark.at)
-    except (redis.RedisError, RegionvaultError) as exc:
-        # the journal is for people; the retry itself has been sent and is logged
-        log.warning("journal not updated for the retry of %s: %s", plan.task_id, exc)
+    from tasks.canvas import start_run  # the one place that starts a backup's run
+
+    started = start_run(plan.domain.value, str(plan.kwargs["source"]), plan.backup_id,
+                        start_at=start_at, mode="retry", task_id=new_task_id,
+                        deep_verify=bool(plan.kwargs.get("deep", False)), note=note)
+    if not started.accepted:
+        claim = started.claim
+        raise RetryRefused(409, (
+            f"backup {plan.backup_id} is {claim.state or 'busy'}: chain {claim.chain_id} (run "
+            f"{claim.run}) owns it; nothing was re-sent"))
 
 
 def _already_retried(plan: RetryPlan, earlier: RetryMark | None) -> RetryRefused:
@@ -281,7 +253,7 @@ def _already_retried(plan: RetryPlan, earlier: RetryMark | None) -> RetryRefused
 
 def retry_task(capp: Any, task_id: str, by: str, *, marks: RetryMarks, journal: Journal,
                now: datetime | None = None) -> RetryMark:
-    """Re-send failed task ``task_id`` as it was; blocking (run it off the IO loop)."""
+    """Re-send failed task ``task_id``; blocking (run it off the IO loop)."""
     try:
         meta = TaskMeta.from_backend(capp.backend.get_task_meta(task_id))
     except Exception as exc:  # the backend's own connection errors (redis, kombu)
@@ -291,15 +263,24 @@ def retry_task(capp: Any, task_id: str, by: str, *, marks: RetryMarks, journal: 
     plan = plan_retry(task_id, meta, capp.tasks.keys())
     if (earlier := marks.get(task_id)) is not None:
         raise _already_retried(plan, earlier)
-    _check_journal(journal, plan)
-    chain = _rest_of_chain(plan) if plan.step is not None else None
+    start_at = _check_journal(journal, plan)
     mark = RetryMark(task_id=task_id, new_task_id=str(uuid4()), by=by,
                      at=now or datetime.now(UTC), queue=plan.queue)
     if not marks.claim(mark):  # someone else, in the meantime
         raise _already_retried(plan, marks.get(task_id))
+    note = (f"{plan.step.value if plan.step else plan.name} retried in Flower by {mark.by}: "
+            f"failed task {plan.task_id} re-sent as task {mark.new_task_id} to {plan.queue}")
     try:
-        ids = _send(capp, plan, chain, mark.new_task_id)
-    except Exception as exc:  # the broker's own connection errors (kombu, redis)
+        _send(capp, plan, start_at, mark.new_task_id, note)
+    except RetryRefused:
+        marks.release(task_id)
+        raise
+    except (redis.RedisError, RegionvaultError, OSError, ConnectionError) as exc:
+        marks.release(task_id)
+        raise RetryRefused(503, (
+            f"task {task_id} ({plan.name}) was not re-sent: the broker did not take it "
+            f"({exc}); try again")) from exc
+    except Exception as exc:  # kombu's own connection errors
         marks.release(task_id)
         raise RetryRefused(503, (
             f"task {task_id} ({plan.name}) was not re-sent: the broker did not take it "
@@ -307,6 +288,5 @@ def retry_task(capp: Any, task_id: str, by: str, *, marks: RetryMarks, journal: 
     log.info("task %s (%s%s) retried in Flower by %s at %s: re-sent as task %s to %s%s",
              task_id, plan.name, f", backup {plan.backup_id}" if plan.backup_id else "",
              mark.by, mark.at.isoformat(), mark.new_task_id, plan.queue,
-             " with the rest of its chain" if len(ids) > 1 else "")
-    _journal_note(journal, plan, mark, ids)
+             f" from step {start_at.value}" if start_at else "")
     return mark
