@@ -26,9 +26,20 @@ from regionvault.cli.restores import parse_time
 from regionvault.context import DomainContext
 from regionvault.domains import parse_domain
 from regionvault.errors import BackupBusy, ConfigError, NotFound
-from regionvault.journal import BackupRecord, BackupState
+from regionvault.journal import BackupRecord, BackupState, StepState
 from regionvault.manifest import STEPS, BackupRef, Step
-from regionvault.status import EXIT_CODES, Freshness, SourceStatus, assess, worst
+from regionvault.status import (
+    EXIT_CODES,
+    AttemptStatus,
+    Freshness,
+    SourceStatus,
+    assess,
+    attempt_status,
+    attempt_to_show,
+    in_flight,
+    stuck_after,
+    worst,
+)
 
 
 def _age(delta: timedelta | None) -> str:
@@ -62,13 +73,23 @@ def status(
         "--now", help="judge freshness as of this time (ISO 8601), e.g. to test alerts")] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Freshness per source: exit 0 if all fresh, 3 if any late, 4 if any failing."""
+    """Freshness per source: exit 0 if all fresh, 3 if any late, 4 if any stuck or failing.
+
+    Stuck: a backup of the source newer than its last verified one is queued or running but
+    has not moved for longer than the reconciler needs to resume it, or than the RPO."""
 
     def run() -> int:
+        import redis
+
         from regionvault.catalogue import list_backups
+        from regionvault.lease import RedisLeaseStore
+        from workers.app import app as celery_app
 
         cfg = config_from(config)
         domains = [parse_domain(domain)] if domain else list(cfg.domains)
+        threshold = stuck_after(cfg.reconcile)
+        # leases live with the journal, in the result backend of the Celery app
+        leases = RedisLeaseStore.from_url(str(celery_app.conf.result_backend))
         rows: list[SourceStatus] = []
         for d in domains:
             ctx = context_for(cfg, d)
@@ -77,14 +98,28 @@ def status(
                 verified = [m for m in list_backups(ctx, src.name)
                             if m.verified and m.created_at <= when]
                 last = verified[-1] if verified else None
-                failures = [r for r in journal().for_source(d.value, src.name)
+                records = journal().for_source(d.value, src.name)
+                failures = [r for r in records
                             if r.state is BackupState.FAILED and r.updated_at <= when]
                 failure = failures[0] if failures else None
                 rpo = ctx.dcfg.rpo_for(src)
+                attempts: list[AttemptStatus] = []
+                for record in in_flight(records, when):
+                    try:
+                        held = leases.holder(record.backup_id)
+                        holder, known = (held.owner if held else None), True
+                    except redis.RedisError:
+                        # judged as if nobody held it: an unknown never hides a stuck backup
+                        holder, known = None, False
+                    attempts.append(attempt_status(record, when, rpo=rpo, threshold=threshold,
+                                                   lease_holder=holder, lease_known=known))
+                attempt = attempt_to_show(attempts)
                 rows.append(SourceStatus(
                     domain=d.value, source=src.name, rpo=rpo,
                     state=assess(last.created_at if last else None,
-                                 failure.updated_at if failure else None, rpo, when),
+                                 failure.updated_at if failure else None, rpo, when,
+                                 newest_attempt_stuck_since=attempt.stuck_since
+                                 if attempt else None),
                     last_verified_id=last.backup_id if last else None,
                     last_verified_at=last.created_at if last else None,
                     age=(when - last.created_at) if last else None,
@@ -92,7 +127,8 @@ def status(
                     last_failure_step=failure.error_step.value
                     if failure and failure.error_step else None,
                     last_failure_error=failure.error if failure else None,
-                    last_failure_at=failure.updated_at if failure else None))
+                    last_failure_at=failure.updated_at if failure else None,
+                    newest_attempt=attempt))
         _print_status(rows)
         return EXIT_CODES[worst([r.state for r in rows])]
 
@@ -101,14 +137,45 @@ def status(
 
 
 def _print_status(rows: list[SourceStatus]) -> None:
-    color = {Freshness.FRESH: "green", Freshness.LATE: "yellow", Freshness.FAILING: "red"}
+    color = {Freshness.FRESH: "green", Freshness.LATE: "yellow", Freshness.STUCK: "magenta",
+             Freshness.FAILING: "red"}
+
+    def attempt_text(a: AttemptStatus | None) -> str:
+        """E.g. "upload running, no progress for 14m; nobody holds its lease: ...". """
+        if a is None:
+            return "-"
+        if a.step is None or a.step_state is None:
+            where = a.state.value
+        else:  # a pending step was handed over and waits for a worker
+            verb = "queued" if a.step_state is StepState.PENDING else a.step_state.value
+            where = f"{a.step.value} {verb}"
+        if not a.stuck and a.step_state is StepState.RETRYING and not a.idle:
+            text = f"{where}, waiting out a transient error"
+        elif not a.stuck:
+            text = f"{where}, last progress {_age(a.idle)} ago"
+        elif not a.lease_known:
+            text = (f"{where}, no progress for {_age(a.idle)}; its lease could not be read: "
+                    "if its owner is dead, the reconciler resumes it by itself")
+        elif a.lease_holder is None:
+            text = (f"{where}, no progress for {_age(a.idle)}; nobody holds its lease: the "
+                    "reconciler resumes it by itself (if it stays stuck, check the domain's "
+                    "reconciler)")
+        else:
+            text = (f"{where}, no progress for {_age(a.idle)}, longer than the RPO; "
+                    f"{a.lease_holder} holds its lease but does not move (regionvault cancel "
+                    f"{a.backup_id} stops it)")
+        if a.resumes:
+            text += f"; resumed {a.resumes} time{'s' if a.resumes > 1 else ''} already"
+        return f"{text} ({a.backup_id})"
+
     table = Table("domain", "source", "state", "last verified backup", "age", "RPO",
-                  "last failure")
+                  "last failure", "newest attempt")
     for r in rows:
         failure = (f"{r.last_failure_step}: {r.last_failure_error} ({r.last_failure_id})"
                    if r.last_failure_id else "-")
         table.add_row(r.domain, r.source, f"[{color[r.state]}]{r.state.value}[/]",
-                      r.last_verified_id or "none", _age(r.age), _age(r.rpo), failure)
+                      r.last_verified_id or "none", _age(r.age), _age(r.rpo), failure,
+                      attempt_text(r.newest_attempt))
     out.print(table)
 
 
