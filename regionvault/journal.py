@@ -241,7 +241,8 @@ class Journal:
             # expire runs after verify: the backup is verified by then, whatever expire does
             fields["state"] = BackupState.RUNNING.value
             fields["retry_at"] = retry_at.isoformat() if retry_at else ""
-        elif state is StepState.DONE and step is Step.VERIFY:
+        elif state is StepState.DONE and step in (Step.VERIFY, Step.EXPIRE):
+            # expire runs only after verify: a run resumed at expire ends verified again
             fields["state"] = BackupState.VERIFIED.value
         self._write(backup_id, fields, at=when)
 

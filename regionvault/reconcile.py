@@ -98,7 +98,7 @@ def decide(obs: Observation, now: datetime, cfg: ReconcileConfig) -> Decision:
             return Decision(Action.REBUILD, "verified in the stores; the journal is rebuilt")
         if facts.spool_dir:
             return Decision(Action.SWEEP, "verified; spool files left behind are removed")
-        return Decision(Action.LEAVE, "verified")
+        return _expire_pending(record, now, cfg)
     step = next_step(facts)
     assert step is not None  # not verified, so verify at least is still to run
     resumes = record.resumes if record is not None else 0
@@ -138,6 +138,19 @@ def decide(obs: Observation, now: datetime, cfg: ReconcileConfig) -> Decision:
                                            f"{step.value}", step)
         return Decision(Action.LEAVE, "handed over; waiting for the next step to start")
     return Decision(Action.LEAVE, f"state {record.state.value}")
+
+
+def _expire_pending(record: BackupRecord, now: datetime, cfg: ReconcileConfig) -> Decision:
+    """A verified backup whose expire step died or was never sent: expire again (expiry of
+    the source's older backups must not wait for the next backup)."""
+    expire = record.steps[Step.EXPIRE].state
+    if expire is StepState.DONE or record.resumes >= cfg.max_resumes:
+        return Decision(Action.LEAVE, "verified")
+    if expire is StepState.RUNNING:
+        return Decision(Action.RESUME, "the owner of step expire died", Step.EXPIRE)
+    if (now - record.updated_at).total_seconds() > cfg.handoff_grace_seconds:
+        return Decision(Action.RESUME, "verified, but expire never started", Step.EXPIRE)
+    return Decision(Action.LEAVE, "verified; expire is on its way")
 
 
 class Starter(Protocol):

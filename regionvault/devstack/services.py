@@ -432,18 +432,23 @@ def redis_server_binary() -> Path:
     return Path(get_binary_path())
 
 
-def start_redis(workdir: Path, *, timeout: float = DEFAULT_START_TIMEOUT) -> RedisService:
-    """Start a throw-away Redis-protocol server; its log is ``workdir/redis.log``."""
+def start_redis(workdir: Path, *, timeout: float = DEFAULT_START_TIMEOUT,
+                port: int | None = None, persistent: bool = False) -> RedisService:
+    """Start a throw-away Redis-protocol server; its log is ``workdir/redis.log``.
+
+    ``persistent`` keeps an append-only file in ``workdir`` (fsync on every write), so that a
+    server killed and started again on the same ``port`` comes back with its data, as a broker
+    with persistence does; the fault suite restarts brokers both ways."""
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     argv: list[str | os.PathLike[str]] = [
         redis_server_binary(),
         "--bind", HOST,
         "--port", str(port),
-        # No RDB snapshots and no AOF: a dev broker needs no durability, and nothing is left
-        # behind in workdir.
+        # No RDB snapshots; AOF only when asked: a dev broker needs no durability.
         "--save", "",
-        "--appendonly", "no",
+        "--appendonly", "yes" if persistent else "no",
+        "--appendfsync", "always",
         "--dir", str(workdir),
     ]  # fmt: skip
     process = start_process("redis", argv, log_path=workdir / "redis.log", cwd=workdir)
