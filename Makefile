@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck check dev clean browser
+.PHONY: demo test test-faults lint typecheck check dev clean browser
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -20,8 +20,15 @@ demo: $(STAMP)
 dev: $(STAMP)
 	$(BIN)/regionvault dev
 
+# The whole suite, with a representative subset of the fault cells (tests/faults); the full
+# fault matrix is `make test-faults`.
 test: $(STAMP) browser lint typecheck
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not faults_extended"
+
+# Every fault cell: each step x {whole worker killed, pool process killed, delivered twice},
+# broker restarts with and without persistence, every store fault, spool loss at every boundary.
+test-faults: $(STAMP)
+	$(BIN)/pytest tests/faults
 
 # The browser tests (tests/browser) drive Debian's Chromium, never a browser of Playwright's.
 browser:

@@ -25,6 +25,7 @@ from regionvault.manifest import STEPS, BackupRef, Step
 TTL_SECONDS = 35 * 24 * 3600
 _KEY = "regionvault:backup:{}"
 _INDEX = "regionvault:backups:{}"
+_FANOUTS = "regionvault:fanouts:{}"
 _MAX_ERROR = 500
 
 
@@ -173,6 +174,20 @@ class Journal:
                   ref.source, TTL_SECONDS, when.timestamp(), backup_id, *later])
         return Claim(accepted=bool(int(accepted)), run=int(run), chain_id=str(chain),
                      state=str(state))
+
+    def fanout_started(self, domain: str, slot: str) -> None:
+        """A scheduled fan-out of ``domain`` for ``slot`` began; ``fanout_done`` ends it."""
+        key = _FANOUTS.format(domain)
+        self._redis.hset(key, slot, _now().isoformat())
+        self._redis.expire(key, 7 * 24 * 3600)
+
+    def fanout_done(self, domain: str, slot: str) -> None:
+        self._redis.hdel(_FANOUTS.format(domain), slot)
+
+    def fanouts_pending(self, domain: str) -> dict[str, datetime]:
+        """Fan-outs that began and never finished (their worker died half-way), by slot."""
+        raw: dict[str, str] = self._redis.hgetall(_FANOUTS.format(domain))
+        return {slot: datetime.fromisoformat(at) for slot, at in raw.items()}
 
     def current_run(self, backup_id: str) -> int:
         return int(self._redis.hget(_KEY.format(backup_id), "run") or 0)

@@ -162,6 +162,17 @@ class Starter(Protocol):
     def __call__(self, backup_id: str, step: Step, *, expected_run: int, note: str) -> bool: ...
 
 
+class FanOut(Protocol):
+    """Sends a domain's scheduled fan-out for ``slot`` again (idempotent: one slot, one
+    backup per source)."""
+
+    def __call__(self, slot: str) -> None: ...
+
+
+def _never_fan_out(slot: str) -> None:
+    return None
+
+
 @dataclass
 class Report:
     """What one tick did, for the journal, the metrics and the log."""
@@ -184,11 +195,13 @@ class Reconciler:
     """One tick of one domain's control loop."""
 
     def __init__(self, ctx: DomainContext, journal: Journal, leases: LeaseStore,
-                 start: Starter, *, clock: Callable[[], float] = time.time) -> None:
+                 start: Starter, *, fan_out: FanOut = _never_fan_out,
+                 clock: Callable[[], float] = time.time) -> None:
         self.ctx = ctx
         self.journal = journal
         self.leases = leases
         self.start = start
+        self.fan_out = fan_out
         self.cfg = ctx.config.reconcile
         self._clock = clock
 
@@ -208,9 +221,18 @@ class Reconciler:
             except (RegionvaultError, redis.RedisError, OSError) as exc:
                 report.errors.append(f"{backup_id}: {exc}")
                 log.warning("reconcile of %s: %s", backup_id, exc)
+        self._complete_fan_outs(now, report)
         self._sweep_stores(live, report)
         self._save(report)
         return report
+
+    def _complete_fan_outs(self, now: datetime, report: Report) -> None:
+        """Scheduled fan-outs that began but never finished are sent again."""
+        for slot, began in self.journal.fanouts_pending(self.ctx.domain.value).items():
+            if (now - began).total_seconds() > self.cfg.handoff_grace_seconds:
+                self.fan_out(slot)
+                report.actions["fan-out"] += 1
+                log.info("reconcile: the fan-out of slot %s never finished; sent again", slot)
 
     # --- looking -----------------------------------------------------------------------------
 
@@ -260,6 +282,11 @@ class Reconciler:
         if decision.action is Action.RESUME:
             assert decision.step is not None
             run = obs.record.run if obs.record is not None else 0
+            if obs.record is None:  # the journal lost it: write back what the facts show
+                done = STEPS[:STEPS.index(decision.step)]
+                self.journal.rebuild(backup_id, {s: self.ctx.clock() for s in done},
+                                     state=BackupState.RUNNING,
+                                     note=f"reconciler: {decision.reason}")
             if self.start(backup_id, decision.step, expected_run=run,
                           note=f"resumed by the reconciler: {decision.reason}"):
                 report.resumed.append(f"{backup_id} from {decision.step.value}")

@@ -25,7 +25,13 @@ def _resume(backup_id: str, step: Step, *, expected_run: int, note: str) -> bool
 @app.task(name="regionvault.reconcile", base=DomainTask, bind=True, acks_late=False,
           ignore_result=True)
 def reconcile(self: Any, *, domain: str) -> dict[str, object]:
-    report = Reconciler(context_for(domain), journal(), leases(), _resume).tick()
+    def fan_out(slot: str) -> None:
+        from tasks.backup_domain import backup_domain
+
+        backup_domain.apply_async(kwargs={"domain": domain, "slot": slot})
+
+    report = Reconciler(context_for(domain), journal(), leases(), _resume,
+                        fan_out=fan_out).tick()
     from workers.metrics import record_reconcile
 
     record_reconcile(report)

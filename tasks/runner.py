@@ -187,6 +187,20 @@ def _handoff(step: Step, backup_id: str, domain: str, source: str, run: int,
         log.warning("journal not updated for the handoff of %s: %s", backup_id, exc)
 
 
+def _next_already_sent(backup_id: str, step: Step) -> bool:
+    """Whether this run already sent the step after ``step``: a duplicate that found its work
+    done must not start a second copy of the rest of the chain. (A run's claim clears the
+    task ids of the steps it will run, so a retry from an earlier step still hands over.)"""
+    following = next_step(step)
+    if following is None:
+        return True
+    try:
+        record = journal().get(backup_id)
+    except redis.RedisError:
+        return False  # cannot tell: sending again is harmless, steps are idempotent
+    return record is not None and record.steps[following].task_id is not None
+
+
 def _fail(exc: BaseException, backup_id: str, step: Step, task_id: str,
           rerun: Step | None = None) -> None:
     _record(backup_id, step, StepState.FAILED, detail=str(exc), task_id=task_id, rerun=rerun)
@@ -240,7 +254,8 @@ def run_step(task: Any, step: Step, *, backup_id: str, domain: str, source: str,
             _fail(exc, backup_id, step, task_id)
             raise
         _record(backup_id, step, StepState.DONE, task_id=task_id, detail=outcome.detail)
-        _handoff(step, backup_id, domain, source, run, deep)
+        if not outcome.skipped or not _next_already_sent(backup_id, step):
+            _handoff(step, backup_id, domain, source, run, deep)
     finally:
         heartbeat.stop()
         try:

@@ -121,9 +121,10 @@ def assert_healed_once(stack: FaultStack, backup_id: str, *,
                     if backup_id in u.key], f"open uploads left in {store.name}"
     assert stack.s3_proxy is not None and stack.gcs_proxy is not None
     object_name = f"{backup_id}.rvb"
-    creates = stack.s3_proxy.count("POST", path_contains=object_name, query_contains="uploads")
-    completes = stack.s3_proxy.count("POST", path_contains=object_name,
-                                     query_contains="uploadId=")
+    s3_requests = [q for q in stack.s3_proxy.requests()
+                   if q.forwarded and q.method == "POST" and object_name in q.path]
+    creates = sum(1 for q in s3_requests if q.query.startswith("uploads"))
+    completes = sum(1 for q in s3_requests if q.query.startswith("uploadId="))
     assert creates == s3_creates, f"{creates} multipart uploads started in S3"
     assert completes == 1, f"{completes} multipart uploads completed in S3"
     sessions = gcs_upload_sessions(stack, object_name)
@@ -138,8 +139,8 @@ def gcs_upload_sessions(stack: FaultStack, object_name: str) -> int:
     id (in every chunk's query) names the object; the opening POST names it only in its body."""
     assert stack.gcs_proxy is not None
     return len({q.query for q in stack.gcs_proxy.requests()
-                if q.method == "PUT" and "/upload/" in q.path and object_name in q.query
-                and "upload_id=" in q.query})
+                if q.forwarded and q.method == "PUT" and "/upload/" in q.path
+                and object_name in q.query and "upload_id=" in q.query})
 
 
 def _wait_no_spool(ctx: DomainContext, backup_id: str, timeout: float = 10) -> None:

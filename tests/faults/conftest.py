@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -60,6 +61,34 @@ class FaultStack(DevStack):
 
     s3_proxy: FaultProxy | None = field(default=None, init=False)
     gcs_proxy: FaultProxy | None = field(default=None, init=False)
+    #: worker restarts done by the supervisor (not by a test), for the record
+    supervisor_restarts: list[str] = field(default_factory=list, init=False)
+    _supervising: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _stopping: threading.Event = field(default_factory=threading.Event, init=False)
+
+    def supervise(self) -> None:
+        """Restart a worker that exited, as Kubernetes restarts a crashed container.
+
+        Needed for real: on a broker connection loss, Celery 5.7's worker with kombu 5.7's
+        Redis transport exits ("Unrecoverable error: AttributeError ... 'hostname'", raised
+        while it restores unacknowledged messages on a closed connection). In a cluster the
+        pod restarts; here this thread does."""
+        def loop() -> None:
+            while not self._stopping.wait(0.5):
+                with self._supervising:
+                    for domain, process in list(self.worker_processes.items()):
+                        if not process.alive() and not self._stopping.is_set():
+                            self.supervisor_restarts.append(
+                                f"{domain.value}: exited with {process.returncode}")
+                            process.stop(timeout=10)
+                            self.start_worker(domain)
+
+        threading.Thread(target=loop, name="supervisor", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with self._supervising:
+            super().stop()
 
     def _start_servers(self) -> None:
         super()._start_servers()
@@ -97,11 +126,12 @@ class FaultStack(DevStack):
     def kill_worker(self, domain: Domain = Domain.EU) -> None:
         """SIGKILL the worker's main process and every pool process: node loss, OOM, eviction.
         Then start it again, as a supervisor (Kubernetes) would."""
-        process = self.worker(domain)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.stop(timeout=10)
-        self.start_worker(domain)
+        with self._supervising:
+            process = self.worker(domain)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.stop(timeout=10)
+            self.start_worker(domain)
         self.wait_for_workers([domain], timeout=60)
 
     def kill_child(self, pid: int) -> None:
@@ -149,6 +179,7 @@ def fault_stack() -> Iterator[FaultStack]:
     saved = dict(os.environ)
     try:
         dev.start()
+        dev.supervise()
         os.environ.update(dev.env)
         from regionvault.config import load_config
         from workers.app import app, configure
