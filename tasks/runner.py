@@ -210,8 +210,11 @@ def _fail(exc: BaseException, backup_id: str, step: Step, task_id: str,
 def run_step(task: Any, step: Step, *, backup_id: str, domain: str, source: str, run: int,
              deep: bool, body: StepBody) -> dict[str, object]:
     """Everything a step task does; ``body`` is the core function."""
-    ctx = checked_context(backup_id, domain, source)
     task_id = str(task.request.id or "")
+    try:
+        ctx = checked_context(backup_id, domain, source)
+    except redis.RedisError as exc:  # the journal is away: try again, like any transient error
+        return _retry_or_fail(task, exc, backup_id, step, task_id)
     newer = _stale(backup_id, run)
     if newer is not None:
         log.info("step %s of backup %s (run %d) is stale: run %d owns the backup; not run",

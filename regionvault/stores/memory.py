@@ -207,7 +207,8 @@ class MemoryStore:
                 for upload_id, upload in self._uploads.items()
                 if upload.key == key
             }
-        chooser = ResumeChooser({u: partial(_holds, held) for u, held in open_parts.items()})
+        chooser = ResumeChooser({u: partial(_holds, held) for u, held in open_parts.items()},
+                                empty={u for u, held in open_parts.items() if not held})
         upload_id: str | None = None
         number = 0
         try:

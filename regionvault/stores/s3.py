@@ -327,8 +327,10 @@ class S3Store:
         attempt to resume; the reconciler or the bucket's lifecycle rule clears it if none does.
         """
         part_size = self._part_size_for(size)
-        open_parts = self._open_uploads_of(key)
-        chooser = ResumeChooser({u: partial(_holds, held) for u, held in open_parts.items()})
+        listed = self._open_uploads_of(key)
+        open_parts = {u: held or {} for u, held in listed.items()}
+        chooser = ResumeChooser({u: partial(_holds, held) for u, held in open_parts.items()},
+                                empty={u for u, held in listed.items() if held == {}})
         upload_id: str | None = None
         parts: list[dict[str, Any]] = []
         started, sent, number = time.monotonic(), 0, 0
@@ -379,17 +381,17 @@ class S3Store:
             log.info("resumed the multipart upload of %s: reused %d of %d parts, sent %d",
                      self._where(key), chooser.reused, number, number - chooser.reused)
 
-    def _open_uploads_of(self, key: str) -> dict[str, dict[int, dict[str, Any]]]:
-        """The open multipart uploads of exactly ``key``, each with the parts S3 lists for it."""
-        found: dict[str, dict[int, dict[str, Any]]] = {}
+    def _open_uploads_of(self, key: str) -> dict[str, dict[int, dict[str, Any]] | None]:
+        """The open multipart uploads of exactly ``key``, each with the parts S3 lists for it
+        (None for an upload not started our way)."""
+        found: dict[str, dict[int, dict[str, Any]] | None] = {}
         for upload in self._list_uploads(key):
             if upload["Key"] != key:  # the listing is by prefix: "a.bin" also lists "a.bin.1"
                 continue
             # One started another way (no full-object CRC32C) cannot be completed the way we
             # complete, so none of its parts can be reused: it is only there to be aborted.
-            ours = (upload.get("ChecksumAlgorithm") == "CRC32C"
-                    and upload.get("ChecksumType") == "FULL_OBJECT")
-            found[upload["UploadId"]] = self._list_parts(key, upload["UploadId"]) if ours else {}
+            found[upload["UploadId"]] = (self._list_parts(key, upload["UploadId"])
+                                         if _ours(upload) else None)
         return found
 
     def _list_uploads(self, prefix: str) -> list[dict[str, Any]]:
@@ -488,6 +490,12 @@ class S3Store:
                 f"CRC32C {info.crc32c}, expected {size} bytes with {crc32c}"
             )
         return info
+
+
+def _ours(upload: dict[str, Any]) -> bool:
+    """Whether an open upload was started with a full-object CRC32C, as we complete it."""
+    return bool(upload.get("ChecksumAlgorithm") == "CRC32C"
+                and upload.get("ChecksumType") == "FULL_OBJECT")
 
 
 def _holds(parts: dict[int, dict[str, Any]], number: int, data: bytes, crc32c: str) -> bool:

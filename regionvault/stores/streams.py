@@ -4,7 +4,7 @@ choice of which interrupted multipart upload to resume."""
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, BinaryIO
 
 import google_crc32c
@@ -117,8 +117,12 @@ class ResumeChooser:
     compared with several uploads in one pass.
     """
 
-    def __init__(self, open_uploads: Mapping[str, PartHeld]) -> None:
+    def __init__(self, open_uploads: Mapping[str, PartHeld],
+                 empty: Collection[str] = ()) -> None:
         self._holds = open_uploads
+        #: open uploads that hold no part at all: one of them is resumed when no upload holds
+        #: part 1 (an upload interrupted before its first part landed), saving a new upload
+        self._empty = [u for u in open_uploads if u in empty]
         #: uploads that hold every part offered so far
         self._alive = list(open_uploads)
         self.decided = False
@@ -149,4 +153,7 @@ class ResumeChooser:
             self.decided = True
             # The first part that none holds also ends every upload still alive; the ones
             # alive until then held the most parts, and any of them will do.
-            self.resumed = self._alive[0] if self.reused else None
+            if self.reused:
+                self.resumed = self._alive[0]
+            else:
+                self.resumed = self._empty[0] if self._empty else None

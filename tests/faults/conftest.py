@@ -194,6 +194,9 @@ def fault_stack() -> Iterator[FaultStack]:
             if proxy is not None:
                 proxy.stop()
         dev.stop()
+        keep = os.environ.get("REGIONVAULT_FAULT_LOGS")  # a place to keep the logs, if asked
+        if keep and dev.logs.exists():
+            shutil.copytree(dev.logs, keep, dirs_exist_ok=True)
         shutil.rmtree(root, ignore_errors=True)
         _reset_clients()
 
