@@ -24,11 +24,17 @@ from workers.guard import STEP_TASKS, serves
 log = logging.getLogger("regionvault.journal")
 
 
-@lru_cache(maxsize=1)
 def journal() -> Journal:
+    """The journal in the result backend the app is configured with (now: a process that is
+    configured again, as tests do, gets the journal of its new backend)."""
     from workers.app import app
 
-    return Journal.from_url(str(app.conf.result_backend))
+    return _journal_at(str(app.conf.result_backend))
+
+
+@lru_cache(maxsize=4)
+def _journal_at(url: str) -> Journal:
+    return Journal.from_url(url)
 
 
 @task_failure.connect

@@ -20,9 +20,13 @@ def context_for(domain: str) -> DomainContext:
     return DomainContext(worker_config(), parse_domain(domain))
 
 
-@lru_cache(maxsize=1)
 def leases() -> RedisLeaseStore:
     """The backup leases, in the result backend's Redis (where the journal lives)."""
     from workers.app import app
 
-    return RedisLeaseStore.from_url(str(app.conf.result_backend))
+    return _leases_at(str(app.conf.result_backend))
+
+
+@lru_cache(maxsize=4)
+def _leases_at(url: str) -> RedisLeaseStore:
+    return RedisLeaseStore.from_url(url)

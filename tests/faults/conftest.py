@@ -171,7 +171,9 @@ class FaultStack(DevStack):
             proxy.throttle(STORE_RATE)
 
 
-@pytest.fixture(scope="session")
+# Package scope: the fault stack (three workers, beat ticking every two seconds) is gone
+# before the integration tests start their own stack.
+@pytest.fixture(scope="package")
 def fault_stack() -> Iterator[FaultStack]:
     root = Path(tempfile.mkdtemp(prefix="rv-fault-stack-"))
     dev = FaultStack(data_dir=root, beat=True, flower=False, concurrency=2, sources=(BULK,),
@@ -181,10 +183,6 @@ def fault_stack() -> Iterator[FaultStack]:
         dev.start()
         dev.supervise()
         os.environ.update(dev.env)
-        from regionvault.config import load_config
-        from workers.app import app, configure
-
-        configure(app, load_config())
         _reset_clients()
         yield dev
     finally:
@@ -209,9 +207,10 @@ def _healthy_proxies(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 def _reset_clients() -> None:
-    """Cached clients of this process (journal, leases) point at the stack of the moment."""
-    from workers.journal import journal
-    from workers.runtime import leases
+    """The app of this process points at the stack of the moment again (the journal and the
+    leases follow the app's result backend)."""
+    from regionvault.config import load_config
+    from workers.app import app, configure
 
-    journal.cache_clear()
-    leases.cache_clear()
+    if os.environ.get("REGIONVAULT_CONFIG"):
+        configure(app, load_config())

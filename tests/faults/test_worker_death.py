@@ -10,13 +10,7 @@ from __future__ import annotations
 import pytest
 
 from regionvault.manifest import STEPS, Step
-from tests.faults.cells import (
-    assert_healed_once,
-    freeze_during,
-    reset_counts,
-    start_backup,
-    wait_verified,
-)
+from tests.faults.cells import assert_healed_once, backup_hit_during, wait_verified
 from tests.faults.conftest import FaultStack
 
 pytestmark = [pytest.mark.stack, pytest.mark.faults]
@@ -32,9 +26,7 @@ def _cells(smoke: set[Step]) -> list[object]:
 
 @pytest.mark.parametrize("step", _cells(IN_MAKE_TEST))
 def test_whole_worker_killed_during_step(fault_stack: FaultStack, step: Step) -> None:
-    reset_counts(fault_stack)
-    backup_id = start_backup(fault_stack)
-    freeze_during(fault_stack, backup_id, step)
+    backup_id, _ = backup_hit_during(fault_stack, step)
     fault_stack.kill_worker()  # main process and pool, then restarted like a supervisor would
 
     # the message stays unacknowledged in Redis for the visibility timeout (hours); the
@@ -46,9 +38,7 @@ def test_whole_worker_killed_during_step(fault_stack: FaultStack, step: Step) ->
 
 @pytest.mark.parametrize("step", _cells({Step.REPLICATE}))
 def test_pool_process_killed_during_step(fault_stack: FaultStack, step: Step) -> None:
-    reset_counts(fault_stack)
-    backup_id = start_backup(fault_stack)
-    hit = freeze_during(fault_stack, backup_id, step)
+    backup_id, hit = backup_hit_during(fault_stack, step)
     fault_stack.kill_child(hit.pid)  # only the pool process that runs the step
     fault_stack.thaw()
 
