@@ -94,14 +94,18 @@ def check(
     domain: Annotated[str | None, typer.Option("--domain", "-d")] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Preflight: configuration valid, keys and DSNs readable, buckets in their regions."""
+    """Preflight: configuration valid, keys and DSNs readable, buckets in their regions,
+    buckets' lifecycle rules as the retention policy requires (exit 3 naming a rule that is
+    missing or weaker)."""
 
     def run() -> None:
+        from regionvault.cli.provision import EXIT_NOT_COMPLIANT, report_rules
         from regionvault.keyring import LocalKeyring
         from regionvault.sources import open_source
 
         cfg = config_from(config)
         domains = [parse_domain(domain)] if domain else list(cfg.domains)
+        rules_ok = True
         for d in domains:
             ctx = context_for(cfg, d)
             LocalKeyring.from_config(d, ctx.dcfg)
@@ -111,6 +115,9 @@ def check(
             ctx.ensure_resident("gcs")
             out.print(f"domain {d.value}: keys, {len(ctx.dcfg.sources)} source DSNs and both "
                       "buckets ok")
+            rules_ok = report_rules(ctx) and rules_ok
+        if not rules_ok:
+            raise typer.Exit(EXIT_NOT_COMPLIANT)
 
     guarded(run)
 

@@ -42,6 +42,8 @@ from regionvault.devstack.services import (
     start_s3,
 )
 from regionvault.domains import Domain, queue_name
+from regionvault.provision import provision_bucket
+from regionvault.stores.lifecycle import GCSLifecycle, S3Lifecycle
 
 
 def _merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -179,15 +181,9 @@ class DevStack:
             kwargs = {} if dcfg.aws_region == "us-east-1" else {
                 "CreateBucketConfiguration": {"LocationConstraint": dcfg.aws_region}}
             s3.create_bucket(Bucket=dcfg.s3_bucket, **kwargs)
-            # GDPR backstop in the store itself, whatever happens to the expire step.
-            s3.put_bucket_lifecycle_configuration(Bucket=dcfg.s3_bucket, LifecycleConfiguration={
-                "Rules": [
-                    {"ID": "pii-29-days", "Status": "Enabled",
-                     "Filter": {"Prefix": f"{domain.value}/pii/"}, "Expiration": {"Days": 29}},
-                    {"ID": "abort-incomplete-uploads", "Status": "Enabled",
-                     "Filter": {"Prefix": ""},
-                     "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}},
-                ]})
+            # GDPR backstop in the store itself, exactly as `regionvault provision` sets it.
+            provision_bucket(S3Lifecycle(dcfg.s3_bucket, dcfg.aws_region, client=s3),
+                             domain, config)
             if s3_only:
                 continue
             bucket = gcs.bucket(dcfg.gcs_bucket)
@@ -195,6 +191,8 @@ class DevStack:
             # the emulator ignores the location given at creation; set it as GCS would hold it
             bucket._patch_property("location", dcfg.gcp_location.upper())
             bucket.patch()
+            provision_bucket(GCSLifecycle(dcfg.gcs_bucket, project=config.gcs.project,
+                                          client=gcs), domain, config)
             self.say(f"buckets of {domain.value}: s3://{dcfg.s3_bucket} ({dcfg.aws_region}), "
                      f"gs://{dcfg.gcs_bucket} ({dcfg.gcp_location})")
 
