@@ -26,6 +26,14 @@ def cron(expression: str) -> crontab:
 def build_beat_schedule(config: Config) -> dict[str, dict[str, Any]]:
     schedule: dict[str, dict[str, Any]] = {}
     for domain, dcfg in sorted(config.domains.items()):
+        # before the check for sources: backups of sources removed from the configuration
+        # stay in the stores until they expire, and are read back like any other
+        schedule[f"integrity-{domain.value}"] = {
+            "task": "regionvault.integrity_sample",
+            "schedule": cron(config.integrity.schedule),
+            "kwargs": {"domain": domain.value},
+            "options": {"queue": queue_name(domain)},
+        }
         if not dcfg.sources:
             continue
         schedule[f"backup-{domain.value}"] = {

@@ -256,6 +256,21 @@ class ReconcileConfig(_Frozen):
     max_resumes: int = Field(default=5, ge=0)
 
 
+class IntegrityConfig(_Frozen):
+    """Integrity over time (``regionvault.integrity``): a rotating sample of stored bytes is
+    read back from both clouds, so every copy of every backup is read within the period."""
+
+    #: every copy of every verified backup is read back whole at least once in this many days
+    period_days: int = Field(default=30, ge=1)
+    #: cron (UTC) of the per-domain sample; daily by default
+    schedule: str = "30 3 * * *"
+
+    @field_validator("schedule")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        return _cron(value)
+
+
 class Config(_Frozen):
     version: Literal[1] = 1
     #: allows http:// endpoints and anonymous GCS access; never set in production
@@ -270,6 +285,7 @@ class Config(_Frozen):
     retention: RetentionConfig = RetentionConfig()
     retries: TaskRetryConfig = TaskRetryConfig()
     reconcile: ReconcileConfig = ReconcileConfig()
+    integrity: IntegrityConfig = IntegrityConfig()
     domains: dict[Domain, DomainConfig]
 
     @model_validator(mode="after")

@@ -2,15 +2,16 @@
 their manifests say.
 
 For each source (or a rotating sample), a drill restores the newest verified backup into a
-fresh scratch database on the domain's scratch server, compares per-table row counts with
-those recorded at dump time, runs the source's check query, measures the recovery time (RTO)
-and the data age (RPO), and drops the scratch database whatever happened. The report (versioned
-JSON) goes to both of the domain's buckets under ``drills/<domain>/``. A drill never connects
-to a source database.
+fresh scratch database on the domain's scratch server (from S3 and from GCS in turn, see
+``drill_store``), compares per-table row counts with those recorded at dump time, runs the
+source's check query, measures the recovery time (RTO) and the data age (RPO), and drops the
+scratch database whatever happened. The report (versioned JSON) goes to both of the domain's
+buckets under ``drills/<domain>/``. A drill never connects to a source database.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import time
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ from regionvault.config import DomainConfig, SourceConfig
 from regionvault.context import DomainContext
 from regionvault.domains import Domain
 from regionvault.errors import IntegrityError, RegionvaultError, StoreError, TransientStoreError
-from regionvault.restore import restore, select_backup
+from regionvault.restore import STORES, RestoreResult, restore, select_backup
 from regionvault.sources.postgres import (
     create_database,
     database_dsn,
@@ -103,6 +104,39 @@ def choose_sources(dcfg: DomainConfig, only: Sequence[str] | None, today: dateti
     return [sources[(start + i) % len(sources)] for i in range(sample)]
 
 
+def drill_store(previous: str | None, today: datetime) -> str:
+    """The store a source's drill restores from: the other one than its previous drill used,
+    so that both copies are proven restorable in turn; by the date's parity without one."""
+    if previous in STORES:
+        return STORES[1 - STORES.index(previous)]
+    return STORES[today.toordinal() % len(STORES)]
+
+
+def previous_stores(ctx: DomainContext) -> dict[str, str]:
+    """The store each source's most recent drill restored from (or tried), by source."""
+    try:
+        reports = list_reports(ctx)
+    except RegionvaultError:
+        return {}  # no history to read: drill_store falls back to the date
+    found: dict[str, str] = {}
+    for report in reports:  # newest first
+        for entry in report.sources:
+            if entry.store in STORES:
+                found.setdefault(entry.source, entry.store)
+    return found
+
+
+def _restore_from(ctx: DomainContext, backup_id: str, target: str, store: str) -> RestoreResult:
+    """Restore from ``store``; only if it cannot be reached, from the other one. A copy that
+    is reached and fails its checks fails the drill: a fallback would hide it."""
+    try:
+        return restore(ctx, backup_id, target, from_store=store)
+    except TransientStoreError as exc:
+        other = STORES[1 - STORES.index(store)]
+        result = restore(ctx, backup_id, target, from_store=other)
+        return dataclasses.replace(result, fallback_reason=f"{store} was not used: {exc}")
+
+
 def _compare_counts(expected: dict[str, int], found: dict[str, int]) -> str | None:
     if not expected:
         return "the backup's manifest records no row counts"
@@ -113,7 +147,8 @@ def _compare_counts(expected: dict[str, int], found: dict[str, int]) -> str | No
     return None
 
 
-def _drill_source(ctx: DomainContext, src: SourceConfig, server_dsn: str) -> SourceDrill:
+def _drill_source(ctx: DomainContext, src: SourceConfig, server_dsn: str,
+                  store: str = "s3") -> SourceDrill:
     t0 = time.monotonic()
     started = ctx.clock()
     scratch = f"rv_drill_{src.name.replace('-', '_')}_{secrets.token_hex(4)}"
@@ -126,7 +161,8 @@ def _drill_source(ctx: DomainContext, src: SourceConfig, server_dsn: str) -> Sou
         create_database(server_dsn, scratch)
         created = True
         target = database_dsn(server_dsn, scratch)
-        result = restore(ctx, backup_id, target, from_store="auto")
+        fields["store"] = store  # the report names the store tried, even if it fails
+        result = _restore_from(ctx, backup_id, target, store)
         found = row_counts(target)
         fields.update(store=result.store, fallback_reason=result.fallback_reason,
                       backup_created_at=manifest.created_at,
@@ -173,7 +209,9 @@ def run_drill(ctx: DomainContext, sources: Sequence[str] | None = None) -> Drill
     started = ctx.clock()
     chosen = choose_sources(ctx.dcfg, sources, started, ctx.domain)
     drill_id = f"{started.strftime('%Y%m%dT%H%M%SZ')}.{secrets.token_hex(4)}"
-    results = [_drill_source(ctx, src, server_dsn) for src in chosen]
+    previous = previous_stores(ctx)
+    results = [_drill_source(ctx, src, server_dsn, drill_store(previous.get(src.name), started))
+               for src in chosen]
     report = DrillReport(drill_id=drill_id, domain=ctx.domain.value, started_at=started,
                          finished_at=ctx.clock(), passed=all(r.passed for r in results),
                          sources=results)

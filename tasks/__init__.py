@@ -10,6 +10,7 @@ from tasks import (
     dump,
     encrypt,
     expire,
+    integrity,
     reconcile,
     replicate,
     restore,
@@ -18,5 +19,5 @@ from tasks import (
 )
 from tasks.canvas import start_run
 
-__all__ = ["backup_domain", "discard", "drill", "dump", "encrypt", "expire", "reconcile",
-           "replicate", "restore", "start_run", "upload", "verify"]
+__all__ = ["backup_domain", "discard", "drill", "dump", "encrypt", "expire", "integrity",
+           "reconcile", "replicate", "restore", "start_run", "upload", "verify"]

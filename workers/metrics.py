@@ -94,6 +94,17 @@ RECONCILE_LAST_RUN = Gauge(
     "regionvault_reconciler_last_run_timestamp_seconds",
     "Time (Unix seconds) of the last reconciler tick of a domain", ["domain"],
     multiprocess_mode="max")
+INTEGRITY_MISMATCHES = Counter(
+    "regionvault_integrity_mismatches",
+    "Copies an integrity sample read back that did not match their manifest",
+    ["domain", "store"])
+INTEGRITY_BYTES = Counter(
+    "regionvault_integrity_bytes_read",
+    "Ciphertext bytes integrity samples read back whole and found matching", ["domain", "store"])
+INTEGRITY_LAST_SAMPLE = Gauge(
+    "regionvault_integrity_last_sample_timestamp_seconds",
+    "Time (Unix seconds) of the last integrity sample of a domain that reached both stores",
+    ["domain"], multiprocess_mode="max")
 WORKER_INFO = Gauge(
     "regionvault_worker_info", "1 while a worker of the domain runs (an exporter answers)",
     ["domain"], multiprocess_mode="liveall")
@@ -108,6 +119,8 @@ EXPORTED = {
     "regionvault_worker_info", "regionvault_reconciler_actions_total",
     "regionvault_reconciler_swept_total", "regionvault_reconciler_errors_total",
     "regionvault_reconciler_last_run_timestamp_seconds",
+    "regionvault_integrity_mismatches_total", "regionvault_integrity_bytes_read_total",
+    "regionvault_integrity_last_sample_timestamp_seconds",
 }
 
 _started: dict[str, float] = {}
@@ -201,3 +214,16 @@ def record_reconcile(report: Any) -> None:
     if report.errors:
         RECONCILE_ERRORS.labels(domain=report.domain).inc(len(report.errors))
     RECONCILE_LAST_RUN.labels(domain=report.domain).set(time.time())
+
+
+def record_integrity(report: Any) -> None:
+    """Count what one integrity sample found (``regionvault.integrity.SampleReport``)."""
+    for store in ("s3", "gcs"):  # both series exist from the first sample on, at 0
+        INTEGRITY_MISMATCHES.labels(domain=report.domain, store=store)
+        INTEGRITY_BYTES.labels(domain=report.domain, store=store)
+    for mismatch in report.mismatches:
+        INTEGRITY_MISMATCHES.labels(domain=report.domain, store=mismatch.store).inc()
+    for store, count in report.bytes_read.items():
+        INTEGRITY_BYTES.labels(domain=report.domain, store=store).inc(count)
+    if report.complete:  # a sample that missed a store is not a sample of the domain
+        INTEGRITY_LAST_SAMPLE.labels(domain=report.domain).set(time.time())
