@@ -11,6 +11,7 @@ Reliability settings, and why:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -71,6 +72,19 @@ def configure(app: Celery, config: Config | None) -> None:
     )
     if config is not None:
         app.conf.beat_schedule = build_beat_schedule(config)
+    _forget_connections(app)
+
+
+def _forget_connections(app: Celery) -> None:
+    """Drop what the app made for earlier settings: configured again (a tool or a test that
+    moves to another stack), it must not go on sending to the old broker or reading results
+    from the old backend, which Celery keeps in its producer pool and its cached backend."""
+    app._pool = None
+    with contextlib.suppress(AttributeError, KeyError):
+        app.__dict__["amqp"]._producer_pool = None
+    app._backend_cache = None
+    with contextlib.suppress(AttributeError):
+        del app._local.backend
 
 
 def _config_from_environment() -> Config | None:

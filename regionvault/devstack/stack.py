@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import kombu.exceptions
+import redis
 from celery import Celery
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
@@ -257,7 +259,12 @@ class DevStack:
                     raise ServiceStartError(
                         f"the worker of domain {domain.value!r} exited during start-up",
                         service=proc.name, log_tail=proc.tail())
-            replies = app.control.ping(destination=sorted(wanted), timeout=1.0) or []
+            try:
+                replies = app.control.ping(destination=sorted(wanted), timeout=1.0) or []
+            except (OSError, redis.RedisError, kombu.exceptions.KombuError):
+                # a broker that was just restarted drops pooled connections: ask again
+                time.sleep(0.2)
+                continue
             answered = {name for reply in replies for name in reply}
             if wanted <= answered:
                 return
