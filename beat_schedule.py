@@ -1,10 +1,11 @@
 """The beat schedule, built from the configuration: one entry per domain.
 
 Per domain: ``backup_domain(domain)`` at the domain's cron schedule, ``reconcile(domain)``
-every ``reconcile.interval_seconds``, and ``restore_drill(domain)`` at its drill schedule (when
-a scratch server is configured), each sent to that domain's own queue. Times are UTC. Beat
-holds no state of its own: a second beat, or one restarted within a slot, starts nothing new
-(a slot's backup id is fixed, see ``regionvault.schedule``).
+every ``reconcile.interval_seconds``, ``expire_domain(domain)`` every
+``retention.sweep_interval_seconds`` (even without sources), and ``restore_drill(domain)`` at
+its drill schedule (when a scratch server is configured), each sent to that domain's own queue.
+Times are UTC. Beat holds no state of its own: a second beat, or one restarted within a slot,
+starts nothing new (a slot's backup id is fixed, see ``regionvault.schedule``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,15 @@ def build_beat_schedule(config: Config) -> dict[str, dict[str, Any]]:
         schedule[f"integrity-{domain.value}"] = {
             "task": "regionvault.integrity_sample",
             "schedule": cron(config.integrity.schedule),
+            "kwargs": {"domain": domain.value},
+            "options": {"queue": queue_name(domain)},
+        }
+        # Expiry runs for every domain, sources or not: personal data leaves on time whether
+        # or not any backup succeeds, and whatever the configuration says today. Not expired
+        # when late: a sweep that waited in the queue is the one the cutoff is waiting for.
+        schedule[f"expire-{domain.value}"] = {
+            "task": "regionvault.expire_domain",
+            "schedule": float(config.retention.sweep_interval_seconds),
             "kwargs": {"domain": domain.value},
             "options": {"queue": queue_name(domain)},
         }

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from regionvault import spool as sp
 from regionvault.context import DomainContext
-from regionvault.errors import IntegrityError, NotFound, StoreError
-from regionvault.manifest import STEPS, Manifest, Step, manifest_key
+from regionvault.errors import IntegrityError, StoreError
+from regionvault.manifest import STEPS, Step, manifest_key
 
 
 @dataclass(frozen=True)
@@ -59,17 +59,16 @@ def next_step(facts: BackupFacts) -> Step | None:
 def gather_facts(ctx: DomainContext, backup_id: str, manifest_path: str | None = None
                  ) -> BackupFacts:
     """Look at the spool and the S3 manifest of one backup (no data is read)."""
-    from regionvault.chain import resolve
+    from regionvault.chain import read_manifest, resolve
 
     ref, src = resolve(ctx, backup_id)
     key = manifest_path or manifest_key(ref.domain, src.data_class, ref.source, backup_id)
     steps: frozenset[Step] | None = None
     unknown = False
     try:
-        data = ctx.s3.get_bytes(key)
-        steps = frozenset(Manifest.from_json(data, where=f"s3 {key}").steps)
-    except NotFound:
-        pass
+        manifest = read_manifest(ctx, ctx.s3, key)
+        if manifest is not None:
+            steps = frozenset(manifest.steps)
     except (StoreError, IntegrityError):  # down, or a manifest that cannot be trusted
         unknown = True
     spool = ctx.spool

@@ -6,11 +6,16 @@ Each step is idempotent: it reads what the earlier steps left (spool files, obje
 manifests), finishes its own work or notices it is already done, and otherwise raises
 ``StepOrderError`` naming the step that must run again. Steps never take secrets or data as
 arguments: only the backup id, from which domain and source follow.
+
+Every manifest is written signed with the domain's current key (``sign``, ``write_manifest``)
+and read only after its MAC checks out (``read_manifest``): a step never acts on a manifest
+that was changed outside regionvault, nor on an unauthenticated version-1 one.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,6 +29,7 @@ from regionvault.config import SourceConfig
 from regionvault.context import DomainContext
 from regionvault.errors import (
     IntegrityError,
+    ManifestForged,
     NotFound,
     ResidencyError,
     StepOrderError,
@@ -41,11 +47,14 @@ from regionvault.manifest import (
     manifest_key,
     new_backup_id,
     object_key,
+    parse_manifest,
+    sign_manifest,
 )
-from regionvault.retention import BackupSummary, RetentionPolicy, apply_policy
 from regionvault.sources import open_source
 from regionvault.stores.base import ObjectStore
 from regionvault.streamformat import EncryptingWriter, decrypt_chunks
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]
 ZSTD_LEVEL = 3
@@ -102,12 +111,34 @@ def keys_of(ref: BackupRef, src: SourceConfig) -> tuple[str, str]:
             manifest_key(ref.domain, src.data_class, ref.source, ref.backup_id))
 
 
-def read_manifest(store: ObjectStore, key: str) -> Manifest | None:
+def describe(store: ObjectStore, key: str) -> str:
+    """A stored manifest as messages name it: ``s3 manifest s3://bucket/key``."""
+    scheme = "gs" if store.name == "gcs" else store.name
+    return f"{store.name} manifest {scheme}://{store.bucket}/{key}"
+
+
+def read_manifest(ctx: DomainContext, store: ObjectStore, key: str, *,
+                  allow_legacy: bool = False) -> Manifest | None:
+    """The manifest stored under ``key``, checked against the domain's keys (None: absent).
+
+    Raises ``ManifestForged`` (an ``IntegrityError``) for one that fails its MAC, and
+    ``UnauthenticatedManifest`` for a version-1 one unless ``allow_legacy`` (restore only)."""
     try:
         data = store.get_bytes(key)
     except NotFound:
         return None
-    return Manifest.from_json(data, where=f"{store.name}:{store.bucket}/{key}")
+    return parse_manifest(ctx, data, describe(store, key), key=key, allow_legacy=allow_legacy)
+
+
+def sign(ctx: DomainContext, manifest: Manifest) -> bytes:
+    """The stored form of ``manifest``, signed with the domain's current key."""
+    return sign_manifest(ctx, manifest).to_json()
+
+
+def write_manifest(ctx: DomainContext, store: ObjectStore, key: str,
+                   manifest: Manifest) -> None:
+    """Store ``manifest`` under ``key``, signed with the domain's current key."""
+    store.put_bytes(key, sign(ctx, manifest))
 
 
 def _object_matches(store: ObjectStore, key: str, manifest: Manifest) -> bool:
@@ -148,7 +179,7 @@ def dump(ctx: DomainContext, backup_id: str, progress: Progress = _no_progress,
     # After verify the spool is empty again: the stores tell whether this backup went further.
     # S3 being down does not stop a dump: upload waits for it, and the snapshot is taken now.
     try:
-        if read_manifest(ctx.s3, keys_of(ref, src)[1]) is not None:
+        if read_manifest(ctx, ctx.s3, keys_of(ref, src)[1]) is not None:
             return StepOutcome(backup_id, Step.DUMP, "already uploaded", skipped=True)
     except TransientStoreError:
         pass
@@ -193,7 +224,7 @@ def encrypt(ctx: DomainContext, backup_id: str, progress: Progress = _no_progres
         return StepOutcome(backup_id, Step.ENCRYPT, "already encrypted", skipped=True)
     if not spool.exists(backup_id, sp.DUMP_META):
         okey, mkey = keys_of(ref, src)
-        if read_manifest(ctx.s3, mkey) is not None:
+        if read_manifest(ctx, ctx.s3, mkey) is not None:
             return StepOutcome(backup_id, Step.ENCRYPT, "already uploaded", skipped=True)
         raise StepOrderError(
             f"backup {backup_id} has no complete dump in the spool of domain "
@@ -236,7 +267,7 @@ def encrypt(ctx: DomainContext, backup_id: str, progress: Progress = _no_progres
         s3_bucket=dcfg.s3_bucket, gcs_bucket=dcfg.gcs_bucket,
     ).with_step(Step.DUMP, created, f"{plain.size} bytes").with_step(
         Step.ENCRYPT, now, f"{cipher.size} bytes")
-    spool.write_bytes(backup_id, sp.MANIFEST_FILE, manifest.to_json(), owner.token)
+    spool.write_bytes(backup_id, sp.MANIFEST_FILE, sign(ctx, manifest), owner.token)
     _drop_dump(ctx, backup_id, owner)
     return StepOutcome(backup_id, Step.ENCRYPT,
                        f"{plain.size} bytes -> {cipher.size} bytes encrypted", bytes=plain.size)
@@ -250,8 +281,16 @@ def _drop_dump(ctx: DomainContext, backup_id: str, owner: Ownership) -> None:
 def _spool_manifest(ctx: DomainContext, backup_id: str) -> Manifest | None:
     if not ctx.spool.exists(backup_id, sp.MANIFEST_FILE):
         return None
-    return Manifest.from_json(ctx.spool.read_bytes(backup_id, sp.MANIFEST_FILE),
-                              where=f"spool/{backup_id}")
+    # The spool is shared by the domain's workers: its draft manifest is checked like a stored
+    # one, so upload never signs for the stores what someone else wrote into the spool.
+    manifest = parse_manifest(ctx, ctx.spool.read_bytes(backup_id, sp.MANIFEST_FILE),
+                              f"spool manifest of backup {backup_id}")
+    if manifest.backup_id != backup_id:
+        raise ManifestForged(
+            f"the spool manifest of backup {backup_id} describes backup {manifest.backup_id}: "
+            "it was moved outside regionvault; remove the spool directory and run step "
+            "'dump' again")
+    return manifest
 
 
 def _earlier_step_missing(ctx: DomainContext, ref: BackupRef, wanted: str) -> StepOrderError:
@@ -271,7 +310,7 @@ def upload(ctx: DomainContext, backup_id: str, progress: Progress = _no_progress
     """Upload the encrypted file and its manifest to the domain's S3 bucket."""
     ref, src = resolve(ctx, backup_id)
     okey, mkey = keys_of(ref, src)
-    remote = read_manifest(ctx.s3, mkey)
+    remote = read_manifest(ctx, ctx.s3, mkey)
     if remote is not None and Step.UPLOAD in remote.steps and _object_matches(ctx.s3, okey, remote):
         return StepOutcome(backup_id, Step.UPLOAD, f"already in {ctx.url('s3', okey)}",
                            skipped=True)
@@ -287,10 +326,10 @@ def upload(ctx: DomainContext, backup_id: str, progress: Progress = _no_progress
         ctx.s3.put_file(okey, str(ctx.spool.path(backup_id, sp.BACKUP_FILE)),
                         crc32c=local.ciphertext_crc32c)
     progress(local.ciphertext_size)
-    uploaded = local.with_step(Step.UPLOAD, ctx.clock(), ctx.url("s3", okey))
+    uploaded = sign(ctx, local.with_step(Step.UPLOAD, ctx.clock(), ctx.url("s3", okey)))
     owner.confirm()
-    ctx.s3.put_bytes(mkey, uploaded.to_json())
-    ctx.spool.write_bytes(backup_id, sp.MANIFEST_FILE, uploaded.to_json(), owner.token)
+    ctx.s3.put_bytes(mkey, uploaded)
+    ctx.spool.write_bytes(backup_id, sp.MANIFEST_FILE, uploaded, owner.token)
     return StepOutcome(backup_id, Step.UPLOAD, ctx.url("s3", okey),
                        bytes=local.ciphertext_size)
 
@@ -299,7 +338,7 @@ def upload(ctx: DomainContext, backup_id: str, progress: Progress = _no_progress
 
 
 def _uploaded_manifest(ctx: DomainContext, ref: BackupRef, mkey: str, wanted: str) -> Manifest:
-    manifest = read_manifest(ctx.s3, mkey)
+    manifest = read_manifest(ctx, ctx.s3, mkey)
     if manifest is None or Step.UPLOAD not in manifest.steps:
         raise StepOrderError(
             f"backup {ref.backup_id} cannot {wanted}: it has no manifest in "
@@ -315,7 +354,7 @@ def replicate(ctx: DomainContext, backup_id: str,
     ref, src = resolve(ctx, backup_id)
     okey, mkey = keys_of(ref, src)
     where = ctx.url("gcs", okey)
-    replica = read_manifest(ctx.gcs, mkey)
+    replica = read_manifest(ctx, ctx.gcs, mkey)
     if (replica is not None and Step.REPLICATE in replica.steps
             and _object_matches(ctx.gcs, okey, replica)):
         return StepOutcome(backup_id, Step.REPLICATE, f"already in {where}", skipped=True)
@@ -335,10 +374,10 @@ def replicate(ctx: DomainContext, backup_id: str,
         finally:
             body.close()
     progress(manifest.ciphertext_size)
-    replicated = manifest.with_step(Step.REPLICATE, ctx.clock(), where)
+    replicated = sign(ctx, manifest.with_step(Step.REPLICATE, ctx.clock(), where))
     owner.confirm()
-    ctx.gcs.put_bytes(mkey, replicated.to_json())
-    ctx.s3.put_bytes(mkey, replicated.to_json())
+    ctx.gcs.put_bytes(mkey, replicated)
+    ctx.s3.put_bytes(mkey, replicated)
     return StepOutcome(backup_id, Step.REPLICATE, where, bytes=manifest.ciphertext_size)
 
 
@@ -375,12 +414,23 @@ def check_copy(ctx: DomainContext, role: str, key: str, manifest: Manifest, *,
     return problems
 
 
+def _failed_verification(backup_id: str, exc: IntegrityError) -> IntegrityError:
+    """The same kind of error, led by the backup and "failed verification" (the words the
+    verify metrics count by store)."""
+    return type(exc)(f"backup {backup_id} failed verification: {exc}")
+
+
 def verify(ctx: DomainContext, backup_id: str, *, deep: bool = False,
            owner: Ownership = UNOWNED) -> StepOutcome:
-    """Check both copies against the manifest; only then mark the backup verified."""
+    """Check both manifests' MACs and both copies against the manifest; only then mark the
+    backup verified."""
     ref, src = resolve(ctx, backup_id)
     okey, mkey = keys_of(ref, src)
-    manifest = _uploaded_manifest(ctx, ref, mkey, "be verified")
+    try:
+        manifest = _uploaded_manifest(ctx, ref, mkey, "be verified")
+        replica = read_manifest(ctx, ctx.gcs, mkey)
+    except IntegrityError as exc:  # forged, legacy or malformed: never marked verified
+        raise _failed_verification(backup_id, exc) from None
     if Step.REPLICATE not in manifest.steps:
         raise StepOrderError(
             f"backup {backup_id} cannot be verified: it has not been replicated to GCS; "
@@ -389,16 +439,15 @@ def verify(ctx: DomainContext, backup_id: str, *, deep: bool = False,
         )
     problems = check_copy(ctx, "s3", okey, manifest, deep=deep)
     problems += check_copy(ctx, "gcs", okey, manifest, deep=deep)
-    replica = read_manifest(ctx.gcs, mkey)
     if replica is None or replica.ciphertext_sha256 != manifest.ciphertext_sha256:
         problems.append(f"the gcs manifest {ctx.url('gcs', mkey)} is missing or differs")
     if problems:
         raise IntegrityError(f"backup {backup_id} failed verification: " + "; ".join(problems))
     how = "deep (SHA-256 of both copies)" if deep else "store checksums of both copies"
-    verified = manifest.with_step(Step.VERIFY, ctx.clock(), how)
+    verified = sign(ctx, manifest.with_step(Step.VERIFY, ctx.clock(), how))
     owner.confirm()
-    ctx.gcs.put_bytes(mkey, verified.to_json())
-    ctx.s3.put_bytes(mkey, verified.to_json())
+    ctx.gcs.put_bytes(mkey, verified)
+    ctx.s3.put_bytes(mkey, verified)
     ctx.spool.clean(backup_id)
     return StepOutcome(backup_id, Step.VERIFY, how,
                        bytes=2 * manifest.ciphertext_size if deep else 0,
@@ -408,54 +457,87 @@ def verify(ctx: DomainContext, backup_id: str, *, deep: bool = False,
 # --- 6. expire -------------------------------------------------------------------------------
 
 
-def manifests_under(store: ObjectStore, prefix: str) -> Iterator[Manifest]:
-    """Every manifest a store holds under ``prefix`` (the stores are the catalogue)."""
+@dataclass(frozen=True)
+class UntrustedManifest:
+    """A stored manifest that could not be trusted (forged, version 1 where that is not
+    accepted, or malformed), and why; a listing names it and goes on with the others."""
+
+    store: str
+    key: str
+    error: IntegrityError
+
+    @property
+    def backup_id(self) -> str:
+        return self.key.rsplit("/", 1)[-1].removesuffix(MANIFEST_SUFFIX)
+
+    @property
+    def forged(self) -> bool:
+        return isinstance(self.error, ManifestForged)
+
+
+def scan_manifests(ctx: DomainContext, store: ObjectStore, prefix: str, *,
+                   allow_legacy: bool = False) -> Iterator[Manifest | UntrustedManifest]:
+    """Every manifest a store holds under ``prefix`` (the stores are the catalogue), checked;
+    one that fails is yielded as an ``UntrustedManifest`` and never hides the others."""
     for key in store.list_keys(prefix):
-        if key.endswith(MANIFEST_SUFFIX):
-            manifest = read_manifest(store, key)
-            if manifest is not None:
-                yield manifest
+        if not key.endswith(MANIFEST_SUFFIX):
+            continue
+        try:
+            manifest = read_manifest(ctx, store, key, allow_legacy=allow_legacy)
+        except IntegrityError as exc:
+            yield UntrustedManifest(store=store.name, key=key, error=exc)
+            continue
+        if manifest is not None:
+            yield manifest
+
+
+def manifests_under(ctx: DomainContext, store: ObjectStore, prefix: str) -> Iterator[Manifest]:
+    """The manifests under ``prefix`` whose MAC checks out; the others are logged and left
+    out, so that no decision is ever taken on what they claim."""
+    for found in scan_manifests(ctx, store, prefix):
+        if isinstance(found, UntrustedManifest):
+            log.warning("%s", found.error)
+            continue
+        yield found
 
 
 def source_manifests(ctx: DomainContext, src: SourceConfig) -> dict[str, list[Manifest]]:
-    """Every manifest of a source in both stores, by backup id."""
+    """Every trusted manifest of a source in both stores, by backup id.
+
+    Retention decides by these only: a forged, malformed or version-1 manifest is left out
+    (and logged) rather than trusted or allowed to stop the others' expiry; the domain's
+    expiry sweep sets such manifests aside and ages their objects by the stores' timestamps.
+    """
     prefix = key_prefix(ctx.domain, src.data_class, src.name)
     found: dict[str, list[Manifest]] = {}
     for store in (ctx.s3, ctx.gcs):
-        for manifest in manifests_under(store, prefix):
+        for manifest in manifests_under(ctx, store, prefix):
             found.setdefault(manifest.backup_id, []).append(manifest)
     return found
 
 
 def expire(ctx: DomainContext, backup_id: str, owner: Ownership = UNOWNED) -> StepOutcome:
-    """Apply the source's retention policy in both clouds."""
+    """Expire the source's backups in both clouds, then record the step on this backup.
+
+    The same sweep as the domain's own expiry loop (``regionvault.expiry``, on beat), limited
+    to this source's prefixes: expiry never depends on this step, the step only hurries it."""
+    from regionvault.expiry import sweep_domain  # expiry reads manifests through this module
+
     ref, src = resolve(ctx, backup_id)
     now = ctx.clock()
-    found = source_manifests(ctx, src)
-    summaries = [
-        BackupSummary(backup_id=bid, source=src.name, created_at=copies[0].created_at,
-                      verified=any(m.verified for m in copies))
-        for bid, copies in found.items()
-    ]
-    policy = RetentionPolicy.for_data_class(src.data_class, ctx.config.retention)
-    decision = apply_policy(summaries, policy, now)
-    for bid in decision.remove:
-        old = BackupRef(backup_id=bid, domain=ref.domain, source=ref.source)
-        okey, mkey = keys_of(old, src)
-        for store in (ctx.s3, ctx.gcs):
-            store.abort_incomplete_uploads(okey)
-            # object first: a manifest without its object is still listed and removed next
-            # time; an object without its manifest would be invisible to the catalogue.
-            store.delete(okey)
-            store.delete(mkey)
-    detail = f"removed {len(decision.remove)}, kept {len(decision.keep)}"
-    if backup_id not in decision.remove:
-        _, mkey = keys_of(ref, src)
-        for store in (ctx.gcs, ctx.s3):
-            manifest = read_manifest(store, mkey)
-            if manifest is not None:
-                owner.confirm()
-                store.put_bytes(mkey, manifest.with_step(Step.EXPIRE, now, detail).to_json())
+    report = sweep_domain(ctx, now, source=ref.source)
+    # counted in the primary copy (the replica's counts say the same of the same backups);
+    # in the replica when the primary could not be listed
+    counted = report.stores["s3"] if report.stores["s3"].listed else report.stores["gcs"]
+    detail = f"removed {counted.removed_total}, kept {counted.kept}"
+    if not report.complete:  # a store that is down is the loop's to catch up on
+        detail += f" ({report.summary()})"
+    _, mkey = keys_of(ref, src)
+    for store in (ctx.gcs, ctx.s3):
+        manifest = read_manifest(ctx, store, mkey)
+        if manifest is not None:
+            owner.confirm()
+            write_manifest(ctx, store, mkey, manifest.with_step(Step.EXPIRE, now, detail))
     return StepOutcome(backup_id, Step.EXPIRE, detail)
 
 
@@ -469,7 +551,7 @@ def discard(ctx: DomainContext, backup_id: str) -> StepOutcome:
     ref, src = resolve(ctx, backup_id)
     okey, mkey = keys_of(ref, src)
     for store in (ctx.s3, ctx.gcs):
-        manifest = read_manifest(store, mkey)
+        manifest = read_manifest(ctx, store, mkey)
         if manifest is not None and manifest.verified:
             raise StepOrderError(
                 f"backup {backup_id} is already verified: it is not discarded (expiry removes "

@@ -33,6 +33,10 @@ from regionvault.errors import ConfigError, SecretError, UnknownSourceError
 #: GDPR ceiling from the source policy: backups holding personal data are gone within 29 days.
 PII_MAX_RETENTION_DAYS = 29
 
+#: the most that one expiry sweep interval plus the deletion allowance may take off the ceiling
+#: (see ``RetentionConfig.pii_cutoff``)
+PII_MAX_MARGIN_SECONDS = 24 * 3600
+
 SOURCE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
 #: environment variable -> what it overrides
@@ -196,8 +200,24 @@ class DomainConfig(_Frozen):
 
 
 class RetentionConfig(_Frozen):
+    """How long backups are kept, and the expiry loop that removes them (``regionvault.expiry``).
+
+    The ceiling holds by construction: the sweep removes a pii backup once it is older than
+    ``pii_cutoff()``, at most the 29-day ceiling less one sweep interval and the deletion
+    allowance. A backup just younger than the cutoff at one sweep is removed by the next one,
+    ``sweep_interval_seconds`` later, within ``deletion_allowance_seconds``: so no pii byte is
+    older than 29 x 24 h in either store at any moment, whatever ``pii_days`` says.
+    """
+
+    #: the retention *policy* for personal data; at most 29, and the sweep trims it to the
+    #: ceiling less the margin (29 means "as long as the ceiling allows")
     pii_days: int = Field(default=PII_MAX_RETENTION_DAYS, ge=1)
     metadata_days: int = Field(default=365, ge=1)
+    #: how often beat runs the expiry sweep of each domain
+    sweep_interval_seconds: int = Field(default=3600, ge=60)
+    #: how long a sweep may take from its beat time to its last deletion (waiting in the
+    #: domain's queue behind running steps included)
+    deletion_allowance_seconds: int = Field(default=3600, ge=0)
 
     @field_validator("pii_days")
     @classmethod
@@ -207,6 +227,30 @@ class RetentionConfig(_Frozen):
                 f"pii backups may be kept at most {PII_MAX_RETENTION_DAYS} days (GDPR), got {value}"
             )
         return value
+
+    @model_validator(mode="after")
+    def _margin_within_a_day(self) -> RetentionConfig:
+        # The cutoff is min(pii_days, 29 days - interval - allowance), so the ceiling holds
+        # for any margin; rejecting a margin above a day keeps pii_days honest (pii_days 29
+        # is then kept for at least 28 days) and the sweep frequent.
+        margin = self.sweep_interval_seconds + self.deletion_allowance_seconds
+        if margin > PII_MAX_MARGIN_SECONDS:
+            raise ValueError(
+                f"retention.sweep_interval_seconds ({self.sweep_interval_seconds}) plus "
+                f"retention.deletion_allowance_seconds ({self.deletion_allowance_seconds}) "
+                f"must be at most {PII_MAX_MARGIN_SECONDS} seconds: pii backups are removed "
+                f"once older than the {PII_MAX_RETENTION_DAYS}-day ceiling less both, and more "
+                f"would cut retention.pii_days ({self.pii_days}) by more than a day; sweep "
+                "more often"
+            )
+        return self
+
+    def pii_cutoff(self) -> timedelta:
+        """The age at which the expiry sweep removes a pii backup: ``pii_days``, but never
+        later than the ceiling less one sweep interval and the deletion allowance."""
+        margin = timedelta(seconds=self.sweep_interval_seconds + self.deletion_allowance_seconds)
+        return min(timedelta(days=self.pii_days),
+                   timedelta(days=PII_MAX_RETENTION_DAYS) - margin)
 
     def days_for(self, data_class: DataClass) -> int:
         return self.pii_days if data_class is DataClass.PII else self.metadata_days
@@ -275,6 +319,9 @@ class Config(_Frozen):
     version: Literal[1] = 1
     #: allows http:// endpoints and anonymous GCS access; never set in production
     development: bool = False
+    #: moves the workers' clock by this many seconds (tests of expiry); honoured only with
+    #: ``development: true``: a configuration that sets one without it is rejected
+    development_clock_offset_seconds: int = 0
     broker_url: str = "redis://127.0.0.1:6379/0"
     result_backend: str | None = None
     spool_dir: Path = Path("/var/lib/regionvault/spool")
@@ -292,6 +339,12 @@ class Config(_Frozen):
     def _checks(self) -> Config:
         for domain, dcfg in self.domains.items():
             _check_regions(domain, dcfg)
+        if not self.development and self.development_clock_offset_seconds:
+            raise ValueError(
+                f"development_clock_offset_seconds is {self.development_clock_offset_seconds}: "
+                "a moved clock moves expiry, so it is allowed only with 'development: true'; "
+                "remove it from this configuration"
+            )
         if not self.development:
             for field, url in (("s3.endpoint_url", self.s3.endpoint_url),
                                ("gcs.endpoint_url", self.gcs.endpoint_url)):

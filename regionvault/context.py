@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 
 from regionvault.config import Config, DomainConfig
@@ -27,6 +27,20 @@ def _rate(mib_per_second: float | None) -> int | None:
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def clock_for(config: Config) -> Clock:
+    """The clock of a worker under ``config``: UTC now, moved by
+    ``development_clock_offset_seconds`` only in a development configuration (a production
+    configuration with an offset never validates, and would not be honoured here either)."""
+    if not config.development or not config.development_clock_offset_seconds:
+        return utc_now
+    offset = timedelta(seconds=config.development_clock_offset_seconds)
+
+    def moved() -> datetime:
+        return utc_now() + offset
+
+    return moved
 
 
 # Residency is checked against the cloud once per process and bucket, before the first write.

@@ -3,6 +3,10 @@
 When the primary platform is gone, ``dr_restore(..., role="gcs")`` reads the catalogue and the
 backups from the GCS replicas only (it never calls S3), and restores the newest verified
 backup of each source into a database on a recovery server, several sources at a time.
+
+Manifests are read MAC-checked, as by every restore: a source whose newest backup has a forged
+manifest fails, naming it; a version-1 manifest is restored as unauthenticated legacy and said.
+DR writes no manifest.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ def _restore_source(ctx: DomainContext, role: str, source: str, server_dsn: str,
         say(f"{source}: restoring {backup_id} from {role} into {database}")
         result = restore(ctx, backup_id, database_dsn(server_dsn, database), from_store=role,
                          clean=clean)
+        if result.warning:
+            say(f"{source}: warning: {result.warning}")
         say(f"{source}: done in {result.seconds:.1f}s")
         return DrOutcome(source=source, database=database, ok=True, backup_id=backup_id,
                          age_seconds=(now - manifest.created_at).total_seconds(),

@@ -7,6 +7,11 @@ fresh scratch database on the domain's scratch server (from S3 and from GCS in t
 source's check query, measures the recovery time (RTO) and the data age (RPO), and drops the
 scratch database whatever happened. The report (versioned JSON) goes to both of the domain's
 buckets under ``drills/<domain>/``. A drill never connects to a source database.
+
+The manifests a drill relies on (the backup it picks, the row counts it compares) are read
+only after their MAC checks out: a forged manifest fails the drill, naming it, and is never
+skipped for an older backup in silence; a version-1 manifest (no MAC) is drilled as
+unauthenticated legacy, with a warning in the report.
 """
 
 from __future__ import annotations
@@ -66,6 +71,8 @@ class SourceDrill(BaseModel):
     scratch_database: str
     scratch_dropped: bool = False
     error: str | None = None
+    #: e.g. the backup's manifest is an unauthenticated version-1 one
+    warning: str | None = None
 
 
 class DrillReport(BaseModel):
@@ -164,6 +171,8 @@ def _drill_source(ctx: DomainContext, src: SourceConfig, server_dsn: str,
         fields["store"] = store  # the report names the store tried, even if it fails
         result = _restore_from(ctx, backup_id, target, store)
         found = row_counts(target)
+        if result.warning:
+            fields["warning"] = result.warning
         fields.update(store=result.store, fallback_reason=result.fallback_reason,
                       backup_created_at=manifest.created_at,
                       row_counts_expected=manifest.row_counts, row_counts_found=found)

@@ -62,6 +62,17 @@ class WrongKeyError(IntegrityError):
     """A key cannot open this data: another domain's key, or not the key it was made with."""
 
 
+class ManifestForged(IntegrityError):
+    """A manifest fails its MAC (or carries none, or names a key the domain does not hold, or
+    sits under another backup's key): it was changed outside regionvault, so none of its
+    fields (created_at, data_class, steps, row_counts, expires_at, ...) may be trusted."""
+
+
+class UnauthenticatedManifest(IntegrityError):
+    """A version-1 manifest, written before manifests carried a MAC. Restore (and the read-back
+    of stored bytes) may read it, with a warning; verify and retention never trust it."""
+
+
 class SourceError(RegionvaultError):
     """Dumping from or restoring into a source database failed, in a way that trying again
     will not fix (wrong password, missing database, bad SQL): the step fails at once."""

@@ -331,8 +331,9 @@ def _list(ctx: DomainContext) -> _Catalogue:
                 if not key.endswith(MANIFEST_SUFFIX):
                     continue
                 try:
-                    manifest = read_manifest(store, key)
-                except IntegrityError as exc:  # malformed, or its bytes fail the store's check
+                    # a version-1 manifest still names the checksums worth re-reading
+                    manifest = read_manifest(ctx, store, key, allow_legacy=True)
+                except IntegrityError as exc:  # malformed, forged, or fails the store's check
                     found.malformed.add((_backup_id_of(key), role))
                     found.skipped.append(f"{ctx.url(role, key)}: {exc}")
                     log.warning("integrity: skipped %s: %s", ctx.url(role, key), exc)
@@ -351,7 +352,7 @@ def _still_there(ctx: DomainContext, key: str, roles: Iterable[str]) -> bool:
     removed the backup while it was being sampled: not a mismatch)."""
     for role in roles:
         try:
-            if read_manifest(ctx.store(role), key) is not None:
+            if read_manifest(ctx, ctx.store(role), key, allow_legacy=True) is not None:
                 return True
         except IntegrityError:
             return True

@@ -305,7 +305,7 @@ class Reconciler:
     def _rebuild(self, obs: Observation, decision: Decision) -> None:
         ref, src = chain.resolve(self.ctx, obs.backup_id)
         _, mkey = chain.keys_of(ref, src)
-        manifest = chain.read_manifest(self.ctx.s3, mkey)
+        manifest = chain.read_manifest(self.ctx, self.ctx.s3, mkey)
         if manifest is None:
             return
         self.journal.rebuild(obs.backup_id, {s: r.at for s, r in manifest.steps.items()},

@@ -8,10 +8,17 @@ download -> (CRC32C, SHA-256) -> authenticate and decrypt chunk by chunk -> zstd
 - pg_restore runs in one transaction: a copy that fails its checks half-way leaves the target
   as it was, which is what lets ``auto`` fall back from S3 to GCS safely.
 - A target that already holds tables is refused unless ``clean`` is asked for.
+- The manifest's MAC is checked before anything else: a forged manifest is refused (``auto``
+  then tries the other store's copy). A version-1 manifest (no MAC, written before manifests
+  were authenticated) is restored as unauthenticated legacy, with a warning: the data key is
+  still bound to its domain and backup and the stream is still authenticated, so a tampered
+  legacy manifest can make a restore fail, never restore other bytes than the backup's own.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,21 +27,24 @@ from typing import BinaryIO
 
 import zstandard
 
-from regionvault.catalogue import list_backups, list_backups_in
+from regionvault.catalogue import listing, listing_in
 from regionvault.chain import READ_SIZE, keys_of, read_manifest, resolve, stream_context
 from regionvault.checksums import StreamDigest
 from regionvault.context import DomainContext
 from regionvault.errors import (
     ConfigError,
     IntegrityError,
+    ManifestForged,
     NotFound,
     StoreError,
     WrongKeyError,
 )
 from regionvault.keyring import WrappedKey
-from regionvault.manifest import Manifest
+from regionvault.manifest import Manifest, backup_started
 from regionvault.sources.postgres import restore_dump, user_relations
 from regionvault.streamformat import DecryptingReader
+
+log = logging.getLogger(__name__)
 
 STORES = ("s3", "gcs")
 
@@ -66,6 +76,8 @@ class RestoreResult:
     seconds: float
     #: why the first choice of store was not used (``auto`` only), else None
     fallback_reason: str | None = None
+    #: set when the manifest was an unauthenticated version-1 one
+    warning: str | None = None
 
 
 class _DigestingReader:
@@ -87,13 +99,24 @@ def _fail(ctx: DomainContext, backup_id: str, role: str, problem: str) -> Integr
 
 
 def load_manifest(ctx: DomainContext, backup_id: str, role: str) -> Manifest:
+    """The backup's manifest in ``role``, MAC checked (a version-1 one is accepted as legacy,
+    see ``legacy_warning``); ``ManifestForged`` for one that fails its MAC."""
     ref, src = resolve(ctx, backup_id)
     _, mkey = keys_of(ref, src)
     store = ctx.store(role)
-    manifest = read_manifest(store, mkey)
+    manifest = read_manifest(ctx, store, mkey, allow_legacy=True)
     if manifest is None:
         raise NotFound(f"backup {backup_id} has no manifest in bucket {store.bucket} ({role})")
     return manifest
+
+
+def legacy_warning(manifest: Manifest, role: str) -> str | None:
+    """The warning a restore of an unauthenticated version-1 manifest carries (else None)."""
+    if not manifest.legacy:
+        return None
+    return (f"the {role} manifest of backup {manifest.backup_id} is a version-1 manifest "
+            "without a MAC: it is used as unauthenticated legacy (the restored bytes are still "
+            "checked by their encryption and checksums); take a new backup of the source")
 
 
 def select_backup(ctx: DomainContext, source: str, at: datetime, *,
@@ -101,16 +124,34 @@ def select_backup(ctx: DomainContext, source: str, at: datetime, *,
     """The newest verified backup of ``source`` created at or before ``at``.
 
     ``role`` names the store whose catalogue is read; None reads S3, or GCS if S3 is down.
+    An authenticated manifest is preferred to a legacy (version 1) one, which can only be
+    older. A backup whose manifest cannot be trusted is never skipped in silence: if one
+    started after the chosen backup (by the time in its id), the choice is refused, naming it.
     """
-    manifests = (list_backups(ctx, source) if role is None
-                 else list_backups_in(ctx, role, source))
-    candidates = [m for m in manifests if m.verified and m.created_at <= at]
-    if not candidates:
+    found = listing(ctx, source) if role is None else listing_in(ctx, role, source)
+    candidates = [m for m in found.manifests if m.verified and m.created_at <= at]
+    authenticated = [m for m in candidates if not m.legacy]
+    pool = authenticated or candidates
+    chosen = pool[-1] if pool else None
+    floor = backup_started(chosen.backup_id) if chosen is not None else None
+    for untrusted in found.untrusted:
+        started = backup_started(untrusted.backup_id)
+        if started is None or started > at or (floor is not None and started <= floor):
+            continue
+        kind = ManifestForged if untrusted.forged else IntegrityError
+        raise kind(
+            f"the newest backup of source {source!r} at or before "
+            f"{at.isoformat(timespec='seconds')} may be {untrusted.backup_id}, and "
+            f"{untrusted.error}; to restore an older backup, name it by id "
+            f"(regionvault list --domain {ctx.domain.value} --source {source})")
+    if chosen is None:
         raise NotFound(
             f"source {source!r} of domain {ctx.domain.value!r} has no verified backup at or "
             f"before {at.isoformat(timespec='seconds')}"
         )
-    return candidates[-1]
+    if chosen.legacy:
+        log.warning("%s", legacy_warning(chosen, found.store))
+    return chosen
 
 
 def check_target(target_dsn: str, *, clean: bool) -> None:
@@ -139,9 +180,7 @@ def restore(ctx: DomainContext, backup_id: str, target_dsn: str, *, from_store: 
             raise  # the other copy is sealed with the same key: falling back cannot help
         reason = f"S3 was not used: {exc}"
     result = _restore_from(ctx, backup_id, target_dsn, "gcs", clean, progress)
-    return RestoreResult(backup_id=result.backup_id, store=result.store,
-                         bytes_read=result.bytes_read, plaintext_bytes=result.plaintext_bytes,
-                         seconds=result.seconds, fallback_reason=reason)
+    return dataclasses.replace(result, fallback_reason=reason)
 
 
 def _restore_from(ctx: DomainContext, backup_id: str, target_dsn: str, role: str, clean: bool,
@@ -149,6 +188,9 @@ def _restore_from(ctx: DomainContext, backup_id: str, target_dsn: str, role: str
     started = time.monotonic()
     store = ctx.store(role)
     manifest = load_manifest(ctx, backup_id, role)
+    warning = legacy_warning(manifest, role)
+    if warning:
+        log.warning("%s", warning)
     ref, src = resolve(ctx, backup_id)
     okey, _ = keys_of(ref, src)
 
@@ -202,8 +244,9 @@ def _restore_from(ctx: DomainContext, backup_id: str, target_dsn: str, role: str
         raw.close()
     report("done", cipher.size)
     return RestoreResult(backup_id=backup_id, store=role, bytes_read=cipher.size,
-                         plaintext_bytes=plain.size, seconds=time.monotonic() - started)
+                         plaintext_bytes=plain.size, seconds=time.monotonic() - started,
+                         warning=warning)
 
 
 __all__ = ["RestoreProgress", "RestoreResult",
-           "check_target", "load_manifest", "restore", "select_backup"]
+           "check_target", "legacy_warning", "load_manifest", "restore", "select_backup"]

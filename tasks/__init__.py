@@ -10,6 +10,7 @@ from tasks import (
     dump,
     encrypt,
     expire,
+    expire_domain,
     integrity,
     reconcile,
     replicate,
@@ -19,5 +20,5 @@ from tasks import (
 )
 from tasks.canvas import start_run
 
-__all__ = ["backup_domain", "discard", "drill", "dump", "encrypt", "expire", "integrity",
-           "reconcile", "replicate", "restore", "start_run", "upload", "verify"]
+__all__ = ["backup_domain", "discard", "drill", "dump", "encrypt", "expire", "expire_domain",
+           "integrity", "reconcile", "replicate", "restore", "start_run", "upload", "verify"]

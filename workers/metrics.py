@@ -14,6 +14,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -105,6 +106,24 @@ INTEGRITY_LAST_SAMPLE = Gauge(
     "regionvault_integrity_last_sample_timestamp_seconds",
     "Time (Unix seconds) of the last integrity sample of a domain that reached both stores",
     ["domain"], multiprocess_mode="max")
+EXPIRY_REMOVED = Counter(
+    "regionvault_expiry_removed",
+    "Backups the expiry sweep removed from a store, by the data class whose rule removed them",
+    ["domain", "store", "data_class"])
+EXPIRY_QUARANTINED = Counter(
+    "regionvault_expiry_quarantined",
+    "Copies the expiry sweep found quarantined (no manifest, or one it cannot trust), counted "
+    "at every sweep that finds them", ["domain", "store"])
+EXPIRY_LAST_SWEEP = Gauge(
+    "regionvault_expiry_last_sweep_timestamp_seconds",
+    "Time (Unix seconds) of the last expiry sweep that finished a store completely",
+    ["domain", "store"], multiprocess_mode="max")
+# The newest measurement wins, whichever pool process made it: the age falls when the oldest
+# backup goes, so "max" would keep a stale peak, and "liveall" a series per process.
+OLDEST_PII_AGE = Gauge(
+    "regionvault_oldest_pii_age_seconds",
+    "Age of the oldest pii (or quarantined) backup left in a store by the last expiry sweep",
+    ["domain", "store"], multiprocess_mode="mostrecent")
 WORKER_INFO = Gauge(
     "regionvault_worker_info", "1 while a worker of the domain runs (an exporter answers)",
     ["domain"], multiprocess_mode="liveall")
@@ -121,6 +140,8 @@ EXPORTED = {
     "regionvault_reconciler_last_run_timestamp_seconds",
     "regionvault_integrity_mismatches_total", "regionvault_integrity_bytes_read_total",
     "regionvault_integrity_last_sample_timestamp_seconds",
+    "regionvault_expiry_removed_total", "regionvault_expiry_quarantined_total",
+    "regionvault_expiry_last_sweep_timestamp_seconds", "regionvault_oldest_pii_age_seconds",
 }
 
 _started: dict[str, float] = {}
@@ -227,3 +248,28 @@ def record_integrity(report: Any) -> None:
         INTEGRITY_BYTES.labels(domain=report.domain, store=store).inc(count)
     if report.complete:  # a sample that missed a store is not a sample of the domain
         INTEGRITY_LAST_SAMPLE.labels(domain=report.domain).set(time.time())
+
+
+def record_expiry(report: Any) -> None:
+    """Count what one expiry sweep did (``regionvault.expiry.ExpiryReport``)."""
+    domain = report.domain
+    for store, sweep in report.stores.items():
+        for data_class in ("pii", "metadata"):  # every series exists from the first sweep on
+            EXPIRY_REMOVED.labels(domain=domain, store=store, data_class=data_class)
+        EXPIRY_QUARANTINED.labels(domain=domain, store=store)
+        for data_class, count in sweep.removed.items():
+            EXPIRY_REMOVED.labels(domain=domain, store=store, data_class=data_class).inc(count)
+        if sweep.quarantined:
+            EXPIRY_QUARANTINED.labels(domain=domain, store=store).inc(len(sweep.quarantined))
+        if sweep.listed:
+            age = sweep.oldest_pii_age.total_seconds() if sweep.oldest_pii_age else 0.0
+            OLDEST_PII_AGE.labels(domain=domain, store=store).set(age)
+        if sweep.complete:
+            EXPIRY_LAST_SWEEP.labels(domain=domain, store=store).set(report.at.timestamp())
+
+
+def record_last_sweeps(domain: str, last_sweeps: Mapping[str, datetime]) -> None:
+    """The last complete sweep of each store, from the sweep ledger: set at every sweep, so a
+    worker restarted while a store is down still shows how long ago it was last swept."""
+    for store, at in last_sweeps.items():
+        EXPIRY_LAST_SWEEP.labels(domain=domain, store=store).set(at.timestamp())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from regionvault.config import Config, load_config
-from regionvault.context import DomainContext
+from regionvault.context import DomainContext, clock_for
 from regionvault.domains import parse_domain
 from regionvault.lease import RedisLeaseStore
 
@@ -17,7 +17,8 @@ def worker_config() -> Config:
 
 @lru_cache(maxsize=4)
 def context_for(domain: str) -> DomainContext:
-    return DomainContext(worker_config(), parse_domain(domain))
+    config = worker_config()
+    return DomainContext(config, parse_domain(domain), clock=clock_for(config))
 
 
 def leases() -> RedisLeaseStore:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -12,6 +12,7 @@ from regionvault.cli.common import (
     app,
     config_from,
     context_for,
+    err,
     guarded,
     journal,
     operator,
@@ -22,6 +23,9 @@ from regionvault.context import DomainContext
 from regionvault.domains import parse_domain
 from regionvault.errors import BackupBusy, ConfigError
 from regionvault.manifest import BackupRef, Manifest, new_backup_id
+
+if TYPE_CHECKING:
+    from regionvault.chain import UntrustedManifest
 
 # --- backup ----------------------------------------------------------------------------------
 
@@ -126,9 +130,17 @@ def check(
 
 
 def _manifest_row(m: Manifest) -> list[str]:
-    return [m.backup_id, m.domain.value, m.source, m.data_class.value, m.state(),
+    state = f"{m.state()} (legacy, no MAC)" if m.legacy else m.state()
+    return [m.backup_id, m.domain.value, m.source, m.data_class.value, state,
             f"{m.ciphertext_size:,}", m.created_at.strftime("%Y-%m-%d %H:%M:%SZ"),
             m.expires_at.strftime("%Y-%m-%d")]
+
+
+def _untrusted_row(u: UntrustedManifest) -> list[str]:
+    """Only what the key itself says: nothing inside an untrusted manifest is shown."""
+    domain, data_class, source = ([*u.key.split("/"), "?", "?", "?"])[:3]
+    state = "[bold red]FORGED[/]" if u.forged else "[bold red]unreadable[/]"
+    return [u.backup_id, domain, source, data_class, state, "-", "-", "-"]
 
 
 @app.command("list")
@@ -137,10 +149,13 @@ def list_backups(
     source: Annotated[str | None, typer.Option("--source", "-s")] = None,
     config: ConfigOption = None,
 ) -> None:
-    """List backups by reading the manifests in the stores (S3, else GCS)."""
+    """List backups by reading the manifests in the stores (S3, else GCS).
+
+    A manifest that fails its MAC is listed as FORGED (one that cannot be parsed as
+    unreadable), with only what its key says, and named on stderr; the others still list."""
 
     def run() -> None:
-        from regionvault.catalogue import list_backups as catalogue
+        from regionvault.catalogue import listing
 
         cfg = config_from(config)
         domains = [parse_domain(domain)] if domain else list(cfg.domains)
@@ -148,27 +163,42 @@ def list_backups(
             raise ConfigError("--source needs --domain (source names are per domain)")
         table = Table("backup id", "domain", "source", "class", "state", "bytes", "created",
                       "expires")
+        problems: list[str] = []
         for d in domains:
             ctx = context_for(cfg, d)
-            for manifest in catalogue(ctx, source):
+            found = listing(ctx, source)
+            for manifest in found.manifests:
                 table.add_row(*_manifest_row(manifest))
+            for untrusted in found.untrusted:
+                table.add_row(*_untrusted_row(untrusted))
+                problems.append(str(untrusted.error))
         out.print(table)
+        for problem in problems:
+            err.print(f"[bold red]untrusted manifest:[/] {problem}", highlight=False,
+                      soft_wrap=True)
 
     guarded(run)
 
 
 @app.command()
 def show(backup_id: str, config: ConfigOption = None) -> None:
-    """Show a backup's manifest as each store holds it."""
+    """Show a backup's manifest as each store holds it (a forged copy: only why)."""
 
     def run() -> None:
-        from regionvault.catalogue import find_backup
+        from regionvault.catalogue import find_copies
+        from regionvault.chain import UntrustedManifest
 
         ref = BackupRef.parse(backup_id)
         ctx = context_for(config_from(config), ref.domain)
-        copies = find_backup(ctx, backup_id)
+        copies = find_copies(ctx, backup_id)
         for store, manifest in copies.items():
-            out.print(f"[bold]{store}[/]: {manifest.state()}")
+            if isinstance(manifest, UntrustedManifest):
+                label = "FORGED" if manifest.forged else "unreadable"
+                out.print(f"[bold]{store}[/]: [bold red]{label}[/]: {manifest.error}",
+                          highlight=False, soft_wrap=True)
+                continue
+            legacy = " (legacy version-1 manifest, no MAC)" if manifest.legacy else ""
+            out.print(f"[bold]{store}[/]: {manifest.state()}{legacy}")
             out.print_json(manifest.model_dump_json(exclude={"wrapped_data_key"}))
 
     guarded(run)

@@ -94,6 +94,8 @@ def restore(
         if result.fallback_reason:
             err.print(f"[yellow]fell back to GCS[/]: {result.fallback_reason}",
                       highlight=False, soft_wrap=True)
+        if result.warning:
+            err.print(f"[yellow]warning[/]: {result.warning}", highlight=False, soft_wrap=True)
         out.print(f"restored backup {chosen} from {result.store}: {result.bytes_read:,} bytes "
                   f"read, {result.plaintext_bytes:,} bytes of dump, {result.seconds:.1f}s")
 

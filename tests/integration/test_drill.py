@@ -1,5 +1,6 @@
 """Issue 3, drills: a passing drill reports RTO, RPO and row counts; a drill against a backup
-whose manifest disagrees with its data fails loudly; no scratch database is ever left."""
+whose manifest disagrees with its data fails loudly; a drill against a forged manifest fails
+naming it (issue 9); no scratch database is ever left."""
 
 from __future__ import annotations
 
@@ -51,6 +52,8 @@ def test_scheduled_drill_passes_with_rto_rpo_and_row_counts(stack: DevStack) -> 
 
 
 def test_drill_against_wrong_row_counts_fails_and_cleans_up(stack: DevStack) -> None:
+    """A manifest that regionvault itself signed, but whose row counts are wrong (a dump that
+    miscounted): the MAC holds, and the drill's own comparison is what fails."""
     from tasks.drill import restore_drill
 
     backup_id = run_chain(stack, Domain.AU, "catalog")
@@ -58,9 +61,12 @@ def test_drill_against_wrong_row_counts_fails_and_cleans_up(stack: DevStack) -> 
     _, src = chain.resolve(ctx, backup_id)
     mkey = chain.keys_of(BackupRef.parse(backup_id), src)[1]
     for store in (ctx.s3, ctx.gcs):  # the manifest now claims one row more than was dumped
-        data = json.loads(store.get_bytes(mkey))
-        data["row_counts"]["public.plans"] += 1
-        store.put_bytes(mkey, json.dumps(data).encode())
+        manifest = chain.read_manifest(ctx, store, mkey)
+        assert manifest is not None
+        counts = dict(manifest.row_counts)
+        counts["public.plans"] += 1
+        # signed with the domain key, as a legitimate (but wrong) manifest would be
+        chain.write_manifest(ctx, store, mkey, manifest.model_copy(update={"row_counts": counts}))
 
     result = restore_drill.apply_async(kwargs={"domain": "au", "source": "catalog"})
     with pytest.raises(DrillFailed, match="row counts differ"):
@@ -78,3 +84,30 @@ def test_drill_against_wrong_row_counts_fails_and_cleans_up(stack: DevStack) -> 
     assert cli.returncode != 0
     assert "row counts differ" in cli.stderr
     assert _scratch_databases(stack) == []
+
+
+def test_drill_against_a_forged_manifest_fails_naming_it(stack: DevStack) -> None:
+    """The same edit made by hand, without the domain key: the drill does not compare row
+    counts it cannot trust, and does not fall back to an older backup in silence."""
+    from tasks.drill import restore_drill
+
+    backup_id = run_chain(stack, Domain.AU, "catalog")
+    ctx = context(stack, Domain.AU)
+    _, src = chain.resolve(ctx, backup_id)
+    mkey = chain.keys_of(BackupRef.parse(backup_id), src)[1]
+    original = ctx.s3.get_bytes(mkey)
+    data = json.loads(original)
+    data["row_counts"]["public.plans"] += 1
+    ctx.s3.put_bytes(mkey, json.dumps(data).encode())
+    try:
+        result = restore_drill.apply_async(kwargs={"domain": "au", "source": "catalog"})
+        with pytest.raises(DrillFailed, match="fails its MAC"):
+            result.get(timeout=120)
+        report = list_reports(ctx, limit=1)[0]
+        [entry] = report.sources
+        assert not entry.passed and entry.scratch_dropped
+        assert backup_id in (entry.error or "") and mkey in (entry.error or "")
+        assert "s3 manifest s3://" in (entry.error or "")
+        assert _scratch_databases(stack) == []
+    finally:  # later tests drill this source again
+        ctx.s3.put_bytes(mkey, original)

@@ -44,8 +44,8 @@ def test_every_step_twice(stack: DevStack) -> None:
 
     _, src = chain.resolve(ctx, backup_id)
     mkey = chain.keys_of(BackupRef.parse(backup_id), src)[1]
-    s3_manifest = chain.read_manifest(ctx.s3, mkey)
-    gcs_manifest = chain.read_manifest(ctx.gcs, mkey)
+    s3_manifest = chain.read_manifest(ctx, ctx.s3, mkey)
+    gcs_manifest = chain.read_manifest(ctx, ctx.gcs, mkey)
     assert s3_manifest is not None and gcs_manifest is not None
     assert s3_manifest.verified and set(s3_manifest.steps) == set(STEPS)
     assert _stable(s3_manifest) == _stable(gcs_manifest)

@@ -55,7 +55,7 @@ def test_a_flipped_byte_in_gcs_is_found_by_the_next_sample_and_s3_still_restores
     ctx = context(stack, DOMAIN)
     _, src = chain.resolve(ctx, backup_id)
     okey, mkey = chain.keys_of(BackupRef.parse(backup_id), src)
-    manifest = chain.read_manifest(ctx.gcs, mkey)
+    manifest = chain.read_manifest(ctx, ctx.gcs, mkey)
     assert manifest is not None and manifest.verified
 
     # Rot one byte of the GCS copy. The emulator recomputes the CRC32C of what is uploaded;

@@ -1,5 +1,6 @@
 """Acceptance 3: a flipped byte, a truncated object or a wrong domain key is caught by deep
-verify and by restore, naming the backup and the store; the GCS copy still restores."""
+verify and by restore, naming the backup and the store; the GCS copy still restores. (Edited
+manifests: test_manifest_forgery.py.)"""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from regionvault.context import DomainContext
 from regionvault.devstack import sample
 from regionvault.devstack.stack import DevStack
 from regionvault.domains import Domain
-from regionvault.errors import IntegrityError, WrongKeyError
-from regionvault.keyring import LocalKeyring
+from regionvault.errors import IntegrityError, ManifestForged, WrongKeyError
+from regionvault.keyring import LocalKeyring, WrappedKey
 from regionvault.manifest import BackupRef
-from regionvault.restore import restore
+from regionvault.restore import load_manifest, restore
 from tests.integration.helpers import config_of, context, run_chain, s3_client
 
 pytestmark = pytest.mark.stack
@@ -74,7 +75,8 @@ def test_damage_that_keeps_the_store_checksum_is_caught_by_the_stream(
     ctx = context(stack, Domain.US)
     _, src = chain.resolve(ctx, backup_id)
     okey, _ = chain.keys_of(BackupRef.parse(backup_id), src)
-    manifest = chain.read_manifest(ctx.s3, chain.keys_of(BackupRef.parse(backup_id), src)[1])
+    manifest = chain.read_manifest(ctx, ctx.s3,
+                                   chain.keys_of(BackupRef.parse(backup_id), src)[1])
     assert manifest is not None
     s3 = s3_client(stack)
     bucket = config_of(stack).domain(Domain.US).s3_bucket
@@ -99,12 +101,21 @@ def _context_with_key_of(config: Config, domain: Domain, key_domain: Domain) -> 
 
 
 def test_wrong_domain_key_cannot_restore(stack: DevStack, target: str) -> None:
+    """Another domain's key configured under this domain's key id: the manifest's MAC is the
+    first thing that fails (issue 9), and past it the data key does not unwrap either."""
     config = config_of(stack)
     backup_id = run_chain(stack, Domain.AU, "catalog")
     wrong = _context_with_key_of(config, Domain.AU, Domain.EU)
-    with pytest.raises(WrongKeyError) as error:
+    with pytest.raises(ManifestForged) as error:
         restore(wrong, backup_id, target, from_store="gcs")
-    assert backup_id in str(error.value) and "from gcs" in str(error.value)
+    message = str(error.value)
+    assert backup_id in message and "gcs manifest gs://" in message
+    assert "is not the one that signed it" in message
+    manifest = load_manifest(context(stack, Domain.AU), backup_id, "gcs")  # the right keys
+    with pytest.raises(WrongKeyError) as unwrap_error:
+        wrong.keyring.unwrap(WrappedKey.decode(manifest.key_id, manifest.wrapped_data_key),
+                             chain.stream_context(BackupRef.parse(backup_id), "data-key"))
+    assert "cannot open this data key" in str(unwrap_error.value)
     assert stack.postgres is not None
     # nothing was restored
     tables = stack.postgres.execute("tamper_target",

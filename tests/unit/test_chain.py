@@ -32,7 +32,7 @@ from regionvault.errors import (
     UnknownSourceError,
 )
 from regionvault.keyring import LocalKeyring, WrappedKey
-from regionvault.manifest import BackupRef, Manifest, Step
+from regionvault.manifest import BackupRef, Manifest, Step, parse_manifest
 from regionvault.sources import DumpInfo
 from regionvault.stores.memory import MemoryStore
 from regionvault.streamformat import decrypt_chunks
@@ -140,7 +140,7 @@ def keys_of(backup_id: str, rig: Rig) -> tuple[str, str]:
 
 def stored_manifest(store: MemoryStore, backup_id: str, rig: Rig) -> Manifest:
     _, mkey = keys_of(backup_id, rig)
-    return Manifest.from_json(store.get_bytes(mkey), where=mkey)
+    return parse_manifest(rig.ctx, store.get_bytes(mkey), mkey, key=mkey)
 
 
 def restore_bytes(store: MemoryStore, backup_id: str, rig: Rig) -> bytes:

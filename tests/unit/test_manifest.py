@@ -1,29 +1,35 @@
-"""Backup ids, object keys and the manifest's JSON form."""
+"""Backup ids, object keys and the manifest's JSON form (its MAC: test_manifest_mac.py)."""
 
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
 from regionvault.config import DataClass
 from regionvault.domains import Domain
-from regionvault.errors import ConfigError, IntegrityError
+from regionvault.errors import ConfigError, IntegrityError, ManifestForged
+from regionvault.keyring import LocalKeyring
 from regionvault.manifest import (
     MANIFEST_VERSION,
     BackupRef,
     Manifest,
     Step,
+    backup_started,
     expiry_for,
     key_prefix,
     manifest_key,
     new_backup_id,
     object_key,
+    parse_manifest,
+    sign_manifest,
 )
 
 WHEN = datetime(2026, 11, 28, 2, 0, 5, tzinfo=UTC)
 BACKUP_ID = "eu.accounts.20261128T020005Z.1a2b3c4d"
+KEYS = LocalKeyring(Domain.EU, {"eu-2026": os.urandom(32)}, current="eu-2026")
 
 
 def test_new_backup_id_round_trips_through_parse() -> None:
@@ -90,13 +96,18 @@ def test_expiry_for() -> None:
     assert make_manifest().expires_at == datetime(2026, 12, 27, 2, 0, 5, tzinfo=UTC)
 
 
+def test_backup_started_reads_the_stamp_of_the_id() -> None:
+    assert backup_started(BACKUP_ID) == WHEN
+    assert backup_started("not an id") is None
+
+
 def test_manifest_json_round_trip() -> None:
-    manifest = make_manifest().with_step(Step.DUMP, WHEN).with_step(
-        Step.ENCRYPT, WHEN + timedelta(minutes=1), "700 bytes")
-    again = Manifest.from_json(manifest.to_json(), where="test")
+    manifest = sign_manifest(KEYS, make_manifest().with_step(Step.DUMP, WHEN).with_step(
+        Step.ENCRYPT, WHEN + timedelta(minutes=1), "700 bytes"))
+    again = parse_manifest(KEYS, manifest.to_json(), "test")
     assert again == manifest
     assert again.steps[Step.ENCRYPT].detail == "700 bytes"
-    assert json.loads(manifest.to_json())["version"] == MANIFEST_VERSION
+    assert json.loads(manifest.to_json())["version"] == MANIFEST_VERSION == 2
 
 
 def test_with_step_does_not_change_the_original() -> None:
@@ -106,12 +117,12 @@ def test_with_step_does_not_change_the_original() -> None:
     assert Step.DUMP in stepped.steps
 
 
-def test_from_json_rejects_another_version() -> None:
-    data = json.loads(make_manifest().to_json())
-    data["version"] = 2
-    with pytest.raises(IntegrityError, match="version 2") as info:
-        Manifest.from_json(json.dumps(data).encode(), where="s3:rv-eu-primary/x")
-    assert "s3:rv-eu-primary/x" in str(info.value)
+def test_parse_rejects_another_version() -> None:
+    data = json.loads(sign_manifest(KEYS, make_manifest()).to_json())
+    data["version"] = 3
+    with pytest.raises(IntegrityError, match="version 3") as info:
+        parse_manifest(KEYS, json.dumps(data).encode(), "s3 manifest s3://rv-eu-primary/x")
+    assert "s3 manifest s3://rv-eu-primary/x" in str(info.value)
 
 
 @pytest.mark.parametrize(
@@ -123,16 +134,28 @@ def test_from_json_rejects_another_version() -> None:
         pytest.param(b'{"version": 1}', id="missing-fields"),
     ],
 )
-def test_from_json_rejects_malformed(data: bytes) -> None:
-    with pytest.raises(IntegrityError, match="manifest where is malformed"):
-        Manifest.from_json(data, where="where")
+def test_parse_rejects_malformed(data: bytes) -> None:
+    with pytest.raises(IntegrityError, match="the where is malformed"):
+        parse_manifest(KEYS, data, "where", allow_legacy=True)
 
 
-def test_from_json_rejects_unknown_fields() -> None:
-    data = json.loads(make_manifest().to_json())
+def test_parse_rejects_unknown_fields() -> None:
+    data = json.loads(sign_manifest(KEYS, make_manifest()).to_json())
     data["plaintext"] = "oops"
-    with pytest.raises(IntegrityError, match="malformed"):
-        Manifest.from_json(json.dumps(data).encode(), where="x")
+    with pytest.raises(ManifestForged, match="fails its MAC"):  # the MAC covers every field
+        parse_manifest(KEYS, json.dumps(data).encode(), "x")
+    legacy = {k: v for k, v in data.items() if k != "mac"} | {"version": 1}
+    with pytest.raises(IntegrityError, match="malformed"):  # and a version-1 one is checked
+        parse_manifest(KEYS, json.dumps(legacy).encode(), "x", allow_legacy=True)
+
+
+def test_an_unsigned_manifest_has_no_stored_form() -> None:
+    signed = sign_manifest(KEYS, make_manifest())
+    assert signed.mac is not None
+    stepped = signed.with_step(Step.VERIFY, WHEN)
+    assert stepped.mac is None  # the old MAC does not cover the new step
+    with pytest.raises(ValueError, match="not signed"):
+        stepped.to_json()
 
 
 @pytest.mark.parametrize(

@@ -185,7 +185,7 @@ def test_a_verified_backup_missing_from_the_journal_is_written_back(world: World
     _, mkey = chain.keys_of(ref, world.config.source(Domain.EU, "accounts"))
     manifest = _manifest(bid).with_step(Step.DUMP, NOW).with_step(Step.ENCRYPT, NOW) \
         .with_step(Step.UPLOAD, NOW).with_step(Step.REPLICATE, NOW).with_step(Step.VERIFY, NOW)
-    world.s3.put_bytes(mkey, manifest.to_json())
+    chain.write_manifest(world.ctx, world.s3, mkey, manifest)
 
     world.tick()
     record = world.journal.get(bid)
