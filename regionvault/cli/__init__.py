@@ -11,10 +11,11 @@ import os
 import sys
 from pathlib import Path
 
-from regionvault.cli import backups, flower, operations, provision, restores, stack
+from regionvault.cli import backups, compliance, flower, operations, provision, restores, stack
 from regionvault.cli.common import app
 
-__all__ = ["app", "backups", "flower", "main", "operations", "provision", "restores", "stack"]
+__all__ = ["app", "backups", "compliance", "flower", "main", "operations", "provision", "restores",
+           "stack"]
 
 
 def main() -> None:
