@@ -6,8 +6,8 @@ missing or weaker in what a bucket holds; ``provision`` writes the rules (idempo
 bucket's other rules) and ``check_rules`` reports the difference. The wire formats of S3 and GCS
 live in ``regionvault.stores.lifecycle``.
 
-What the rules are, per bucket of domain D (``P`` = ``D/pii/``, ``N`` = ``retention.pii_days``,
-at most 29):
+What the rules are, per bucket of domain D (``P`` = ``D/pii/``, ``N`` = ``retention.pii_days``
+but at most 28, a day under the 29-day ceiling because the clouds act late, see below):
 
 - an unversioned bucket: objects under P are deleted N days after they were written;
 - a versioned (or, on S3, versioning-suspended) bucket: deleting an object there only makes it a
@@ -18,9 +18,9 @@ at most 29):
 - GCS only: soft delete is turned off, since it keeps deleted objects (7 days by default).
 
 The stores apply lifecycle rules late, not on the second: S3 rounds an expiry up to the next
-midnight UTC and both clouds delete asynchronously (within about a day). The rules are therefore
-the backstop, not the guarantee: regionvault's expiry sweep deletes on time; the rules delete
-even when the sweep cannot run at all.
+midnight UTC and both clouds delete asynchronously (within about a day), which is why N stays a
+day under the ceiling. The rules are therefore the backstop, not the guarantee: regionvault's
+expiry sweep deletes on time; the rules delete even when the sweep cannot run at all.
 
 Refused (``BucketRefused``, exit code 3), because no rule provision can write would keep the
 ceiling:
@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from regionvault.config import Config, DataClass
+from regionvault.config import PII_MAX_RETENTION_DAYS, Config, DataClass
 from regionvault.domains import Domain
 from regionvault.errors import PermanentStoreError, RegionvaultError
 from regionvault.stores.lifecycle import (
@@ -104,7 +104,8 @@ class BucketRules:
     store: str
     bucket: str
     domain: Domain
-    #: personal data is gone this many days after it was written (``retention.pii_days``)
+    #: the days the rules give personal data after it was written: ``retention.pii_days``, but at
+    #: most a day under the 29-day ceiling (the clouds act up to a day late)
     ceiling_days: int
     versioned: bool
     rules: tuple[Rule, ...]
@@ -159,10 +160,13 @@ def required_rules(domain: Domain, config: Config, store: str, *,
     """
     bucket = _bucket_of(config, domain, store)
     prefix = pii_prefix(domain)
-    days = config.retention.pii_days  # at most 29: the configuration refuses more
+    # The clouds act late: S3 rounds an expiration up to the next midnight UTC and GCS may
+    # act up to a day after the age is reached. A rule of 29 days could therefore let a pii
+    # object live almost 30; at most 28 keeps the backstop itself under the 29-day ceiling.
+    days = min(config.retention.pii_days, PII_MAX_RETENTION_DAYS - 1)
     if versioned:
         # A version's life is its life as the current version plus its life as a noncurrent
-        # one, so the two rules split the days: (N - 1) + 1 = N <= 29. A version that the
+        # one, so the two rules split the days: (N - 1) + 1 = N <= 28. A version that the
         # sweep deletes early becomes noncurrent then and is gone a day later.
         if days <= NONCURRENT_DAYS:
             raise BucketRefused(
@@ -319,10 +323,10 @@ def provision_bucket(lifecycle: BucketLifecycle, domain: Domain,
     Raises ``BucketRefused`` (writing nothing) when no rules can keep the ceiling there, and
     ``StoreError`` when the rules read back after writing still fall short."""
     state = lifecycle.read()
-    reason = refusal(config.retention.pii_days, state)
+    required = required_rules(domain, config, lifecycle.store, versioned=state.versioned)
+    reason = refusal(required.ceiling_days, state)  # the same days check() judges by
     if reason is not None:
         raise BucketRefused(reason)
-    required = required_rules(domain, config, lifecycle.store, versioned=state.versioned)
     changed = lifecycle.apply(required.rules)
     # Verify before trusting: a store that silently dropped or changed a rule is an error.
     left = compare(required, lifecycle.read())

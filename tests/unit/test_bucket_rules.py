@@ -49,24 +49,30 @@ def config(pii_days: int = 29) -> Config:
 # --- required_rules --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("store", "versioned", "pii_days", "expected"), [
-    ("s3", False, 29, [(RULE_PII, RuleKind.EXPIRE, "eu/pii/", 29),
-                       (RULE_ABORT_UPLOADS, RuleKind.ABORT_UPLOADS, "", 1)]),
-    ("s3", False, 7, [(RULE_PII, RuleKind.EXPIRE, "eu/pii/", 7),
-                      (RULE_ABORT_UPLOADS, RuleKind.ABORT_UPLOADS, "", 1)]),
-    ("s3", True, 29, [(RULE_PII, RuleKind.EXPIRE, "eu/pii/", 28),
-                      (RULE_PII_NONCURRENT, RuleKind.EXPIRE_NONCURRENT, "eu/pii/", 1),
-                      (RULE_ABORT_UPLOADS, RuleKind.ABORT_UPLOADS, "", 1)]),
-    ("gcs", False, 29, [(RULE_PII, RuleKind.EXPIRE, "eu/pii/", 29)]),
-    ("gcs", True, 2, [(RULE_PII, RuleKind.EXPIRE, "eu/pii/", 1),
-                      (RULE_PII_NONCURRENT, RuleKind.EXPIRE_NONCURRENT, "eu/pii/", 1)]),
+# The backstop stays a day under the 29-day ceiling (the clouds act up to a day late), so
+# pii_days 29 gives 28 days of rules; a shorter pii_days is taken as it is.
+@pytest.mark.parametrize(("store", "versioned", "pii_days", "days", "expected"), [
+    ("s3", False, 29, 28, [(RULE_PII, RuleKind.EXPIRE, "eu/pii/", 28),
+                           (RULE_ABORT_UPLOADS, RuleKind.ABORT_UPLOADS, "", 1)]),
+    ("s3", False, 28, 28, [(RULE_PII, RuleKind.EXPIRE, "eu/pii/", 28),
+                           (RULE_ABORT_UPLOADS, RuleKind.ABORT_UPLOADS, "", 1)]),
+    ("s3", False, 7, 7, [(RULE_PII, RuleKind.EXPIRE, "eu/pii/", 7),
+                         (RULE_ABORT_UPLOADS, RuleKind.ABORT_UPLOADS, "", 1)]),
+    ("s3", True, 29, 28, [(RULE_PII, RuleKind.EXPIRE, "eu/pii/", 27),
+                          (RULE_PII_NONCURRENT, RuleKind.EXPIRE_NONCURRENT, "eu/pii/", 1),
+                          (RULE_ABORT_UPLOADS, RuleKind.ABORT_UPLOADS, "", 1)]),
+    ("gcs", False, 29, 28, [(RULE_PII, RuleKind.EXPIRE, "eu/pii/", 28)]),
+    ("gcs", True, 29, 28, [(RULE_PII, RuleKind.EXPIRE, "eu/pii/", 27),
+                           (RULE_PII_NONCURRENT, RuleKind.EXPIRE_NONCURRENT, "eu/pii/", 1)]),
+    ("gcs", True, 2, 2, [(RULE_PII, RuleKind.EXPIRE, "eu/pii/", 1),
+                         (RULE_PII_NONCURRENT, RuleKind.EXPIRE_NONCURRENT, "eu/pii/", 1)]),
 ])
-def test_required_rules(store: str, versioned: bool, pii_days: int,
+def test_required_rules(store: str, versioned: bool, pii_days: int, days: int,
                         expected: list[tuple[str, RuleKind, str, int]]) -> None:
     required = required_rules(EU, config(pii_days), store, versioned=versioned)
     assert [(r.id, r.kind, r.prefix, r.days) for r in required.rules] == expected
     assert required.bucket == ("rv-eu-primary" if store == "s3" else "rv-eu-replica")
-    assert required.ceiling_days == pii_days
+    assert required.ceiling_days == days
 
 
 @pytest.mark.parametrize("pii_days", range(2, PII_MAX_RETENTION_DAYS + 1))
@@ -78,7 +84,8 @@ def test_a_versioned_bucket_keeps_a_version_no_longer_than_the_ceiling(
     noncurrent = required.rule(RuleKind.EXPIRE_NONCURRENT)
     assert current is not None and noncurrent is not None
     assert current.days >= 1 and noncurrent.days >= 1
-    assert current.days + noncurrent.days <= pii_days <= PII_MAX_RETENTION_DAYS
+    assert current.days + noncurrent.days == required.ceiling_days
+    assert required.ceiling_days == min(pii_days, PII_MAX_RETENTION_DAYS - 1)
 
 
 def test_a_versioned_bucket_with_one_day_of_retention_is_refused() -> None:
@@ -113,42 +120,52 @@ S3_CASES: dict[str, tuple[list[dict[str, Any]], bool, set[tuple[str, Problem]], 
     "as provisioned": (OURS_S3, False, set(), ""),
     "none at all": ([], False, {(RULE_PII, Problem.MISSING),
                                 (RULE_ABORT_UPLOADS, Problem.MISSING)}, "no rule of the bucket"),
+    # their own ids are fine, but 29 days is now a day more than the policy allows
     "the old dev-stack rules": ([
         {"ID": "pii-29-days", "Status": "Enabled", "Filter": {"Prefix": "eu/pii/"},
          "Expiration": {"Days": 29}},
         {"ID": "abort-incomplete-uploads", "Status": "Enabled", "Filter": {"Prefix": ""},
+         "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}}], False,
+        {(RULE_PII, Problem.WEAKER)},
+        "rule 'pii-29-days' acts after 29 days, the policy allows 28 days"),
+    "the old dev-stack rules, 28 days": ([
+        {"ID": "pii-28-days", "Status": "Enabled", "Filter": {"Prefix": "eu/pii/"},
+         "Expiration": {"Days": 28}},
+        {"ID": "abort-incomplete-uploads", "Status": "Enabled", "Filter": {"Prefix": ""},
          "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}}], False, set(), ""),
     "stricter and broader": ([pii(20, "eu/", "mine"), ABORT], False, set(), ""),
     "legacy top-level prefix": ([{"ID": "old", "Status": "Enabled", "Prefix": "eu/pii/",
-                                  "Expiration": {"Days": 29}}, ABORT], False, set(), ""),
+                                  "Expiration": {"Days": 28}}, ABORT], False, set(), ""),
     "40 days": ([pii(40), ABORT], False, {(RULE_PII, Problem.WEAKER)},
-                "rule 'regionvault-pii-ceiling' acts after 40 days, the policy allows 29"),
-    "disabled": ([{**pii(29), "Status": "Disabled"}, ABORT], False,
+                "rule 'regionvault-pii-ceiling' acts after 40 days, the policy allows 28 days"),
+    "disabled": ([{**pii(28), "Status": "Disabled"}, ABORT], False,
                  {(RULE_PII, Problem.MISSING)}, "rule 'regionvault-pii-ceiling' is disabled"),
-    "wrong prefix": ([pii(29, "eu/pi/"), ABORT], False, {(RULE_PII, Problem.MISSING)},
+    "wrong prefix": ([pii(28, "eu/pi/"), ABORT], False, {(RULE_PII, Problem.MISSING)},
                      "applies to 'eu/pi/', not to all of 'eu/pii/'"),
-    "another domain's prefix": ([pii(29, "us/pii/"), ABORT], False,
+    "another domain's prefix": ([pii(28, "us/pii/"), ABORT], False,
                                 {(RULE_PII, Problem.MISSING)}, "applies to 'us/pii/'"),
-    "narrower prefix": ([pii(29, "eu/pii/accounts/"), ABORT], False,
+    "narrower prefix": ([pii(28, "eu/pii/accounts/"), ABORT], False,
                         {(RULE_PII, Problem.MISSING)}, "not to all of 'eu/pii/'"),
     "only tagged objects": ([{"ID": RULE_PII, "Status": "Enabled", "Filter": {"And": {
         "Prefix": "eu/pii/", "Tags": [{"Key": "k", "Value": "v"}]}},
-        "Expiration": {"Days": 29}}, ABORT], False, {(RULE_PII, Problem.MISSING)},
+        "Expiration": {"Days": 28}}, ABORT], False, {(RULE_PII, Problem.MISSING)},
         "applies only under further conditions (And)"),
     "expiry on a date": ([{"ID": RULE_PII, "Status": "Enabled", "Filter": {"Prefix": "eu/pii/"},
                            "Expiration": {"Date": "2030-01-01T00:00:00Z"}}, ABORT], False,
                          {(RULE_PII, Problem.MISSING)}, "missing"),
-    "uploads kept a week": ([pii(29), {**ABORT, "AbortIncompleteMultipartUpload": {
+    "uploads kept a week": ([pii(28), {**ABORT, "AbortIncompleteMultipartUpload": {
         "DaysAfterInitiation": 7}}], False, {(RULE_ABORT_UPLOADS, Problem.WEAKER)},
         "acts after 7 days, the policy allows 1 day"),
     "versioned, as provisioned": (OURS_S3_VERSIONED, True, set(), ""),
     "versioned, no noncurrent expiry": (OURS_S3, True, {(RULE_PII_NONCURRENT, Problem.MISSING)},
                                         "the bucket is versioned"),
-    "versioned, 29 + 1 days": ([pii(29), noncurrent(1), ABORT], True, {(RULE_PII, Problem.WEAKER)},
-                               "keep a version under 'eu/pii/' up to 30 days, the policy allows "
-                               "29"),
+    # what provision wrote on a versioned bucket before the backstop moved a day under the
+    # ceiling: 28 + 1 is a day too many now
+    "versioned, 28 + 1 days": ([pii(28), noncurrent(1), ABORT], True, {(RULE_PII, Problem.WEAKER)},
+                               "keep a version under 'eu/pii/' up to 29 days, the policy allows "
+                               "28 days"),
     "versioned, 20 + 5 days": ([pii(20), noncurrent(5), ABORT], True, set(), ""),
-    "versioned, newest versions kept": ([pii(28), noncurrent(1, NewerNoncurrentVersions=3),
+    "versioned, newest versions kept": ([pii(27), noncurrent(1, NewerNoncurrentVersions=3),
                                          ABORT], True, {(RULE_PII_NONCURRENT, Problem.MISSING)},
                                         "NewerNoncurrentVersions"),
     "versioned, 40 days and no noncurrent": ([pii(40), ABORT], True, {
@@ -187,7 +204,7 @@ def delete(**condition: Any) -> dict[str, Any]:
     return {"action": {"type": "Delete"}, "condition": condition}
 
 
-GCS_OURS = delete(age=29, matchesPrefix=["eu/pii/"])
+GCS_OURS = delete(age=28, matchesPrefix=["eu/pii/"])
 GCS_NONCURRENT = delete(isLive=False, daysSinceNoncurrentTime=1, matchesPrefix=["eu/pii/"])
 
 GCS_CASES: dict[str, tuple[list[dict[str, Any]], bool, int, int,
@@ -199,10 +216,11 @@ GCS_CASES: dict[str, tuple[list[dict[str, Any]], bool, int, int,
                 {(RULE_PII, Problem.WEAKER)}),
     "several prefixes": ([delete(age=10, matchesPrefix=["tmp/", "eu/pii/"])], False, 0, 0,
                          set()),
-    "whole bucket": ([delete(age=29)], False, 0, 0, set()),
-    "suffix too": ([delete(age=29, matchesPrefix=["eu/pii/"], matchesSuffix=[".rvb"])], False,
+    "whole bucket": ([delete(age=28)], False, 0, 0, set()),
+    "whole bucket, 29 days": ([delete(age=29)], False, 0, 0, {(RULE_PII, Problem.WEAKER)}),
+    "suffix too": ([delete(age=28, matchesPrefix=["eu/pii/"], matchesSuffix=[".rvb"])], False,
                    0, 0, {(RULE_PII, Problem.MISSING)}),
-    "noncurrent only": ([delete(age=29, isLive=False, matchesPrefix=["eu/pii/"])], False, 0, 0,
+    "noncurrent only": ([delete(age=28, isLive=False, matchesPrefix=["eu/pii/"])], False, 0, 0,
                         {(RULE_PII, Problem.MISSING)}),
     "storage class rule only": ([{"action": {"type": "SetStorageClass",
                                              "storageClass": "NEARLINE"},
@@ -212,11 +230,11 @@ GCS_CASES: dict[str, tuple[list[dict[str, Any]], bool, int, int,
     "retention policy": ([GCS_OURS], False, 0, 90 * DAY,
                          {("retentionPolicy", Problem.UNSUPPORTED)}),
     "short retention policy": ([GCS_OURS], False, 0, 1 * DAY, set()),
-    "versioned, as provisioned": ([delete(age=28, matchesPrefix=["eu/pii/"]), GCS_NONCURRENT],
+    "versioned, as provisioned": ([delete(age=27, matchesPrefix=["eu/pii/"]), GCS_NONCURRENT],
                                   True, 0, 0, set()),
     "versioned, no noncurrent expiry": ([GCS_OURS], True, 0, 0,
                                         {(RULE_PII_NONCURRENT, Problem.MISSING)}),
-    "versioned, 29 + 1": ([GCS_OURS, GCS_NONCURRENT], True, 0, 0, {(RULE_PII, Problem.WEAKER)}),
+    "versioned, 28 + 1": ([GCS_OURS, GCS_NONCURRENT], True, 0, 0, {(RULE_PII, Problem.WEAKER)}),
 }
 
 
@@ -236,7 +254,7 @@ def test_a_weaker_gcs_rule_is_named() -> None:
     (finding,) = compare(required_rules(EU, config(), "gcs"), state)
     assert finding.message == (
         "gs://b: lifecycle rule 'regionvault-pii-ceiling' is weaker than the policy: Delete "
-        "rule #1 (age 40, matchesPrefix ['eu/pii/']) acts after 40 days, the policy allows 29 "
+        "rule #1 (age 40, matchesPrefix ['eu/pii/']) acts after 40 days, the policy allows 28 "
         "days; run `regionvault provision --domain eu`")
 
 
@@ -246,6 +264,38 @@ def test_a_gcs_retention_policy_longer_than_the_ceiling_is_refused() -> None:
         "gs://b has a retention policy of 30 days, so personal data cannot be deleted within "
         "29 days; remove the retention policy or use another bucket")
     assert refusal(30, state) is None
+
+
+# --- a day under the ceiling ---------------------------------------------------------------
+
+
+# pii_days -> the days of the rule; a bucket still holding a rule one day longer (with
+# pii_days 29: the 29-day rule provision wrote before the backstop moved a day under the
+# ceiling) is weaker than the policy, named with the bucket, its rule and both numbers.
+@pytest.mark.parametrize(("pii_days", "days"), [
+    pytest.param(29, 28, id="29 days -> a 28-day rule"),
+    pytest.param(10, 10, id="10 days -> a 10-day rule"),
+])
+@pytest.mark.parametrize("store", ["s3", "gcs"])
+def test_the_backstop_is_a_day_under_the_ceiling(store: str, pii_days: int, days: int) -> None:
+    required = required_rules(EU, config(pii_days), store)
+    assert required.rule(RuleKind.EXPIRE) == Rule(RULE_PII, RuleKind.EXPIRE, "eu/pii/", days)
+    assert required.ceiling_days == days
+    name = required.bucket
+    if store == "s3":
+        url, label = f"s3://{name}", "rule 'regionvault-pii-ceiling'"
+        exact, longer = (parse_s3_rules([pii(n), ABORT]) for n in (days, days + 1))
+    else:
+        url, label = f"gs://{name}", f"Delete rule #1 (age {days + 1}, matchesPrefix ['eu/pii/'])"
+        exact, longer = (parse_gcs_rules([delete(age=n, matchesPrefix=["eu/pii/"])])
+                         for n in (days, days + 1))
+    assert compare(required, BucketState(store, name, False, exact)) == []
+    (finding,) = compare(required, BucketState(store, name, False, longer))
+    assert (finding.rule, finding.problem) == (RULE_PII, Problem.WEAKER)
+    assert finding.message == (
+        f"{url}: lifecycle rule 'regionvault-pii-ceiling' is weaker than the policy: "
+        f"{label} acts after {days + 1} days, the policy allows {days} days; "
+        "run `regionvault provision --domain eu`")
 
 
 # --- merging ---------------------------------------------------------------------------------

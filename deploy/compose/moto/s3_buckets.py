@@ -4,7 +4,7 @@ RV_S3_BUCKETS lists them as ``<domain>:<bucket>:<region>`` separated by spaces; 
 sets it from the same names and regions as deploy/compose/regionvault.yaml (a test compares
 them). Each bucket is created in its domain's region, which regionvault asks S3 for before it
 writes, and gets the lifecycle rules the embedded stack gives its buckets: personal-data
-backups expire after 29 days (a backstop behind regionvault's own expiry) and abandoned
+backups expire after 28 days (a backstop behind regionvault's own expiry) and abandoned
 multipart uploads after a day.
 """
 
@@ -60,8 +60,10 @@ def create() -> int:
         client(region).put_bucket_lifecycle_configuration(
             Bucket=bucket,
             LifecycleConfiguration={"Rules": [
-                {"ID": "pii-29-days", "Status": "Enabled",
-                 "Filter": {"Prefix": f"{domain}/pii/"}, "Expiration": {"Days": 29}},
+                # as `regionvault provision` writes it: 28 days, since S3 rounds an
+                # expiration up to the next midnight and 29 could reach almost 30
+                {"ID": "regionvault-pii-ceiling", "Status": "Enabled",
+                 "Filter": {"Prefix": f"{domain}/pii/"}, "Expiration": {"Days": 28}},
                 {"ID": "abort-incomplete-uploads", "Status": "Enabled", "Filter": {"Prefix": ""},
                  "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}},
             ]})
