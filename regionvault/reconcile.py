@@ -222,9 +222,25 @@ class Reconciler:
                 report.errors.append(f"{backup_id}: {exc}")
                 log.warning("reconcile of %s: %s", backup_id, exc)
         self._complete_fan_outs(now, report)
-        self._sweep_stores(live, report)
+        if self._store_sweep_due():
+            self._sweep_stores(live, report)
         self._save(report)
         return report
+
+    def _store_sweep_due(self) -> bool:
+        """Listing whole buckets every minute would cost more than it finds: leftovers are
+        removed only once older than ``orphan_after_seconds`` anyway, so the stores are swept
+        a few times within that period, not on every tick."""
+        key = _REPORT_KEY.format(self.ctx.domain.value)
+        every = self.cfg.orphan_after_seconds / 6
+        try:
+            last = self.journal.client.hget(key, "stores_swept_at")
+            if last and self._clock() - float(last) < every:
+                return False
+            self.journal.client.hset(key, "stores_swept_at", self._clock())
+        except redis.RedisError:
+            pass  # cannot tell: sweeping once too often does no harm
+        return True
 
     def _complete_fan_outs(self, now: datetime, report: Report) -> None:
         """Scheduled fan-outs that began but never finished are sent again."""
