@@ -44,14 +44,8 @@ def build_beat_schedule(config: Config) -> dict[str, dict[str, Any]]:
             "kwargs": {"domain": domain.value},
             "options": {"queue": queue_name(domain)},
         }
-        if not dcfg.sources:
-            continue
-        schedule[f"backup-{domain.value}"] = {
-            "task": "regionvault.backup_domain",
-            "schedule": cron(dcfg.schedule),
-            "kwargs": {"domain": domain.value},
-            "options": {"queue": queue_name(domain)},
-        }
+        # The reconciler too: a domain whose sources were all removed may still hold their
+        # spool directories and open uploads.
         schedule[f"reconcile-{domain.value}"] = {
             "task": "regionvault.reconcile",
             "schedule": config.reconcile.interval_seconds,
@@ -59,6 +53,14 @@ def build_beat_schedule(config: Config) -> dict[str, dict[str, Any]]:
             # a tick that waited longer than a tick is worth nothing: the next one is coming
             "options": {"queue": queue_name(domain),
                         "expires": config.reconcile.interval_seconds},
+        }
+        if not dcfg.sources:
+            continue
+        schedule[f"backup-{domain.value}"] = {
+            "task": "regionvault.backup_domain",
+            "schedule": cron(dcfg.schedule),
+            "kwargs": {"domain": domain.value},
+            "options": {"queue": queue_name(domain)},
         }
         if dcfg.drill.scratch_dsn is not None:
             schedule[f"restore-drill-{domain.value}"] = {
