@@ -43,7 +43,6 @@ import pytest
 from regionvault import chain
 from regionvault.config import Config, DataClass, SourceConfig, parse_config
 from regionvault.context import DomainContext
-from regionvault.devstack.services import start_redis
 from regionvault.domains import Domain
 from regionvault.errors import SourceError, StoreError, TransientStoreError
 from regionvault.expiry import sweep_domain
@@ -299,15 +298,6 @@ class World:
 def _stem_spoiled(key: str, spoiled: set[str]) -> bool:
     stem = key.rsplit(".rvb", 1)[0].rsplit(".manifest.json", 1)[0]
     return any(s.startswith(stem) for s in spoiled)
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = start_redis(Path(tmp_path_factory.mktemp("redis")))
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 @dataclass

@@ -9,7 +9,6 @@ disagree, and move time forward by weeks.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -21,7 +20,6 @@ from regionvault import chain, expiry
 from regionvault import context as context_module
 from regionvault.config import Config, SourceConfig, parse_config
 from regionvault.context import DomainContext
-from regionvault.devstack.services import start_redis
 from regionvault.domains import Domain
 from regionvault.errors import PermanentStoreError, TransientStoreError
 from regionvault.expiry import (
@@ -465,15 +463,6 @@ def test_a_manifest_without_its_object_is_removed_with_its_backup(rig: Rig) -> N
 
 
 # --- the ledger ----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = start_redis(Path(tmp_path_factory.mktemp("redis")))
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 @pytest.fixture(params=["memory", "redis"])

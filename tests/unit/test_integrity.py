@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,7 +15,6 @@ from regionvault import chain, integrity
 from regionvault import context as context_module
 from regionvault.config import SourceConfig, parse_config
 from regionvault.context import DomainContext
-from regionvault.devstack.services import start_redis
 from regionvault.domains import Domain
 from regionvault.errors import ConfigError, TransientStoreError
 from regionvault.integrity import (
@@ -229,15 +227,6 @@ def test_without_missed_runs_the_period_is_never_exceeded() -> None:
 
 
 # --- the ledger --------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = start_redis(Path(tmp_path_factory.mktemp("redis")))
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 @pytest.fixture(params=["memory", "redis"])

@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
-from regionvault.devstack.services import start_redis
 from regionvault.journal import BackupState, Journal, StepState
 from regionvault.manifest import STEPS, Step
 
 T0 = datetime(2026, 11, 28, 2, tzinfo=UTC)
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = start_redis(Path(tmp_path_factory.mktemp("redis")))
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ swept, young ones and live ones are not, and a fan-out that never finished is se
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,7 +17,6 @@ import pytest
 from regionvault import chain
 from regionvault.config import parse_config
 from regionvault.context import DomainContext
-from regionvault.devstack.services import start_redis
 from regionvault.domains import Domain
 from regionvault.errors import TransientStoreError
 from regionvault.journal import BackupState, Journal, StepState
@@ -39,15 +37,6 @@ class S3Role(MemoryStore):
 
 class GCSRole(MemoryStore):
     name = "gcs"
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = start_redis(Path(tmp_path_factory.mktemp("redis")))
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 class World:
