@@ -49,6 +49,15 @@ def _failed(sender: Any, task_id: str, exception: BaseException,
     if getattr(exception, "_rv_journaled", False):
         return  # the step recorded its own failure, with the step to run again
     try:
+        record = journal().get(str(backup_id))
+        mine = record.steps[step] if record is not None else None
+        if mine is not None and mine.state is StepState.DONE and mine.task_id == task_id:
+            # The step recorded itself done; what failed came after its body (storing the
+            # result, the broker gone at the boundary). A finished step is not a failed one:
+            # the reconciler sends the next step if the hand-over was lost.
+            log.warning("step %s of backup %s is done; a failure after it is not recorded as "
+                        "the step's: %s", step.value, backup_id, exception)
+            return
         if isinstance(exception, WorkerLostError):
             # reject_on_worker_lost: the broker hands the message out again, and its lease
             # (whose owner is dead) is broken by the next copy or expires

@@ -147,3 +147,33 @@ def test_a_cancelled_backup_is_not_retried(journal: Journal) -> None:
 def _url_of(journal: Journal) -> str:
     kwargs = journal.client.connection_pool.connection_kwargs
     return f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs.get('db', 0)}"
+
+
+def test_a_failure_after_a_finished_step_does_not_fail_it(journal: Journal,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Celery reports a task failed when storing its result fails (the broker gone at a step
+    boundary), after the step recorded itself done: the journal keeps it done."""
+    import workers.journal as worker_journal
+
+    monkeypatch.setattr(worker_journal, "journal", lambda: journal)
+    bid = "eu.accounts.20261128T020000Z.00000010"
+    kwargs = {"backup_id": bid, "domain": "eu", "source": "accounts"}
+    journal.claim(bid, Step.DUMP, mode="new")
+    journal.step(bid, Step.UPLOAD, StepState.DONE, task_id="t-upload")
+
+    class Upload:
+        name = "regionvault.upload"
+
+    class Replicate:
+        name = "regionvault.replicate"
+
+    worker_journal._failed(Upload(), "t-upload", ConnectionError("broker gone"), kwargs=kwargs)
+    record = journal.get(bid)
+    assert record is not None and record.steps[Step.UPLOAD].state is StepState.DONE
+    assert record.state is not BackupState.FAILED
+
+    journal.step(bid, Step.REPLICATE, StepState.RUNNING, task_id="t-replicate")
+    worker_journal._failed(Replicate(), "t-replicate", RuntimeError("time limit"), kwargs=kwargs)
+    record = journal.get(bid)
+    assert record is not None and record.state is BackupState.FAILED
+    assert record.error_step is Step.REPLICATE
