@@ -275,12 +275,7 @@ def retry_task(capp: Any, task_id: str, by: str, *, marks: RetryMarks, journal: 
     except RetryRefused:
         marks.release(task_id)
         raise
-    except (redis.RedisError, RegionvaultError, OSError, ConnectionError) as exc:
-        marks.release(task_id)
-        raise RetryRefused(503, (
-            f"task {task_id} ({plan.name}) was not re-sent: the broker did not take it "
-            f"({exc}); try again")) from exc
-    except Exception as exc:  # kombu's own connection errors
+    except Exception as exc:  # the journal's or the broker's own errors (redis, kombu)
         marks.release(task_id)
         raise RetryRefused(503, (
             f"task {task_id} ({plan.name}) was not re-sent: the broker did not take it "
