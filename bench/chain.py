@@ -537,7 +537,7 @@ class ChainBench:
     # --- each step against its bare primitive ------------------------------------------------
 
     def bare_uploads(self, backup_id: str) -> None:
-        from regionvault.chain import keys_of, read_manifest, resolve
+        from regionvault.manifest_store import keys_of, read_manifest, resolve
 
         ref, src = resolve(self.ctx, backup_id)
         okey, mkey = keys_of(ref, src)

@@ -59,7 +59,7 @@ def next_step(facts: BackupFacts) -> Step | None:
 def gather_facts(ctx: DomainContext, backup_id: str, manifest_path: str | None = None
                  ) -> BackupFacts:
     """Look at the spool and the S3 manifest of one backup (no data is read)."""
-    from regionvault.chain import read_manifest, resolve
+    from regionvault.manifest_store import read_manifest, resolve
 
     ref, src = resolve(ctx, backup_id)
     key = manifest_path or manifest_key(ref.domain, src.data_class, ref.source, backup_id)

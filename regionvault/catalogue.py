@@ -10,16 +10,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from regionvault.chain import (
+from regionvault.context import DomainContext
+from regionvault.errors import IntegrityError, NotFound, TransientStoreError
+from regionvault.manifest import Manifest, key_prefix
+from regionvault.manifest_store import (
     UntrustedManifest,
     keys_of,
     read_manifest,
     resolve,
     scan_manifests,
 )
-from regionvault.context import DomainContext
-from regionvault.errors import IntegrityError, NotFound, TransientStoreError
-from regionvault.manifest import Manifest, key_prefix
 
 log = logging.getLogger(__name__)
 

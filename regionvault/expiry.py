@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from regionvault import chain
+from regionvault import manifest_store
 from regionvault.config import SOURCE_NAME_RE, DataClass
 from regionvault.context import DomainContext
 from regionvault.domains import Domain
@@ -243,7 +243,7 @@ def read_manifest(ctx: DomainContext, store: ObjectStore, key: str) -> Manifest 
     manifest and configuration, the age never later than the store's timestamp; a forged
     "verified" can only keep a *metadata* backup), while quarantining them would judge every
     metadata backup older than the pii cutoff as pii and remove it on the first sweep."""
-    return chain.read_manifest(ctx, store, key, allow_legacy=True)
+    return manifest_store.read_manifest(ctx, store, key, allow_legacy=True)
 
 
 def _manifest_problem(manifest: Manifest, parts: KeyParts, domain: Domain) -> str | None:

@@ -29,10 +29,10 @@ from typing import Any, Protocol
 
 from croniter import croniter
 
-from regionvault.chain import check_copy, read_manifest
 from regionvault.context import DomainContext
 from regionvault.errors import ChecksumMismatch, IntegrityError, NotFound, StoreError
 from regionvault.manifest import MANIFEST_SUFFIX, Manifest
+from regionvault.manifest_store import check_copy, read_manifest
 
 log = logging.getLogger("regionvault.integrity")
 

@@ -215,7 +215,7 @@ class Manifest(BaseModel):
         canonical form, not this layout)."""
         if self.mac is None:
             raise ValueError(f"manifest of backup {self.backup_id} is not signed; store it "
-                             "through regionvault.chain.sign or write_manifest")
+                             "through regionvault.manifest_store.sign or write_manifest")
         return self.model_dump_json(indent=2).encode()
 
 

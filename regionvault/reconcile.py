@@ -34,7 +34,7 @@ from typing import Protocol
 
 import redis
 
-from regionvault import chain
+from regionvault import manifest_store
 from regionvault.backup_state import BackupFacts, gather_facts, next_step
 from regionvault.config import ReconcileConfig
 from regionvault.context import DomainContext
@@ -319,9 +319,9 @@ class Reconciler:
                                      f"with: regionvault retry {backup_id}")
 
     def _rebuild(self, obs: Observation, decision: Decision) -> None:
-        ref, src = chain.resolve(self.ctx, obs.backup_id)
-        _, mkey = chain.keys_of(ref, src)
-        manifest = chain.read_manifest(self.ctx, self.ctx.s3, mkey)
+        ref, src = manifest_store.resolve(self.ctx, obs.backup_id)
+        _, mkey = manifest_store.keys_of(ref, src)
+        manifest = manifest_store.read_manifest(self.ctx, self.ctx.s3, mkey)
         if manifest is None:
             return
         self.journal.rebuild(obs.backup_id, {s: r.at for s, r in manifest.steps.items()},

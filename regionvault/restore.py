@@ -28,7 +28,6 @@ from typing import BinaryIO
 import zstandard
 
 from regionvault.catalogue import listing, listing_in
-from regionvault.chain import READ_SIZE, keys_of, read_manifest, resolve, stream_context
 from regionvault.checksums import StreamDigest
 from regionvault.context import DomainContext
 from regionvault.errors import (
@@ -41,6 +40,7 @@ from regionvault.errors import (
 )
 from regionvault.keyring import WrappedKey
 from regionvault.manifest import Manifest, backup_started
+from regionvault.manifest_store import READ_SIZE, keys_of, read_manifest, resolve, stream_context
 from regionvault.sources.postgres import restore_dump, user_relations
 from regionvault.streamformat import DecryptingReader
 

@@ -25,7 +25,7 @@ from regionvault.errors import BackupBusy, ConfigError
 from regionvault.manifest import BackupRef, Manifest, new_backup_id
 
 if TYPE_CHECKING:
-    from regionvault.chain import UntrustedManifest
+    from regionvault.manifest_store import UntrustedManifest
 
 # --- backup ----------------------------------------------------------------------------------
 
@@ -186,7 +186,7 @@ def show(backup_id: str, config: ConfigOption = None) -> None:
 
     def run() -> None:
         from regionvault.catalogue import find_copies
-        from regionvault.chain import UntrustedManifest
+        from regionvault.manifest_store import UntrustedManifest
 
         ref = BackupRef.parse(backup_id)
         ctx = context_for(config_from(config), ref.domain)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from regionvault import chain
+from regionvault import manifest_store
 from regionvault.devstack import sample
 from regionvault.devstack.stack import DevStack
 from regionvault.domains import Domain
@@ -55,7 +55,7 @@ def test_auto_rejects_a_corrupted_s3_copy_and_restores_from_gcs(
         outage_stack: DevStack, eu_backups: dict[str, str]) -> None:
     backup_id = eu_backups["catalog"]
     ctx = context(outage_stack, Domain.EU)
-    okey, _ = chain.keys_of(BackupRef.parse(backup_id), ctx.config.source("eu", "catalog"))
+    okey, _ = manifest_store.keys_of(BackupRef.parse(backup_id), ctx.config.source("eu", "catalog"))
     s3 = s3_client(outage_stack, "eu-central-1")
     data = s3.get_object(Bucket=ctx.dcfg.s3_bucket, Key=okey)["Body"].read()
     flipped = data[:100] + bytes([data[100] ^ 0x40]) + data[101:]

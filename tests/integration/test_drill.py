@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from regionvault import chain
+from regionvault import manifest_store
 from regionvault.devstack.stack import DevStack
 from regionvault.domains import Domain
 from regionvault.drill import DrillFailed, list_reports
@@ -58,15 +58,16 @@ def test_drill_against_wrong_row_counts_fails_and_cleans_up(stack: DevStack) -> 
 
     backup_id = run_chain(stack, Domain.AU, "catalog")
     ctx = context(stack, Domain.AU)
-    _, src = chain.resolve(ctx, backup_id)
-    mkey = chain.keys_of(BackupRef.parse(backup_id), src)[1]
+    _, src = manifest_store.resolve(ctx, backup_id)
+    mkey = manifest_store.keys_of(BackupRef.parse(backup_id), src)[1]
     for store in (ctx.s3, ctx.gcs):  # the manifest now claims one row more than was dumped
-        manifest = chain.read_manifest(ctx, store, mkey)
+        manifest = manifest_store.read_manifest(ctx, store, mkey)
         assert manifest is not None
         counts = dict(manifest.row_counts)
         counts["public.plans"] += 1
         # signed with the domain key, as a legitimate (but wrong) manifest would be
-        chain.write_manifest(ctx, store, mkey, manifest.model_copy(update={"row_counts": counts}))
+        manifest_store.write_manifest(ctx, store, mkey,
+                                      manifest.model_copy(update={"row_counts": counts}))
 
     result = restore_drill.apply_async(kwargs={"domain": "au", "source": "catalog"})
     with pytest.raises(DrillFailed, match="row counts differ"):
@@ -93,8 +94,8 @@ def test_drill_against_a_forged_manifest_fails_naming_it(stack: DevStack) -> Non
 
     backup_id = run_chain(stack, Domain.AU, "catalog")
     ctx = context(stack, Domain.AU)
-    _, src = chain.resolve(ctx, backup_id)
-    mkey = chain.keys_of(BackupRef.parse(backup_id), src)[1]
+    _, src = manifest_store.resolve(ctx, backup_id)
+    mkey = manifest_store.keys_of(BackupRef.parse(backup_id), src)[1]
     original = ctx.s3.get_bytes(mkey)
     data = json.loads(original)
     data["row_counts"]["public.plans"] += 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from regionvault import chain
+from regionvault import chain, manifest_store
 from regionvault.devstack.stack import DevStack
 from regionvault.domains import Domain
 from regionvault.manifest import STEPS, BackupRef, Manifest
@@ -42,10 +42,10 @@ def test_every_step_twice(stack: DevStack) -> None:
         assert len(mine) == 2, mine
         assert mine[0].endswith(".manifest.json") and mine[1].endswith(".rvb")
 
-    _, src = chain.resolve(ctx, backup_id)
-    mkey = chain.keys_of(BackupRef.parse(backup_id), src)[1]
-    s3_manifest = chain.read_manifest(ctx, ctx.s3, mkey)
-    gcs_manifest = chain.read_manifest(ctx, ctx.gcs, mkey)
+    _, src = manifest_store.resolve(ctx, backup_id)
+    mkey = manifest_store.keys_of(BackupRef.parse(backup_id), src)[1]
+    s3_manifest = manifest_store.read_manifest(ctx, ctx.s3, mkey)
+    gcs_manifest = manifest_store.read_manifest(ctx, ctx.gcs, mkey)
     assert s3_manifest is not None and gcs_manifest is not None
     assert s3_manifest.verified and set(s3_manifest.steps) == set(STEPS)
     assert _stable(s3_manifest) == _stable(gcs_manifest)

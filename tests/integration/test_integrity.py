@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from regionvault import chain
+from regionvault import manifest_store
 from regionvault.devstack import sample
 from regionvault.devstack.stack import DevStack
 from regionvault.domains import Domain
@@ -53,9 +53,9 @@ def test_a_flipped_byte_in_gcs_is_found_by_the_next_sample_and_s3_still_restores
 
     backup_id = run_chain(stack, DOMAIN, "catalog", deep=False)
     ctx = context(stack, DOMAIN)
-    _, src = chain.resolve(ctx, backup_id)
-    okey, mkey = chain.keys_of(BackupRef.parse(backup_id), src)
-    manifest = chain.read_manifest(ctx, ctx.gcs, mkey)
+    _, src = manifest_store.resolve(ctx, backup_id)
+    okey, mkey = manifest_store.keys_of(BackupRef.parse(backup_id), src)
+    manifest = manifest_store.read_manifest(ctx, ctx.gcs, mkey)
     assert manifest is not None and manifest.verified
 
     # Rot one byte of the GCS copy. The emulator recomputes the CRC32C of what is uploaded;
@@ -73,7 +73,7 @@ def test_a_flipped_byte_in_gcs_is_found_by_the_next_sample_and_s3_still_restores
     try:
         assert ctx.gcs.stat(okey).crc32c == manifest.ciphertext_crc32c
         # a shallow verify (the stores' size and CRC32C) sees nothing wrong
-        assert chain.check_copy(ctx, "gcs", okey, manifest, deep=False) == []
+        assert manifest_store.check_copy(ctx, "gcs", okey, manifest, deep=False) == []
 
         before = _mismatches(stack, "gcs")
         failure = None

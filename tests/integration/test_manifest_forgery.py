@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from regionvault import chain
+from regionvault import manifest_store
 from regionvault.devstack import sample
 from regionvault.devstack.stack import DevStack
 from regionvault.domains import Domain
@@ -73,8 +73,8 @@ def backup(stack: DevStack) -> str:
 def _keys(stack: DevStack, backup_id: str) -> tuple[str, str, str]:
     """(bucket, object key, manifest key) in S3."""
     ctx = context(stack, DOMAIN)
-    _, src = chain.resolve(ctx, backup_id)
-    okey, mkey = chain.keys_of(BackupRef.parse(backup_id), src)
+    _, src = manifest_store.resolve(ctx, backup_id)
+    okey, mkey = manifest_store.keys_of(BackupRef.parse(backup_id), src)
     return config_of(stack).domain(DOMAIN).s3_bucket, okey, mkey
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from regionvault import chain
+from regionvault import chain, manifest_store
 from regionvault.catalogue import list_backups
 from regionvault.context import DomainContext, utc_now
 from regionvault.devstack.stack import DevStack
@@ -60,7 +60,7 @@ def test_expire_forty_days_later(stack: DevStack) -> None:
     meta_outcome = chain.expire(ctx, old_metadata)
     assert meta_outcome.detail.startswith("removed 0")
     assert _holders(stack, old_metadata) == both
-    kept = chain.read_manifest(ctx, ctx.gcs, chain.keys_of(
+    kept = manifest_store.read_manifest(ctx, ctx.gcs, manifest_store.keys_of(
         BackupRef.parse(old_metadata), config.source(Domain.EU, "catalog"))[1])
     assert kept is not None and Step.EXPIRE in kept.steps
 

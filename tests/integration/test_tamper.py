@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from regionvault import chain
+from regionvault import chain, manifest_store
 from regionvault.config import Config
 from regionvault.context import DomainContext
 from regionvault.devstack import sample
@@ -47,8 +47,8 @@ def test_damaged_s3_copy_is_named_and_gcs_still_restores(
     config = config_of(stack)
     backup_id = run_chain(stack, Domain.US, "accounts")
     ctx = context(stack, Domain.US)
-    _, src = chain.resolve(ctx, backup_id)
-    okey, _ = chain.keys_of(BackupRef.parse(backup_id), src)
+    _, src = manifest_store.resolve(ctx, backup_id)
+    okey, _ = manifest_store.keys_of(BackupRef.parse(backup_id), src)
     s3 = s3_client(stack)
     bucket = config.domain(Domain.US).s3_bucket
     original = s3.get_object(Bucket=bucket, Key=okey)["Body"].read()
@@ -73,10 +73,10 @@ def test_damage_that_keeps_the_store_checksum_is_caught_by_the_stream(
     """Even when the store reports the manifest's CRC32C, the bytes themselves are checked."""
     backup_id = run_chain(stack, Domain.US, "catalog")
     ctx = context(stack, Domain.US)
-    _, src = chain.resolve(ctx, backup_id)
-    okey, _ = chain.keys_of(BackupRef.parse(backup_id), src)
-    manifest = chain.read_manifest(ctx, ctx.s3,
-                                   chain.keys_of(BackupRef.parse(backup_id), src)[1])
+    _, src = manifest_store.resolve(ctx, backup_id)
+    okey, _ = manifest_store.keys_of(BackupRef.parse(backup_id), src)
+    manifest = manifest_store.read_manifest(ctx, ctx.s3,
+                                   manifest_store.keys_of(BackupRef.parse(backup_id), src)[1])
     assert manifest is not None
     s3 = s3_client(stack)
     bucket = config_of(stack).domain(Domain.US).s3_bucket
@@ -114,7 +114,7 @@ def test_wrong_domain_key_cannot_restore(stack: DevStack, target: str) -> None:
     manifest = load_manifest(context(stack, Domain.AU), backup_id, "gcs")  # the right keys
     with pytest.raises(WrongKeyError) as unwrap_error:
         wrong.keyring.unwrap(WrappedKey.decode(manifest.key_id, manifest.wrapped_data_key),
-                             chain.stream_context(BackupRef.parse(backup_id), "data-key"))
+                             manifest_store.stream_context(BackupRef.parse(backup_id), "data-key"))
     assert "cannot open this data key" in str(unwrap_error.value)
     assert stack.postgres is not None
     # nothing was restored

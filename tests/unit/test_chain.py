@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from regionvault import chain
+from regionvault import chain, manifest_store
 from regionvault import context as context_module
 from regionvault.config import Config, SourceConfig, parse_config
 from regionvault.context import DomainContext
@@ -135,7 +135,7 @@ def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Rig:
 
 def keys_of(backup_id: str, rig: Rig) -> tuple[str, str]:
     ref = BackupRef.parse(backup_id)
-    return chain.keys_of(ref, rig.ctx.config.source(ref.domain, ref.source))
+    return manifest_store.keys_of(ref, rig.ctx.config.source(ref.domain, ref.source))
 
 
 def stored_manifest(store: MemoryStore, backup_id: str, rig: Rig) -> Manifest:
@@ -149,10 +149,10 @@ def restore_bytes(store: MemoryStore, backup_id: str, rig: Rig) -> bytes:
     manifest = stored_manifest(store, backup_id, rig)
     data_key = rig.ctx.keyring.unwrap(
         WrappedKey.decode(manifest.key_id, manifest.wrapped_data_key),
-        chain.stream_context(ref, "data-key"))
+        manifest_store.stream_context(ref, "data-key"))
     okey, _ = keys_of(backup_id, rig)
     compressed = b"".join(decrypt_chunks(store.open_read(okey), data_key,
-                                         chain.stream_context(ref, "backup-stream")))
+                                         manifest_store.stream_context(ref, "backup-stream")))
     return zstandard.ZstdDecompressor().stream_reader(io.BytesIO(compressed)).read()
 
 

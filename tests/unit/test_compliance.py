@@ -18,7 +18,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from regionvault import chain
+from regionvault import chain, manifest_store
 from regionvault import context as context_module
 from regionvault.compliance import (
     DEFAULT_INTEGRITY_MAX_AGE,
@@ -314,7 +314,8 @@ def test_a_key_id_in_use_that_the_keyring_does_not_hold_is_named(rig: Rig) -> No
     # from the configuration (a rotation that removed previous_keys too early)
     _, mkey = rig.keys(backup_id)
     manifest = parse_manifest(rig.ctx, rig.s3.get_bytes(mkey), mkey, key=mkey)
-    chain.write_manifest(rig.ctx, rig.s3, mkey, manifest.model_copy(update={"key_id": "eu-2019"}))
+    manifest_store.write_manifest(rig.ctx, rig.s3, mkey,
+                                  manifest.model_copy(update={"key_id": "eu-2019"}))
     rig.loops(T0 + HOUR)
 
     report = rig.report(T0 + 2 * HOUR)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from regionvault import chain, expiry
+from regionvault import chain, expiry, manifest_store
 from regionvault import context as context_module
 from regionvault.config import Config, SourceConfig, parse_config
 from regionvault.context import DomainContext
@@ -165,7 +165,7 @@ def test_a_created_at_later_than_the_store_time_is_not_trusted(rig: Rig) -> None
     for step in (chain.dump, chain.encrypt, chain.upload, chain.replicate):
         step(rig.ctx, backup_id)
     _, mkey = rig.keys(backup_id)
-    manifest = chain.read_manifest(rig.ctx, rig.s3, mkey)
+    manifest = manifest_store.read_manifest(rig.ctx, rig.s3, mkey)
     assert manifest is not None and manifest.created_at == T0 + 20 * DAY
     report = sweep(rig, T0 + CUTOFF)  # 9 days by the manifest, 29 less 2 h by the store
     assert report.stores["s3"].removed == report.stores["gcs"].removed == {"pii": 1}
@@ -552,5 +552,5 @@ def test_the_manifest_of_a_kept_backup_is_not_touched(rig: Rig) -> None:
     before = {key: rig.s3.get_bytes(key) for key in rig.s3.list_keys("")}
     sweep(rig, T0 + 30 * DAY)
     assert {key: rig.s3.get_bytes(key) for key in rig.s3.list_keys("")} == before
-    manifest = chain.read_manifest(rig.ctx, rig.s3, rig.keys(backup_id)[1])
+    manifest = manifest_store.read_manifest(rig.ctx, rig.s3, rig.keys(backup_id)[1])
     assert manifest is not None and Step.EXPIRE not in manifest.steps

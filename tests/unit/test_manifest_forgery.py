@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from regionvault import catalogue, chain
+from regionvault import catalogue, chain, manifest_store
 from regionvault import context as context_module
 from regionvault import spool as sp
 from regionvault.backup_state import gather_facts
@@ -113,7 +113,7 @@ def test_an_untouched_manifest_verifies_and_stays_signed(rig: Rig) -> None:
     backup_id = backup_at(rig, T0)
     assert chain.verify(rig.ctx, backup_id, deep=True).step.value == "verify"
     for store in (rig.s3, rig.gcs):
-        manifest = chain.read_manifest(rig.ctx, store, keys_of(backup_id, rig)[1])
+        manifest = manifest_store.read_manifest(rig.ctx, store, keys_of(backup_id, rig)[1])
         assert manifest is not None and manifest.verified and manifest.mac is not None
 
 
@@ -162,7 +162,7 @@ def test_listing_names_a_forged_manifest_and_keeps_the_others(rig: Rig) -> None:
     # one store's forgery does not touch the other's copy
     assert catalogue.find_backup(rig.ctx, forged).keys() == {"gcs"}
     copies = catalogue.find_copies(rig.ctx, forged)
-    assert isinstance(copies["s3"], chain.UntrustedManifest) and copies["s3"].forged
+    assert isinstance(copies["s3"], manifest_store.UntrustedManifest) and copies["s3"].forged
     forge(rig, "gcs", forged, later)
     with pytest.raises(ManifestForged, match="fails its MAC"):
         catalogue.find_backup(rig.ctx, forged)
@@ -214,7 +214,7 @@ def test_retention_leaves_forged_manifests_out(rig: Rig) -> None:
     forged = backup_at(rig, T0 + timedelta(hours=1))
     forge(rig, "s3", forged, later)
     src = rig.ctx.config.source(Domain.EU, "accounts")
-    found = chain.source_manifests(rig.ctx, src)
+    found = manifest_store.source_manifests(rig.ctx, src)
     assert sorted(found) == sorted([kept, forged])
     assert [m.created_at for m in found[forged]] == [T0 + timedelta(hours=1)]  # gcs copy only
     assert len(found[kept]) == 2
@@ -233,11 +233,11 @@ def test_rotation_keeps_older_manifests_verifiable_and_signs_with_the_new_key(
                             keyring=LocalKeyring(Domain.EU, {"eu-2027": b"n" * 32,
                                                              KEY_ID: b"k" * 32},
                                                  current="eu-2027"))
-    before = chain.read_manifest(rotated, rig.s3, mkey)
+    before = manifest_store.read_manifest(rotated, rig.s3, mkey)
     assert before is not None and before.mac is not None and before.mac.key_id == KEY_ID
     chain.verify(rotated, backup_id, deep=True)
     for store in (rig.s3, rig.gcs):
-        after = chain.read_manifest(rotated, store, mkey)
+        after = manifest_store.read_manifest(rotated, store, mkey)
         assert after is not None and after.mac is not None and after.mac.key_id == "eu-2027"
         assert after.key_id == KEY_ID  # the data key stays wrapped by the key that wrapped it
     # without the old key, what it signed cannot be checked, and the message says so
@@ -246,7 +246,7 @@ def test_rotation_keeps_older_manifests_verifiable_and_signs_with_the_new_key(
                               keyring=LocalKeyring(Domain.EU, {"eu-2028": b"x" * 32},
                                                    current="eu-2028"))
     with pytest.raises(ManifestForged, match="previous_keys"):
-        chain.read_manifest(forgetful, rig.s3, mkey)
+        manifest_store.read_manifest(forgetful, rig.s3, mkey)
 
 
 # --- version-1 manifests ---------------------------------------------------------------------
@@ -265,7 +265,7 @@ def test_a_legacy_manifest_restores_with_a_warning_and_is_trusted_for_nothing_el
         chain.replicate(rig.ctx, legacy)
     # retention and the reconciler leave it to the expiry sweep (by the stores' timestamps)
     src = rig.ctx.config.source(Domain.EU, "accounts")
-    assert chain.source_manifests(rig.ctx, src) == {}
+    assert manifest_store.source_manifests(rig.ctx, src) == {}
     assert gather_facts(rig.ctx, legacy).s3_unknown
     # restore reads it, flagged, with a warning
     manifest = load_manifest(rig.ctx, legacy, "s3")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from regionvault import chain
+from regionvault import chain, manifest_store
 from regionvault.config import parse_config
 from regionvault.context import DomainContext
 from regionvault.domains import Domain
@@ -171,10 +171,10 @@ def test_a_verified_backup_missing_from_the_journal_is_written_back(world: World
     bid = "eu.accounts.20261130T100000Z.00000011"
     world.spool_file(bid, "manifest.json", timedelta(minutes=30))  # left after verify
     ref = chain.BackupRef.parse(bid)
-    _, mkey = chain.keys_of(ref, world.config.source(Domain.EU, "accounts"))
+    _, mkey = manifest_store.keys_of(ref, world.config.source(Domain.EU, "accounts"))
     manifest = _manifest(bid).with_step(Step.DUMP, NOW).with_step(Step.ENCRYPT, NOW) \
         .with_step(Step.UPLOAD, NOW).with_step(Step.REPLICATE, NOW).with_step(Step.VERIFY, NOW)
-    chain.write_manifest(world.ctx, world.s3, mkey, manifest)
+    manifest_store.write_manifest(world.ctx, world.s3, mkey, manifest)
 
     world.tick()
     record = world.journal.get(bid)
