@@ -13,19 +13,24 @@ domain's current key, and trusted only once their MAC checks out.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import BinaryIO
-
-import zstandard
 
 from regionvault import spool as sp
-from regionvault.checksums import StreamDigest
+from regionvault.backup_stream import (
+    COMPRESSION,
+    STREAM_FORMAT,
+    BackupWriter,
+    StreamFacts,
+    authenticate,
+)
 from regionvault.context import DomainContext
 from regionvault.errors import (
+    ChecksumMismatch,
     IntegrityError,
     ManifestForged,
     NotFound,
@@ -54,13 +59,10 @@ from regionvault.manifest_store import (
 )
 from regionvault.sources import open_source
 from regionvault.stores.base import ObjectStore
-from regionvault.streamformat import EncryptingWriter, decrypt_chunks
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]
-ZSTD_LEVEL = 3
-READ_SIZE = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -100,28 +102,18 @@ def _object_matches(store: ObjectStore, key: str, manifest: Manifest) -> bool:
     return info.size == manifest.ciphertext_size and info.crc32c == manifest.ciphertext_crc32c
 
 
-class _DigestingSink:
-    """A write-only stream that digests what passes through to ``fh``."""
-
-    def __init__(self, fh: BinaryIO, digest: StreamDigest) -> None:
-        self._fh = fh
-        self._digest = digest
-
-    def write(self, data: bytes) -> int:
-        self._digest.update(data)
-        self._fh.write(data)
-        return len(data)
-
-
 # --- 1. dump ---------------------------------------------------------------------------------
 
 
 def dump(ctx: DomainContext, backup_id: str, progress: Progress = _no_progress,
          owner: Ownership = UNOWNED) -> StepOutcome:
-    """Stream a consistent snapshot of the source into the spool, already encrypted.
+    """Stream a consistent snapshot of the source into the spool as the finished object.
 
-    The spool stream is sealed with a one-off spool key wrapped by the domain key, so the
-    spool never holds a readable byte of the source, even between ``dump`` and ``encrypt``.
+    One pass (``BackupWriter``): the dump is compressed with zstd and sealed under the
+    backup's own data key as it streams, and its digests are taken on the way, so the spool
+    only ever holds the compressed ciphertext (about C bytes, never the P bytes of the dump)
+    and never a readable byte of the source. ``dump.json`` (the wrapped data key, the digests,
+    the row counts) is written last: its presence marks the dump complete.
     """
     ref, src = resolve(ctx, backup_id)
     spool = ctx.spool
@@ -135,27 +127,53 @@ def dump(ctx: DomainContext, backup_id: str, progress: Progress = _no_progress,
     except TransientStoreError:
         pass
     started = ctx.clock()
-    spool_key = new_data_key()
-    wrapped = ctx.keyring.wrap(spool_key, stream_context(ref, "spool-key"))
+    data_key = new_data_key()
+    wrapped = ctx.keyring.wrap(data_key, stream_context(ref, "data-key"))
     source = open_source(ref.domain, src)
-    written = 0
 
-    with spool.atomic_write(backup_id, sp.DUMP_FILE, owner.token) as fh:
-        writer = EncryptingWriter(fh, spool_key, stream_context(ref, "spool-stream"))
+    with spool.atomic_write(backup_id, sp.BACKUP_FILE, owner.token) as fh:
+        writer = BackupWriter(fh, data_key, stream_context(ref, "backup-stream"))
 
         def write(chunk: bytes) -> None:
-            nonlocal written
             writer.write(chunk)
-            written += len(chunk)
-            progress(written)
+            progress(writer.plaintext_size)
 
         info = source.dump(write)
-        writer.close()
-    meta = {"key_id": wrapped.key_id, "wrapped_key": wrapped.encoded(),
-            "started_at": started.isoformat(), "source_kind": src.kind, "size": written,
-            "row_counts": dict(info.row_counts)}
-    spool.write_bytes(backup_id, sp.DUMP_META, json.dumps(meta).encode(), owner.token)
-    return StepOutcome(backup_id, Step.DUMP, f"{written} bytes dumped", bytes=written)
+        facts = writer.close()
+    meta = DumpMeta(key_id=wrapped.key_id, wrapped_key=wrapped.encoded(), started_at=started,
+                    source_kind=src.kind, facts=facts, row_counts=dict(info.row_counts))
+    spool.write_bytes(backup_id, sp.DUMP_META, meta.to_json(), owner.token)
+    return StepOutcome(backup_id, Step.DUMP,
+                       f"{facts.plaintext_size} bytes dumped, {facts.ciphertext_size} bytes "
+                       "compressed and encrypted", bytes=facts.plaintext_size)
+
+
+@dataclass(frozen=True)
+class DumpMeta:
+    """What ``dump`` leaves beside the object for ``encrypt`` (``dump.json``; no secret: the
+    data key is wrapped by the domain key)."""
+
+    key_id: str
+    wrapped_key: str
+    started_at: datetime
+    source_kind: str
+    facts: StreamFacts
+    row_counts: dict[str, int]
+
+    def to_json(self) -> bytes:
+        return json.dumps({
+            "key_id": self.key_id, "wrapped_key": self.wrapped_key,
+            "started_at": self.started_at.isoformat(), "source_kind": self.source_kind,
+            "facts": dataclasses.asdict(self.facts), "row_counts": self.row_counts,
+        }).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> DumpMeta:
+        raw = json.loads(data)
+        return cls(key_id=raw["key_id"], wrapped_key=raw["wrapped_key"],
+                   started_at=datetime.fromisoformat(raw["started_at"]),
+                   source_kind=raw["source_kind"], facts=StreamFacts(**raw["facts"]),
+                   row_counts={str(k): int(v) for k, v in raw["row_counts"].items()})
 
 
 # --- 2. encrypt ------------------------------------------------------------------------------
@@ -163,17 +181,24 @@ def dump(ctx: DomainContext, backup_id: str, progress: Progress = _no_progress,
 
 def encrypt(ctx: DomainContext, backup_id: str, progress: Progress = _no_progress,
             owner: Ownership = UNOWNED) -> StepOutcome:
-    """Compress (zstd) and encrypt the dump under a fresh data key, in one pass.
+    """Seal the backup: prove its encryption, then write the signed manifest.
 
-    The same pass measures size and SHA-256 of the plaintext and size, SHA-256 and CRC32C of
-    the ciphertext for the manifest.
+    ``dump`` already compressed and encrypted the stream in its single pass; this step checks
+    that what will leave the domain is exactly that. It unwraps the data key through the
+    domain's keyring (the wrapped key the manifest will carry really opens the object),
+    authenticates every chunk of the spool's object under it, and compares the ciphertext's
+    size, SHA-256 and CRC32C with what ``dump`` measured. Only then is the manifest built
+    and signed. Work: one read of C bytes and AES-GCM over them; nothing is written twice.
+
+    A spool object that fails these checks (a torn or corrupted disk) is removed, and the
+    step asks for ``dump`` again: a new snapshot, rather than uploading what cannot restore.
     """
     ref, src = resolve(ctx, backup_id)
     spool = ctx.spool
     if spool.exists(backup_id, sp.BACKUP_FILE) and spool.exists(backup_id, sp.MANIFEST_FILE):
-        _drop_dump(ctx, backup_id, owner)
+        spool.remove_fenced(backup_id, sp.DUMP_META, owner.token)
         return StepOutcome(backup_id, Step.ENCRYPT, "already encrypted", skipped=True)
-    if not spool.exists(backup_id, sp.DUMP_META):
+    if not (spool.exists(backup_id, sp.DUMP_META) and spool.exists(backup_id, sp.BACKUP_FILE)):
         okey, mkey = keys_of(ref, src)
         if read_manifest(ctx, ctx.s3, mkey) is not None:
             return StepOutcome(backup_id, Step.ENCRYPT, "already uploaded", skipped=True)
@@ -182,51 +207,46 @@ def encrypt(ctx: DomainContext, backup_id: str, progress: Progress = _no_progres
             f"{ref.domain.value!r}; run step 'dump' again",
             rerun_step=Step.DUMP.value,
         )
-    meta = json.loads(spool.read_bytes(backup_id, sp.DUMP_META))
-    spool_key = ctx.keyring.unwrap(WrappedKey.decode(meta["key_id"], meta["wrapped_key"]),
-                                   stream_context(ref, "spool-key"))
-    data_key = new_data_key()
-    wrapped = ctx.keyring.wrap(data_key, stream_context(ref, "data-key"))
-    plain, cipher = StreamDigest(), StreamDigest()
+    meta = DumpMeta.from_json(spool.read_bytes(backup_id, sp.DUMP_META))
+    data_key = ctx.keyring.unwrap(WrappedKey.decode(meta.key_id, meta.wrapped_key),
+                                  stream_context(ref, "data-key"))
+    facts = meta.facts
+    try:
+        with spool.path(backup_id, sp.BACKUP_FILE).open("rb") as fh:
+            seen = authenticate(fh, data_key, stream_context(ref, "backup-stream"), progress)
+        if (seen.size, seen.sha256, seen.crc32c) != (
+                facts.ciphertext_size, facts.ciphertext_sha256, facts.ciphertext_crc32c):
+            raise IntegrityError(
+                f"it has {seen.size} bytes with SHA-256 {seen.sha256[:16]}..., the dump wrote "
+                f"{facts.ciphertext_size} bytes with SHA-256 {facts.ciphertext_sha256[:16]}...")
+    except IntegrityError as exc:
+        spool.remove_fenced(backup_id, sp.DUMP_META, owner.token)
+        spool.remove_fenced(backup_id, sp.BACKUP_FILE, owner.token)
+        raise StepOrderError(
+            f"backup {backup_id}: the encrypted dump in the spool of domain "
+            f"{ref.domain.value!r} failed its checks and was removed ({exc}); run step "
+            "'dump' again", rerun_step=Step.DUMP.value) from None
 
-    with spool.atomic_write(backup_id, sp.BACKUP_FILE, owner.token) as out, \
-            spool.path(backup_id, sp.DUMP_FILE).open("rb") as dumped:
-        encryptor = EncryptingWriter(_DigestingSink(out, cipher), data_key,  # type: ignore[arg-type]
-                                     stream_context(ref, "backup-stream"))
-        compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL).stream_writer(
-            encryptor, closefd=False)  # type: ignore[arg-type]  # a write()-only stream is enough
-        for chunk in decrypt_chunks(dumped, spool_key, stream_context(ref, "spool-stream")):
-            plain.update(chunk)
-            compressor.write(chunk)
-            progress(plain.size)
-        compressor.close()  # ends the zstd frame; closefd=False keeps the encryptor open
-        encryptor.close()
-
-    created = datetime.fromisoformat(meta["started_at"])
     now = ctx.clock()
     dcfg = ctx.dcfg
     okey, _ = keys_of(ref, src)
     manifest = Manifest(
         backup_id=backup_id, domain=ref.domain, source=ref.source, source_kind=src.kind,
-        data_class=src.data_class, created_at=created,
-        expires_at=expiry_for(created, ctx.config.retention.period_for(src.data_class)),
-        key_id=wrapped.key_id, wrapped_data_key=wrapped.encoded(),
-        plaintext_size=plain.size, plaintext_sha256=plain.sha256,
-        ciphertext_size=cipher.size, ciphertext_sha256=cipher.sha256,
-        ciphertext_crc32c=cipher.crc32c, object_key=okey,
-        row_counts={str(k): int(v) for k, v in meta.get("row_counts", {}).items()},
-        s3_bucket=dcfg.s3_bucket, gcs_bucket=dcfg.gcs_bucket,
-    ).with_step(Step.DUMP, created, f"{plain.size} bytes").with_step(
-        Step.ENCRYPT, now, f"{cipher.size} bytes")
+        data_class=src.data_class, created_at=meta.started_at,
+        expires_at=expiry_for(meta.started_at, ctx.config.retention.period_for(src.data_class)),
+        key_id=meta.key_id, wrapped_data_key=meta.wrapped_key,
+        stream_format=STREAM_FORMAT, compression=COMPRESSION,
+        plaintext_size=facts.plaintext_size, plaintext_sha256=facts.plaintext_sha256,
+        ciphertext_size=facts.ciphertext_size, ciphertext_sha256=facts.ciphertext_sha256,
+        ciphertext_crc32c=facts.ciphertext_crc32c, object_key=okey,
+        row_counts=meta.row_counts, s3_bucket=dcfg.s3_bucket, gcs_bucket=dcfg.gcs_bucket,
+    ).with_step(Step.DUMP, meta.started_at, f"{facts.plaintext_size} bytes").with_step(
+        Step.ENCRYPT, now, f"{facts.ciphertext_size} bytes")
     spool.write_bytes(backup_id, sp.MANIFEST_FILE, sign(ctx, manifest), owner.token)
-    _drop_dump(ctx, backup_id, owner)
+    spool.remove_fenced(backup_id, sp.DUMP_META, owner.token)
     return StepOutcome(backup_id, Step.ENCRYPT,
-                       f"{plain.size} bytes -> {cipher.size} bytes encrypted", bytes=plain.size)
-
-
-def _drop_dump(ctx: DomainContext, backup_id: str, owner: Ownership) -> None:
-    ctx.spool.remove_fenced(backup_id, sp.DUMP_FILE, owner.token)
-    ctx.spool.remove_fenced(backup_id, sp.DUMP_META, owner.token)
+                       f"{facts.plaintext_size} bytes -> {facts.ciphertext_size} bytes encrypted "
+                       "and authenticated", bytes=facts.ciphertext_size)
 
 
 def _spool_manifest(ctx: DomainContext, backup_id: str) -> Manifest | None:
@@ -301,7 +321,10 @@ def _uploaded_manifest(ctx: DomainContext, ref: BackupRef, mkey: str, wanted: st
 
 def replicate(ctx: DomainContext, backup_id: str,
               progress: Progress = _no_progress, owner: Ownership = UNOWNED) -> StepOutcome:
-    """Stream the S3 object into the domain's GCS bucket (no local copy), then the manifest."""
+    """Copy the object into the domain's GCS bucket, then the manifest.
+
+    The bytes come from the spool when it still holds the object (no third transfer of C),
+    otherwise they stream from S3 (no local copy); both are checked against the manifest."""
     ref, src = resolve(ctx, backup_id)
     okey, mkey = keys_of(ref, src)
     where = ctx.url("gcs", okey)
@@ -317,19 +340,42 @@ def replicate(ctx: DomainContext, backup_id: str,
             rerun_step=Step.UPLOAD.value,
         )
     ctx.ensure_resident("gcs")
+    source = "already there"
     if not _object_matches(ctx.gcs, okey, manifest):
-        body = ctx.s3.open_read(okey)
-        try:
-            ctx.gcs.put_stream(okey, body, manifest.ciphertext_size,
-                               crc32c=manifest.ciphertext_crc32c)
-        finally:
-            body.close()
+        source = _send_replica(ctx, backup_id, okey, manifest)
     progress(manifest.ciphertext_size)
     replicated = sign(ctx, manifest.with_step(Step.REPLICATE, ctx.clock(), where))
     owner.confirm()
     ctx.gcs.put_bytes(mkey, replicated)
     ctx.s3.put_bytes(mkey, replicated)
-    return StepOutcome(backup_id, Step.REPLICATE, where, bytes=manifest.ciphertext_size)
+    return StepOutcome(backup_id, Step.REPLICATE, f"{where} (from {source})",
+                       bytes=manifest.ciphertext_size)
+
+
+def _send_replica(ctx: DomainContext, backup_id: str, okey: str, manifest: Manifest) -> str:
+    """Upload the object to GCS from the spool's copy when it still holds it, else stream it
+    from S3; return which ("spool" or "s3").
+
+    Either way the upload is checked against the manifest's CRC32C and nothing is committed
+    if the bytes differ, so a spool copy that went bad on disk costs a second try from S3,
+    never a wrong replica."""
+    local = ctx.spool.path(backup_id, sp.BACKUP_FILE)
+    if local.is_file() and local.stat().st_size == manifest.ciphertext_size:
+        try:
+            ctx.gcs.put_file(okey, str(local), crc32c=manifest.ciphertext_crc32c)
+            return "spool"
+        except ChecksumMismatch as exc:
+            log.warning("backup %s: the spool copy did not match its manifest (%s); "
+                        "replicating from S3 instead", backup_id, exc)
+        except FileNotFoundError:
+            pass  # the spool went away under us (a lost disk): S3 holds the same bytes
+    body = ctx.s3.open_read(okey)
+    try:
+        ctx.gcs.put_stream(okey, body, manifest.ciphertext_size,
+                           crc32c=manifest.ciphertext_crc32c)
+    finally:
+        body.close()
+    return "s3"
 
 
 # --- 5. verify -------------------------------------------------------------------------------

@@ -13,16 +13,20 @@ def crc32c_b64(digest: bytes) -> str:
 
 
 class StreamDigest:
-    """Size, SHA-256 and CRC32C of everything passed to ``update``, in one pass."""
+    """Size, SHA-256 and CRC32C of everything passed to ``update``, in one pass.
 
-    def __init__(self) -> None:
+    ``crc=False`` leaves the CRC32C out (only store copies are compared by CRC32C; the
+    plaintext needs its SHA-256 only)."""
+
+    def __init__(self, *, crc: bool = True) -> None:
         self._sha = hashlib.sha256()
-        self._crc = google_crc32c.Checksum()
+        self._crc = google_crc32c.Checksum() if crc else None
         self.size = 0
 
     def update(self, data: bytes) -> None:
         self._sha.update(data)
-        self._crc.update(data)
+        if self._crc is not None:
+            self._crc.update(data)
         self.size += len(data)
 
     @property
@@ -31,6 +35,8 @@ class StreamDigest:
 
     @property
     def crc32c(self) -> str:
+        if self._crc is None:
+            raise ValueError("this digest was taken without CRC32C")
         return crc32c_b64(self._crc.digest())
 
 

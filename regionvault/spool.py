@@ -24,9 +24,8 @@ from typing import BinaryIO
 
 from regionvault.errors import LeaseLost
 
-DUMP_FILE = "dump.rvs"  # the pg_dump stream, encrypted with a spool key
-DUMP_META = "dump.json"  # the wrapped spool key; its presence marks the dump complete
-BACKUP_FILE = "backup.rvb"  # the final encrypted object
+BACKUP_FILE = "backup.rvb"  # the object: the dump compressed and encrypted by ``dump``
+DUMP_META = "dump.json"  # wrapped data key, digests, row counts; marks the dump complete
 MANIFEST_FILE = "manifest.json"  # the draft manifest until the stores hold it
 FENCE_FILE = ".fence"  # the highest fencing token that committed here
 _LOCK_FILE = ".lock"

@@ -31,6 +31,17 @@ LEDGER = sample.SampleSource(
     """,
 )
 
+#: a metadata source the one-pass test fills with tens of MB; nothing else reads it
+BULK = sample.SampleSource(
+    name="bulk",
+    data_class="metadata",
+    seed_sql="""
+        CREATE TABLE readings (id bigint PRIMARY KEY, sensor text NOT NULL, note text);
+        INSERT INTO readings SELECT i, 'sensor-{domain}-' || i, NULL
+            FROM generate_series(1, 10) AS i;
+    """,
+)
+
 
 @contextlib.contextmanager
 def running_stack(prefix: str, **options: Any) -> Iterator[DevStack]:
@@ -42,7 +53,7 @@ def running_stack(prefix: str, **options: Any) -> Iterator[DevStack]:
     # pytest run starts while this stack is up.
     root = Path(tempfile.mkdtemp(prefix=prefix))
     settings: dict[str, Any] = {"beat": False, "flower": False,
-                                "sources": (*sample.SAMPLE_SOURCES, LEDGER), **options}
+                                "sources": (*sample.SAMPLE_SOURCES, LEDGER, BULK), **options}
     dev = DevStack(data_dir=root, **settings)
     try:
         dev.start()

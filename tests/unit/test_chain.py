@@ -243,7 +243,7 @@ def test_dump_rerun_after_verify_is_a_no_op(rig: Rig) -> None:
     """A redelivered or operator-retried dump of a finished backup must not dump again.
 
     verify empties the spool, so dump must also ask the store whether the backup went further;
-    otherwise it would dump again and leave dump.rvs/dump.json behind that nothing cleans up
+    otherwise it would dump again and leave backup.rvb/dump.json behind that nothing cleans up
     (invariant 3: no stray spool files).
     """
     backup_id = chain.new_backup(rig.ctx, "accounts")
@@ -347,6 +347,98 @@ def test_replicate_refuses_a_damaged_s3_copy(rig: Rig) -> None:
         chain.replicate(rig.ctx, backup_id)
     assert info.value.rerun_step == "upload"
     assert list(rig.gcs.list_keys("")) == []
+
+
+# --- one pass over the data ------------------------------------------------------------------
+
+
+def spool_bytes(rig: Rig) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in rig.ctx.spool.files() if not p.name.startswith(".")}
+
+
+def count_s3_reads(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    reads: list[str] = []
+    original = rig.s3.open_read
+
+    def open_read(key: str) -> io.BytesIO:
+        reads.append(key)
+        return original(key)  # type: ignore[return-value]
+
+    monkeypatch.setattr(rig.s3, "open_read", open_read)
+    return reads
+
+
+def test_dump_writes_the_finished_object_once(rig: Rig) -> None:
+    """After dump the spool holds the compressed, encrypted object (about C bytes) and its
+    metadata; encrypt writes no second copy, only the manifest, and drops the metadata."""
+    backup_id = chain.new_backup(rig.ctx, "accounts")
+    chain.dump(rig.ctx, backup_id)
+    after_dump = spool_bytes(rig)
+    assert set(after_dump) == {"backup.rvb", "dump.json"}, after_dump
+    assert after_dump["backup.rvb"] < len(PAYLOAD) / 3  # compressed, not the P bytes
+    chain.encrypt(rig.ctx, backup_id)
+    after_encrypt = spool_bytes(rig)
+    assert set(after_encrypt) == {"backup.rvb", "manifest.json"}, after_encrypt
+    assert after_encrypt["backup.rvb"] == after_dump["backup.rvb"]
+    draft = parse_manifest(rig.ctx, rig.ctx.spool.read_bytes(backup_id, "manifest.json"), "spool")
+    assert draft.ciphertext_size == after_dump["backup.rvb"]
+    assert draft.plaintext_sha256 == hashlib.sha256(PAYLOAD).hexdigest()
+    assert draft.row_counts == {"public.customers": len(PIECES)}
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_encrypt_refuses_a_damaged_spool_object_and_asks_for_dump(rig: Rig, damage: str) -> None:
+    backup_id = chain.new_backup(rig.ctx, "accounts")
+    chain.dump(rig.ctx, backup_id)
+    path = rig.ctx.spool.path(backup_id, "backup.rvb")
+    data = bytearray(path.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0x01
+    else:
+        del data[-20:]
+    path.write_bytes(bytes(data))
+    with pytest.raises(StepOrderError) as info:
+        chain.encrypt(rig.ctx, backup_id)
+    assert info.value.rerun_step == "dump"
+    assert "failed its checks" in str(info.value)
+    assert spool_bytes(rig) == {}  # removed, so the dump that follows starts over
+    run_steps(rig, backup_id)
+    assert restore_bytes(rig.gcs, backup_id, rig) == PAYLOAD
+
+
+def test_replicate_sends_the_spool_copy_and_reads_nothing_from_s3(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    reads = count_s3_reads(rig, monkeypatch)
+    backup_id = chain.new_backup(rig.ctx, "accounts")
+    for step in (chain.dump, chain.encrypt, chain.upload):
+        step(rig.ctx, backup_id)
+    outcome = chain.replicate(rig.ctx, backup_id)
+    assert outcome.detail.endswith("(from spool)"), outcome.detail
+    assert reads == []
+    assert restore_bytes(rig.gcs, backup_id, rig) == PAYLOAD
+
+
+@pytest.mark.parametrize("loss", ["spool gone", "spool copy damaged"])
+def test_replicate_streams_from_s3_when_the_spool_cannot_serve(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch, loss: str) -> None:
+    reads = count_s3_reads(rig, monkeypatch)
+    backup_id = chain.new_backup(rig.ctx, "accounts")
+    for step in (chain.dump, chain.encrypt, chain.upload):
+        step(rig.ctx, backup_id)
+    path = rig.ctx.spool.path(backup_id, "backup.rvb")
+    if loss == "spool gone":
+        rig.ctx.spool.clean(backup_id)
+    else:  # same size, one bit off: only the CRC32C check of the upload can tell
+        data = bytearray(path.read_bytes())
+        data[-1] ^= 0x80
+        path.write_bytes(bytes(data))
+    outcome = chain.replicate(rig.ctx, backup_id)
+    assert outcome.detail.endswith("(from s3)"), outcome.detail
+    okey, _ = keys_of(backup_id, rig)
+    assert reads == [okey]
+    assert rig.gcs.get_bytes(okey) == rig.s3.get_bytes(okey)
+    chain.verify(rig.ctx, backup_id, deep=True)
+    assert restore_bytes(rig.gcs, backup_id, rig) == PAYLOAD
 
 
 # --- residency and bad input -----------------------------------------------------------------

@@ -264,7 +264,7 @@ class World:
             self.written[key] = Written(self.now, "accounts", pii=True)
 
     def abandoned_spool(self) -> None:
-        path = self.ctx.spool.path("eu.accounts.20260106T090000Z.0000abcd", "dump.rvs")
+        path = self.ctx.spool.path("eu.accounts.20260106T090000Z.0000abcd", "backup.rvb")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"sealed ciphertext of a dump nobody finished")
         self.stamp_spool()

@@ -115,11 +115,11 @@ def test_leftovers_of_no_live_backup_are_swept_when_old_enough(world: World) -> 
     world.s3.put_bytes(young, b"y")  # too young: its owner may be about to write the manifest
     world.now = NOW
     abandoned = "eu.accounts.20261128T020000Z.0000000d"
-    world.spool_file(abandoned, "dump.rvs", timedelta(hours=2))
+    world.spool_file(abandoned, "backup.rvb", timedelta(hours=2))
     world.journal.claim(abandoned, Step.DUMP, mode="new")
     world.journal.step(abandoned, Step.ENCRYPT, StepState.FAILED, detail="bad key")
     live = "eu.accounts.20261130T115900Z.0000000e"
-    world.spool_file(live, "dump.rvs", timedelta(hours=2))
+    world.spool_file(live, "backup.rvb", timedelta(hours=2))
     world.leases.acquire(live, "host/2/t", 60_000, step="dump", run=1)
 
     report = world.tick()
