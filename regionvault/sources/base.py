@@ -1,4 +1,8 @@
-"""The source interface, with its contract."""
+"""The source interface, with its contract.
+
+This module imports no implementation: they import it (for ``DumpInfo``), and
+``regionvault.sources.kinds`` imports them to open a configured source.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +10,15 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from regionvault.config import SourceConfig, read_source_dsn
-from regionvault.domains import Domain
-
 
 @dataclass(frozen=True)
 class DumpInfo:
     """What a dump learned about its snapshot, recorded in the manifest."""
 
-    #: exact rows per table ("schema.table") in the very snapshot that was dumped
+    #: Exact rows per table ("schema.table") in the very snapshot that was dumped: for every
+    #: ordinary or partitioned table outside the system schemas, what ``SELECT count(*)``
+    #: returns there (a partitioned table or an inheritance parent includes the rows of its
+    #: partitions or children). A restore drill counts the restored database the same way.
     row_counts: Mapping[str, int] = field(default_factory=dict)
 
 
@@ -48,12 +52,3 @@ class Source(Protocol):
 
     def restore(self, chunks: Iterable[bytes], target_dsn: str, *, clean: bool = False) -> None:
         ...
-
-
-def open_source(domain: Domain, config: SourceConfig) -> Source:
-    """The Source implementation for a configured source (its DSN is read here, lazily)."""
-    if config.kind == "postgres":
-        from regionvault.sources.postgres import PostgresSource
-
-        return PostgresSource(name=config.name, dsn=read_source_dsn(config, domain))
-    raise NotImplementedError(f"source kind {config.kind!r}")  # config validation prevents this

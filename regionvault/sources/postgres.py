@@ -6,17 +6,23 @@ The DSN is split so that the password travels only in the child's environment
 Every failure of pg_dump, pg_restore or psycopg is classified here, once, where it enters:
 ``TransientSourceError`` when the server could not be reached or dropped the connection (worth
 retrying), plain ``SourceError`` for everything else (a wrong password is never retried).
+
+Row counts are read from the archive as it streams past (``pgarchive``), so a dump scans each
+table once. Which tables are counted, and how, is defined once here (``_counted_tables``) and
+used both for the manifest at dump time and for the restored database in a drill.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import re
 import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +32,9 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from regionvault.errors import ConfigError, SourceError, TransientSourceError
 from regionvault.sources.base import DumpInfo
+from regionvault.sources.pgarchive import ArchiveRowCounter, TableName
+
+log = logging.getLogger(__name__)
 
 READ_SIZE = 1024 * 1024
 
@@ -211,20 +220,52 @@ class PostgresSource:
         return f"PostgresSource(name={self.name!r})"
 
     def dump(self, write: Callable[[bytes], object]) -> DumpInfo:
-        # One repeatable-read transaction exports its snapshot; the row counts are taken in it
-        # and pg_dump imports it (--snapshot), so counts and dump describe the same instant.
+        # One repeatable-read transaction exports its snapshot and pg_dump imports it
+        # (--snapshot). The rows are counted in the archive as it passes to ``write``; what the
+        # archive cannot tell is counted in SQL in that same transaction, after pg_dump, so
+        # counts and dump always describe the same instant.
+        archive = ArchiveRowCounter()
+
+        def write_counted(chunk: bytes) -> None:
+            archive.feed(chunk)
+            write(chunk)
+
         try:
             with psycopg.connect(self._dsn, connect_timeout=30) as conn:
                 conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
                 conn.read_only = True
                 row = conn.execute("SELECT pg_export_snapshot()").fetchone()
                 assert row is not None
-                counts = _row_counts(conn)
-                self._run_pg_dump(write, snapshot=str(row[0]))
+                self._run_pg_dump(write_counted, snapshot=str(row[0]))
+                archive.finish()
+                counts = self._snapshot_counts(conn, archive)
                 conn.rollback()
         except psycopg.Error as exc:
             raise _psycopg_failure(f"source {self.name!r} cannot be read", exc) from None
         return DumpInfo(row_counts=counts)
+
+    def _snapshot_counts(self, conn: psycopg.Connection[Any],
+                         archive: ArchiveRowCounter) -> dict[str, int]:
+        """The counts of ``_counted_tables`` in the dump's snapshot (``conn`` is still in it)."""
+        in_archive = archive.rows_by_table()
+        if in_archive is None:
+            log.warning("source %r: the dump's archive could not be counted (%s); counting "
+                        "every table in SQL instead, in the same snapshot, which reads each "
+                        "table a second time", self.name, archive.failure)
+            return _row_counts(conn)
+        counts: dict[str, int] = {}
+        in_sql: list[str] = []
+        for table in _counted_tables(conn):
+            rows = table.rows_in(in_archive)
+            if rows is None:
+                rows = _count_rows(conn, table.name)
+                in_sql.append(str(table.name))
+            counts[str(table.name)] = rows
+        if in_sql:
+            log.info("source %r: %d table(s) whose rows the archive does not hold in full "
+                     "(extension tables, foreign partitions, ...) counted in SQL in the dump's "
+                     "snapshot: %s", self.name, len(in_sql), ", ".join(in_sql[:20]))
+        return counts
 
     def _run_pg_dump(self, write: Callable[[bytes], object], *, snapshot: str) -> None:
         conninfo, env = split_dsn(self._dsn)
@@ -255,21 +296,85 @@ class PostgresSource:
         restore_dump(chunks, target_dsn, label=f"backup of source {self.name!r}", clean=clean)
 
 
+@dataclass(frozen=True)
+class TablePart:
+    """A table itself, or one of its partitions or inheritance children (at any depth)."""
+
+    name: TableName
+    #: pg_class.relkind: 'r' holds rows, 'p' (partitioned) holds none, 'f' is foreign, ...
+    relkind: str
+    #: created by an extension: pg_dump dumps its rows only if the extension asks, filtered
+    extension: bool
+
+
+@dataclass(frozen=True)
+class CountedTable:
+    """A table whose rows the manifest records: what ``SELECT count(*)`` returns for it."""
+
+    name: TableName
+    #: the table and everything ``SELECT count(*) FROM name`` reads besides it
+    parts: tuple[TablePart, ...]
+
+    def rows_in(self, in_archive: Mapping[TableName, int]) -> int | None:
+        """Its rows from the archive's own rows per table, or None when the archive does not
+        hold every row that ``count(*)`` would see (so the caller must count in SQL)."""
+        total = 0
+        for part in self.parts:
+            if part.relkind == "p":
+                continue  # a partitioned table stores nothing itself
+            if part.relkind != "r" or part.extension or part.name not in in_archive:
+                return None
+            total += in_archive[part.name]
+        return total
+
+
+#: The tables whose rows the manifest records, and what ``count(*)`` reads for each: every
+#: ordinary or partitioned table outside the system schemas (as ``pg_tables`` lists them) but
+#: other sessions' temporary tables, which nobody else can read and pg_dump never dumps.
+_COUNTED_TABLES = """
+WITH RECURSIVE counted AS (
+    SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't'
+      AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+), tree (root, rel) AS (
+    SELECT oid, oid FROM counted
+    UNION
+    SELECT tree.root, i.inhrelid FROM tree JOIN pg_inherits i ON i.inhparent = tree.rel
+)
+SELECT rn.nspname, r.relname, pn.nspname, p.relname, p.relkind::text,
+       EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+               AND d.objid = p.oid AND d.deptype = 'e')
+FROM tree
+JOIN pg_class r ON r.oid = tree.root JOIN pg_namespace rn ON rn.oid = r.relnamespace
+JOIN pg_class p ON p.oid = tree.rel JOIN pg_namespace pn ON pn.oid = p.relnamespace
+ORDER BY 1, 2, 3, 4
+"""
+
+
+def _counted_tables(conn: psycopg.Connection[Any]) -> list[CountedTable]:
+    """The tables to count, each with its parts (catalog reads only: no table is scanned)."""
+    parts: dict[TableName, list[TablePart]] = {}
+    for schema, table, part_schema, part_table, relkind, extension in conn.execute(
+            _COUNTED_TABLES).fetchall():
+        parts.setdefault(TableName(schema, table), []).append(
+            TablePart(TableName(part_schema, part_table), relkind, bool(extension)))
+    return [CountedTable(name, tuple(found)) for name, found in parts.items()]
+
+
+def _count_rows(conn: psycopg.Connection[Any], table: TableName) -> int:
+    query = sql.SQL("SELECT count(*) FROM {}.{}").format(
+        sql.Identifier(table.schema), sql.Identifier(table.name))
+    row = conn.execute(query).fetchone()
+    return int(row[0]) if row else 0
+
+
 def _row_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
-    tables = conn.execute(
-        "SELECT schemaname, tablename FROM pg_tables "
-        "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2").fetchall()
-    counts: dict[str, int] = {}
-    for schema, table in tables:
-        query = sql.SQL("SELECT count(*) FROM {}.{}").format(
-            sql.Identifier(schema), sql.Identifier(table))
-        row = conn.execute(query).fetchone()
-        counts[f"{schema}.{table}"] = int(row[0]) if row else 0
-    return counts
+    return {str(t.name): _count_rows(conn, t.name) for t in _counted_tables(conn)}
 
 
 def row_counts(dsn: str) -> dict[str, int]:
-    """Exact rows per user table ("schema.table") of a database."""
+    """Exact rows per table ("schema.table") of a database, as a dump records them in
+    ``DumpInfo.row_counts`` (see ``_COUNTED_TABLES``)."""
     try:
         with psycopg.connect(dsn, connect_timeout=30) as conn:
             return _row_counts(conn)
