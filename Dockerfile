@@ -22,14 +22,15 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/regionvault
 WORKDIR /src
-COPY pyproject.toml README.md beat_schedule.py ./
+COPY pyproject.toml README.md beat_schedule.py regionvault_cli.py ./
 COPY regionvault ./regionvault
 COPY tasks ./tasks
 COPY workers ./workers
-# A regular (not editable) install: `workers`, `tasks` and `beat_schedule` land in
-# site-packages, so `celery -A workers` works from any directory.
+# A regular (not editable) install: `workers`, `tasks`, `beat_schedule` and `regionvault_cli`
+# (the `regionvault` console script) land in site-packages, so `celery -A workers` works from
+# any directory.
 RUN /opt/regionvault/bin/pip install . \
-    && /opt/regionvault/bin/python -c "import workers, beat_schedule, regionvault.cli"
+    && /opt/regionvault/bin/python -c "import workers, beat_schedule, regionvault_cli"
 
 # --- runtime: Python, the PostgreSQL client, tini and the virtual environment ------------------
 FROM python:${PYTHON_VERSION}-slim-${DEBIAN_RELEASE} AS runtime

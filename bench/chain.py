@@ -481,7 +481,7 @@ class ChainBench:
     def _one_chain(self) -> tuple[str, ChainSample]:
         from regionvault.journal import BackupState, StepState
         from regionvault.manifest import STEPS, new_backup_id
-        from tasks.canvas import start_run
+        from workers.canvas import start_run
         from workers.journal import journal
 
         worker_pid = self.stack.worker_processes[self.domain].pid

@@ -3,6 +3,10 @@
 Starts the stack with sample sources, backs up every source through the real per-domain
 workers, restores one backup into a scratch database and compares it with its source row by
 row, prints a summary, stops the stack. Exit 0 only if everything held.
+
+The workers are reached through the ``Dispatcher`` the command line was given, connected only
+once the stack is up and its endpoints are in this process's environment (the Celery one
+reads them when it connects).
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from regionvault.catalogue import find_backup
 from regionvault.context import DomainContext
 from regionvault.devstack import sample
 from regionvault.devstack.stack import DevStack
+from regionvault.dispatch import Connect, Dispatcher
 from regionvault.domains import Domain
+from regionvault.follow import follow
 from regionvault.manifest import new_backup_id
 from regionvault.restore import restore
 
@@ -39,7 +45,7 @@ class DemoRow:
     verified: bool = False
 
 
-def run_demo(data_dir: Path | None, out: Console, err: Console) -> int:
+def run_demo(data_dir: Path | None, out: Console, err: Console, connect: Connect) -> int:
     own_dir = data_dir is None
     root = Path(tempfile.mkdtemp(prefix="rv-demo-")) if own_dir else data_dir
     assert root is not None
@@ -48,9 +54,9 @@ def run_demo(data_dir: Path | None, out: Console, err: Console) -> int:
     started = time.monotonic()
     try:
         stack.start()
-        os.environ.update(stack.env)  # the Celery app and stores read the stack's endpoints
+        os.environ.update(stack.env)  # the workers' client and the stores read its endpoints
         err.print(f"[dim]· stack up in {time.monotonic() - started:.1f}s[/]")
-        rows = _back_up_everything(stack, out)
+        rows = _back_up_everything(stack, connect(), out)
         restored_ok = _restore_one(stack, rows, out)
         _summary(rows, out)
         ok = all(r.ok and r.verified for r in rows) and restored_ok
@@ -63,23 +69,19 @@ def run_demo(data_dir: Path | None, out: Console, err: Console) -> int:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def _back_up_everything(stack: DevStack, out: Console) -> list[DemoRow]:
-    from regionvault.follow import follow
-    from tasks.canvas import start_run
-    from workers.journal import journal
-
+def _back_up_everything(stack: DevStack, queue: Dispatcher, out: Console) -> list[DemoRow]:
     assert stack.config is not None
     pending = []
     for domain, dcfg in stack.config.domains.items():
         for src in dcfg.sources:
             backup_id = new_backup_id(domain, src.name, DomainContext(stack.config, domain).clock())
-            start_run(domain.value, src.name, backup_id, deep_verify=True, note="demo")
+            queue.start_run(domain.value, src.name, backup_id, deep_verify=True, note="demo")
             pending.append((domain, src.name, backup_id, time.monotonic()))
             out.print(f"queued {backup_id} in backup.{domain.value}")
     rows = []
     for domain, source, backup_id, t0 in pending:
         out.print(f"[bold]{domain.value}/{source}[/] {backup_id}")
-        ok = follow(journal(), backup_id, out, lambda _: None, timeout=600).verified
+        ok = follow(queue.journal(), backup_id, out, lambda _: None, timeout=600).verified
         rows.append(_row(stack, domain, source, backup_id, ok, time.monotonic() - t0))
     return rows
 

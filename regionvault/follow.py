@@ -1,8 +1,8 @@
 """Follow a backup's chain live: each step's state, bytes, rate and elapsed time.
 
 States come from the journal (written by the workers); bytes of the running step come from
-the task's PROGRESS state in the result backend. On a terminal the table redraws in place;
-elsewhere (CI logs, pipes) each change is printed as a line.
+what the step reports while it runs (``Dispatcher.progress``). On a terminal the table
+redraws in place; elsewhere (CI logs, pipes) each change is printed as a line.
 """
 
 from __future__ import annotations

@@ -47,7 +47,10 @@ class BackupState(StrEnum):
 
 
 @dataclass(frozen=True)
-class StepRecord:
+class JournalEntry:
+    """One step of a backup as the journal holds it: its state, the task that carries it,
+    the last word about it and when that was written."""
+
     step: Step
     state: StepState = StepState.PENDING
     task_id: str | None = None
@@ -61,7 +64,7 @@ class BackupRecord:
     domain: str
     source: str
     state: BackupState
-    steps: dict[Step, StepRecord]
+    steps: dict[Step, JournalEntry]
     created_at: datetime
     updated_at: datetime
     error: str = ""
@@ -308,7 +311,7 @@ class Journal:
 def _record(backup_id: str, data: Mapping[str, str], notes: Iterable[str]) -> BackupRecord:
     steps = {}
     for step in STEPS:
-        steps[step] = StepRecord(
+        steps[step] = JournalEntry(
             step=step,
             state=StepState(data.get(f"{step.value}.state", StepState.PENDING.value)),
             task_id=data.get(f"{step.value}.task_id") or None,

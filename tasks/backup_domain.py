@@ -13,8 +13,8 @@ from datetime import datetime
 from typing import Any
 
 from regionvault.schedule import slot_backup_id, slot_of
-from tasks.canvas import start_run
 from workers.app import app
+from workers.canvas import start_run
 from workers.guard import DomainTask
 from workers.journal import journal
 from workers.runtime import context_for

@@ -6,8 +6,8 @@ from typing import Any
 
 from regionvault.manifest import BackupRef, Step
 from regionvault.reconcile import Reconciler
-from tasks.canvas import start_run
 from workers.app import app
+from workers.canvas import start_run
 from workers.guard import DomainTask
 from workers.journal import journal
 from workers.runtime import context_for, leases

@@ -39,7 +39,7 @@ from regionvault.journal import StepState
 from regionvault.lease import Heartbeat, Holder, Lease, LeaseStore, Ownership, owner_id
 from regionvault.lease import owner_is_dead_here as _dead_here
 from regionvault.manifest import BackupRef, Step
-from tasks.canvas import next_step, send_step
+from workers.canvas import next_step, send_step
 from workers.guard import DomainTask
 from workers.journal import journal
 from workers.runtime import context_for, leases, worker_config
@@ -61,6 +61,8 @@ STEP_OPTIONS: dict[str, Any] = {
 }
 
 PROGRESS_INTERVAL_SECONDS = 1.0
+#: the first wait for a lease another owner holds (see ``acquire``)
+ACQUIRE_FIRST_PAUSE = 0.01
 
 #: the steps that write the spool (later steps write only to the stores, and verify empties
 #: the spool: fencing it there would leave a directory behind)
@@ -108,6 +110,10 @@ def acquire(store: LeaseStore, backup_id: str, owner: str, *, step: Step, run: i
     A holder of a newer run wins at once; a holder that is a dead process of this host (a
     pool child killed a moment ago) is broken at once instead of waited for."""
     deadline = clock() + 2 * ttl_ms / 1000
+    # The usual holder is the step before, which sends this step's message a moment before it
+    # releases the lease: the first waits are short, so a hand-over costs milliseconds, and
+    # they grow to a tenth of the lease so that a real duplicate polls gently.
+    pause = ACQUIRE_FIRST_PAUSE
     while True:
         got = store.acquire(backup_id, owner, ttl_ms, step=step.value, run=run, floor=floor)
         if isinstance(got, Lease):
@@ -119,15 +125,17 @@ def acquire(store: LeaseStore, backup_id: str, owner: str, *, step: Step, run: i
             continue
         if clock() >= deadline:
             return got
-        sleep(min(1.0, ttl_ms / 1000 / 10))
+        sleep(pause)
+        pause = min(2 * pause, 1.0, ttl_ms / 1000 / 10)
 
 
 def progress_reporter(task: Any, step: str, heartbeat: Heartbeat | None = None
                       ) -> Callable[[int], None]:
     """Report bytes done to the result backend at most once a second (metadata only); stop a
-    step that lost its lease at the next chunk."""
-    last = 0.0
+    step that lost its lease at the next chunk. The first report comes after a second: a
+    short step writes no progress at all (nothing reads it before then)."""
     started = time.monotonic()
+    last = started
 
     def report(done: int) -> None:
         nonlocal last

@@ -21,8 +21,7 @@ from kombu import Queue
 from beat_schedule import build_beat_schedule
 from regionvault.config import Config, load_config
 from regionvault.domains import Domain, queue_name
-
-TASK_PREFIX = "regionvault."
+from workers.names import TASK_PREFIX
 
 
 def route_by_domain(name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -97,6 +96,5 @@ def _config_from_environment() -> Config | None:
 
 app = Celery("regionvault")
 configure(app, _config_from_environment())
-
-# Connect the worker signals: residency guard, journal, metrics.
-from workers import guard, journal, metrics  # noqa: E402, F401
+# The worker signals (residency guard, journal, metrics) are connected by the package
+# (workers/__init__.py), which Python runs before this module whoever imports it.

@@ -9,34 +9,17 @@ and logged, so a misrouted message can neither run here nor loop between workers
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 from celery import Task
 from celery.exceptions import Reject, WorkerShutdown
 from celery.signals import celeryd_after_setup
 
-from regionvault.domains import Domain, parse_domain, queue_name
-from regionvault.manifest import STEPS, Step
+from regionvault.domains import Domain, queue_name
+from workers.metrics import MISROUTED
+from workers.runtime import serves, worker_domain
 
 log = logging.getLogger("regionvault.guard")
-
-
-def worker_domain() -> Domain | None:
-    """The domain this process serves, or None outside a domain worker (CLI, beat, tests)."""
-    value = os.environ.get("REGIONVAULT_DOMAIN")
-    return parse_domain(value) if value else None
-
-
-#: the step tasks, by task name
-STEP_TASKS: dict[str, Step] = {f"regionvault.{s.value}": s for s in STEPS}
-
-
-def serves(requested: object) -> bool:
-    """Whether this process may run a task naming domain ``requested``: any process that is
-    not a domain worker may (CLI, tests); a domain worker only its own domain's tasks."""
-    served = worker_domain()
-    return served is None or requested == served.value
 
 
 def queue_problem(domain: Domain | None, consumed: set[str]) -> str | None:
@@ -79,8 +62,6 @@ class DomainTask(Task):
                 "domain %r; rejected without running",
                 self.name, self.request.id, requested, served.value,
             )
-            from workers.metrics import MISROUTED
-
             MISROUTED.labels(worker_domain=served.value, task_domain=str(requested)).inc()
             raise Reject(
                 f"task for domain {requested!r} refused by a worker of domain {served.value!r}",

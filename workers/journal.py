@@ -19,7 +19,8 @@ from billiard.exceptions import WorkerLostError
 from celery.signals import task_failure
 
 from regionvault.journal import Journal, StepState
-from workers.guard import STEP_TASKS, serves
+from workers.names import STEP_TASKS
+from workers.runtime import serves
 
 log = logging.getLogger("regionvault.journal")
 

@@ -18,7 +18,8 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from workers.guard import STEP_TASKS, serves, worker_domain
+from workers.names import STEP_TASKS, TASK_PREFIX, task_name
+from workers.runtime import serves, worker_domain
 
 # Must be decided before prometheus_client is imported: it picks its value store at import.
 # Only a worker process gets a private directory (not `celery inspect` run in its pod).
@@ -145,6 +146,7 @@ EXPORTED = {
 }
 
 _started: dict[str, float] = {}
+_DRILL_TASK = task_name("restore_drill")
 
 
 @worker_init.connect
@@ -192,13 +194,13 @@ def _step_started(task_id: str, task: Any, **_: Any) -> None:
 @task_success.connect
 def _step_succeeded(sender: Any, result: Any, **_: Any) -> None:
     started = _started.pop(sender.request.id, None)
-    if sender.name == "regionvault.restore_drill":
+    if sender.name == _DRILL_TASK:
         DRILL_LAST_SUCCESS.labels(domain=sender.request.kwargs.get("domain")).set(time.time())
         return
     labels = _labels(sender.request.kwargs)
     if sender.name not in STEP_TASKS or labels is None or not isinstance(result, dict):
         return
-    step = sender.name.removeprefix("regionvault.")
+    step = sender.name.removeprefix(TASK_PREFIX)
     if started is not None:
         STEP_DURATION.labels(*labels, step).observe(time.monotonic() - started)
     STEP_BYTES.labels(*labels, step).inc(int(result.get("bytes") or 0))
@@ -211,13 +213,13 @@ def _step_succeeded(sender: Any, result: Any, **_: Any) -> None:
 def _step_failed(sender: Any, task_id: str, exception: BaseException,
                  kwargs: dict[str, Any] | None = None, **_: Any) -> None:
     _started.pop(task_id, None)
-    if sender.name == "regionvault.restore_drill":
+    if sender.name == _DRILL_TASK:
         DRILL_FAILURES.labels(domain=(kwargs or {}).get("domain", "")).inc()
         return
     labels = _labels(kwargs)
     if sender.name not in STEP_TASKS or labels is None:
         return
-    step = sender.name.removeprefix("regionvault.")
+    step = sender.name.removeprefix(TASK_PREFIX)
     STEP_FAILURES.labels(*labels, step).inc()
     if step == "verify" and "failed verification" in str(exception):
         for store in ("s3", "gcs"):

@@ -1,13 +1,28 @@
-"""Per-process state of a worker: the configuration and one DomainContext per domain."""
+"""Per-process state of a worker: the domain it serves, the configuration and one
+DomainContext per domain."""
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 
 from regionvault.config import Config, load_config
 from regionvault.context import DomainContext, clock_for
-from regionvault.domains import parse_domain
+from regionvault.domains import Domain, parse_domain
 from regionvault.lease import RedisLeaseStore
+
+
+def worker_domain() -> Domain | None:
+    """The domain this process serves, or None outside a domain worker (CLI, beat, tests)."""
+    value = os.environ.get("REGIONVAULT_DOMAIN")
+    return parse_domain(value) if value else None
+
+
+def serves(requested: object) -> bool:
+    """Whether this process may run a task naming domain ``requested``: any process that is
+    not a domain worker may (CLI, tests); a domain worker only its own domain's tasks."""
+    served = worker_domain()
+    return served is None or requested == served.value
 
 
 @lru_cache(maxsize=1)

@@ -12,14 +12,14 @@ from regionvault.cli.common import (
     app,
     config_from,
     context_for,
+    dispatcher,
     err,
     guarded,
-    journal,
     operator,
     out,
-    progress_of,
 )
 from regionvault.context import DomainContext
+from regionvault.dispatch import Dispatcher
 from regionvault.domains import parse_domain
 from regionvault.errors import BackupBusy, ConfigError
 from regionvault.manifest import BackupRef, Manifest, new_backup_id
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 @app.command()
 def backup(
+    ctx: typer.Context,
     domain: Annotated[str, typer.Option("--domain", "-d", help="us, eu or au")],
     source: Annotated[str | None, typer.Option("--source", "-s", help="a source of that domain")]
     = None,
@@ -58,16 +59,15 @@ def backup(
         names = [s.name for s in cfg.domain(d).sources] if all_sources else [str(source)]
         for name in names:
             cfg.source(d, name)  # unknown domain or source: refused before anything is sent
-        from tasks.canvas import start_run
-
+        queue = dispatcher(ctx)
         if not force:
             for name in names:
-                _refuse_if_in_flight(d.value, name)
+                _refuse_if_in_flight(queue, d.value, name)
         started = []
         for name in names:
             backup_id = new_backup_id(d, name, DomainContext(cfg, d).clock())
-            start_run(d.value, name, backup_id, deep_verify=deep,
-                      note=f"ad-hoc backup by {operator()}")
+            queue.start_run(d.value, name, backup_id, deep_verify=deep,
+                            note=f"ad-hoc backup by {operator()}")
             started.append(backup_id)
             out.print(f"backup {backup_id} queued in backup.{d.value}")
         if not wait:
@@ -76,7 +76,7 @@ def backup(
             return
         from regionvault.follow import follow
 
-        results = [follow(journal(), backup_id, out, progress_of, timeout=timeout)
+        results = [follow(queue.journal(), backup_id, out, queue.progress, timeout=timeout)
                    for backup_id in started]
         if not all(r.verified for r in results):
             raise typer.Exit(1)
@@ -84,8 +84,8 @@ def backup(
     guarded(run)
 
 
-def _refuse_if_in_flight(domain: str, source: str) -> None:
-    running = [r for r in journal().for_source(domain, source) if r.in_flight]
+def _refuse_if_in_flight(queue: Dispatcher, domain: str, source: str) -> None:
+    running = [r for r in queue.journal().for_source(domain, source) if r.in_flight]
     if running:
         raise BackupBusy(
             f"backup {running[0].backup_id} of source {source!r} in domain {domain!r} is still "

@@ -1,4 +1,5 @@
-"""What every command shares: the Typer app, consoles, error handling, option types."""
+"""What every command shares: the Typer app, consoles, error handling, option types, and the
+way to the workers (``dispatcher``)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,16 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
 
 from regionvault.config import Config, load_config
 from regionvault.context import DomainContext
+from regionvault.dispatch import Connect, Dispatcher
 from regionvault.domains import Domain, parse_domain
 from regionvault.errors import RegionvaultError
-from regionvault.journal import Journal
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Region-pinned, client-side encrypted database backups.")
@@ -55,22 +56,22 @@ def context_for(config: Config, domain: str | Domain) -> DomainContext:
     return DomainContext(config, d)
 
 
-def journal() -> Journal:
-    """The backup journal, in the result backend the Celery app is configured with."""
-    from workers.journal import journal as worker_journal
-
-    return worker_journal()
+_DISPATCHER = "regionvault.dispatcher"
 
 
-def progress_of(task_id: str) -> dict[str, Any] | None:
-    """The PROGRESS meta a running step reports (bytes, elapsed), if any."""
-    from celery.result import AsyncResult
-
-    from workers.app import app as celery_app
-
-    result = AsyncResult(task_id, app=celery_app)
-    info = result.info if result.state == "PROGRESS" else None
-    return info if isinstance(info, dict) else None
+def dispatcher(ctx: typer.Context) -> Dispatcher:
+    """The way to the workers this run of the command line was given (``regionvault.cli.main``
+    takes it as a ``Connect``), connected the first time a command asks: call this only once
+    the command has read and checked its configuration."""
+    found: Dispatcher | None = ctx.meta.get(_DISPATCHER)
+    if found is None:
+        connect: Connect | None = ctx.find_root().obj
+        if connect is None:
+            raise RuntimeError("this command line was started without a way to the workers; "
+                               "run it as `regionvault` (regionvault_cli.main), which gives it "
+                               "the Celery one")
+        found = ctx.meta[_DISPATCHER] = connect()
+    return found
 
 
 def operator() -> str:

@@ -20,10 +20,10 @@ from regionvault.cli.common import (
     app,
     config_from,
     context_for,
+    dispatcher,
     err,
     format_age,
     guarded,
-    journal,
     out,
 )
 from regionvault.cli.restores import parse_time
@@ -127,6 +127,7 @@ def _print_report(report: ComplianceReport) -> None:
 
 @app.command("compliance")
 def compliance_command(
+    ctx: typer.Context,
     domain: Annotated[str | None, typer.Option(
         "--domain", "-d", help="us, eu or au (default: every configured domain)")] = None,
     as_json: Annotated[bool, typer.Option(
@@ -159,7 +160,7 @@ def compliance_command(
         else:
             when = clock_for(cfg)()  # the clock the sweeps and samples were recorded by
         domains = [parse_domain(domain)] if domain else list(cfg.domains)
-        client = journal().client  # both ledgers live beside the journal
+        client = dispatcher(ctx).journal().client  # both ledgers live beside the journal
         reports = [compliance_report(context_for(cfg, d), expiry_ledger=RedisSweepLedger(client),
                                      integrity_ledger=RedisReadLedger(client), now=when,
                                      integrity_max_age=timedelta(days=integrity_max_age_days))

@@ -14,18 +14,17 @@ from regionvault.cli.common import (
     app,
     config_from,
     context_for,
+    dispatcher,
     err,
     format_age,
     guarded,
-    journal,
     operator,
     out,
-    progress_of,
 )
 from regionvault.cli.restores import parse_time
 from regionvault.context import DomainContext
 from regionvault.domains import parse_domain
-from regionvault.errors import BackupBusy, ConfigError, NotFound
+from regionvault.errors import BackupBusy, ConfigError, NotFound, RegionvaultError
 from regionvault.journal import BackupRecord, BackupState, StepState
 from regionvault.manifest import STEPS, BackupRef, Step
 from regionvault.status import (
@@ -48,6 +47,7 @@ def _age(delta: timedelta | None) -> str:
 
 @app.command()
 def watch(
+    ctx: typer.Context,
     backup_id: str,
     timeout: Annotated[float, typer.Option(help="seconds to follow")] = 3600,
 ) -> None:
@@ -57,10 +57,12 @@ def watch(
         from regionvault.follow import follow
 
         BackupRef.parse(backup_id)
-        if journal().get(backup_id) is None:
+        queue = dispatcher(ctx)
+        if queue.journal().get(backup_id) is None:
             raise NotFound(f"backup {backup_id} is not in the journal (finished backups: "
                            f"regionvault show {backup_id})")
-        if not follow(journal(), backup_id, out, progress_of, timeout=timeout).verified:
+        if not follow(queue.journal(), backup_id, out, queue.progress,
+                      timeout=timeout).verified:
             raise typer.Exit(1)
 
     guarded(run)
@@ -68,6 +70,7 @@ def watch(
 
 @app.command()
 def status(
+    ctx: typer.Context,
     domain: Annotated[str | None, typer.Option("--domain", "-d")] = None,
     now: Annotated[str | None, typer.Option(
         "--now", help="judge freshness as of this time (ISO 8601), e.g. to test alerts")] = None,
@@ -82,27 +85,25 @@ def status(
         import redis
 
         from regionvault.catalogue import list_backups
-        from regionvault.lease import RedisLeaseStore
-        from workers.app import app as celery_app
 
         cfg = config_from(config)
         domains = [parse_domain(domain)] if domain else list(cfg.domains)
         threshold = stuck_after(cfg.reconcile)
-        # leases live with the journal, in the result backend of the Celery app
-        leases = RedisLeaseStore.from_url(str(celery_app.conf.result_backend))
+        queue = dispatcher(ctx)
+        leases = queue.leases()
         rows: list[SourceStatus] = []
         for d in domains:
-            ctx = context_for(cfg, d)
-            when = parse_time(now) if now else ctx.clock()
-            for src in ctx.dcfg.sources:
-                verified = [m for m in list_backups(ctx, src.name)
+            dctx = context_for(cfg, d)
+            when = parse_time(now) if now else dctx.clock()
+            for src in dctx.dcfg.sources:
+                verified = [m for m in list_backups(dctx, src.name)
                             if m.verified and m.created_at <= when]
                 last = verified[-1] if verified else None
-                records = journal().for_source(d.value, src.name)
+                records = queue.journal().for_source(d.value, src.name)
                 failures = [r for r in records
                             if r.state is BackupState.FAILED and r.updated_at <= when]
                 failure = failures[0] if failures else None
-                rpo = ctx.dcfg.rpo_for(src)
+                rpo = dctx.dcfg.rpo_for(src)
                 attempts: list[AttemptStatus] = []
                 for record in in_flight(records, when):
                     try:
@@ -197,6 +198,7 @@ def _resume_point(ctx: DomainContext, backup_id: str, record: BackupRecord | Non
 
 @app.command()
 def retry(
+    ctx: typer.Context,
     backup_id: str,
     from_step: Annotated[str | None, typer.Option(
         "--from", help="resume from this step (dump, encrypt, upload, replicate, verify, "
@@ -211,16 +213,15 @@ def retry(
     running: two retries at once start one chain."""
 
     def run() -> None:
-        from tasks.canvas import start_run
-
         ref = BackupRef.parse(backup_id)
         cfg = config_from(config)
-        ctx = context_for(cfg, ref.domain)
+        dctx = context_for(cfg, ref.domain)
         cfg.source(ref.domain, ref.source)
         wanted = _parse_step(from_step) if from_step else None
-        step = _resume_point(ctx, backup_id, journal().get(backup_id), wanted)
-        started = start_run(ref.domain.value, ref.source, backup_id, start_at=step,
-                            mode="retry", note=f"retried by {operator()}")
+        queue = dispatcher(ctx)
+        step = _resume_point(dctx, backup_id, queue.journal().get(backup_id), wanted)
+        started = queue.start_run(ref.domain.value, ref.source, backup_id, start_at=step,
+                                  mode="retry", note=f"retried by {operator()}")
         if not started.accepted:
             claim = started.claim
             raise BackupBusy(
@@ -233,7 +234,8 @@ def retry(
         if wait:
             from regionvault.follow import follow
 
-            if not follow(journal(), backup_id, out, progress_of, timeout=timeout).verified:
+            if not follow(queue.journal(), backup_id, out, queue.progress,
+                          timeout=timeout).verified:
                 raise typer.Exit(1)
 
     guarded(run)
@@ -249,6 +251,7 @@ def _parse_step(value: str) -> Step:
 
 @app.command()
 def cancel(
+    ctx: typer.Context,
     backup_id: str,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the clean-up")] = 120,
     config: ConfigOption = None,
@@ -256,25 +259,32 @@ def cancel(
     """Stop a queued or running backup, discard its partial uploads and spool files."""
 
     def run() -> None:
-        from workers.app import app as celery_app
-
         ref = BackupRef.parse(backup_id)
         cfg = config_from(config)
         cfg.source(ref.domain, ref.source)
-        record = journal().get(backup_id)
+        queue = dispatcher(ctx)
+        record = queue.journal().get(backup_id)
         if record is not None and record.state is BackupState.VERIFIED:
             raise ConfigError(f"backup {backup_id} is verified; cancel stops unfinished "
                               "backups only")
         # First the mark: any step of this backup that starts from now on ends at once.
-        journal().cancelled(backup_id, by=operator())
+        queue.journal().cancelled(backup_id, by=operator())
         if record is not None:
             ids = [r.task_id for r in record.steps.values() if r.task_id]
-            # terminate: the step running now is stopped (its worker child gets SIGTERM)
-            celery_app.control.revoke(ids, terminate=True, signal="SIGTERM")
+            queue.revoke(ids)  # the step running now is stopped
             err.print(f"revoked {len(ids)} task(s) of backup {backup_id}")
-        cleanup = celery_app.send_task("regionvault.discard", kwargs={
-            "backup_id": backup_id, "domain": ref.domain.value, "source": ref.source})
-        outcome = cleanup.get(timeout=timeout)
-        out.print(f"backup {backup_id} cancelled; {outcome['detail']}")
+        cleanup = queue.discard(backup_id, ref.domain.value, ref.source)
+        try:
+            outcome = queue.wait(cleanup, timeout=timeout)
+        except TimeoutError:
+            raise RegionvaultError(
+                f"backup {backup_id} is cancelled, but its clean-up (task {cleanup}) did not "
+                f"finish within {timeout:.0f}s; run `regionvault cancel {backup_id}` again "
+                "(the reconciler also sweeps what it leaves)") from None
+        if not outcome.ok:
+            raise RegionvaultError(
+                f"backup {backup_id} is cancelled, but its clean-up (task {cleanup}) failed: "
+                f"{outcome.error}; run `regionvault cancel {backup_id}` again")
+        out.print(f"backup {backup_id} cancelled; {outcome.value['detail']}")
 
     guarded(run)

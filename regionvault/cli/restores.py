@@ -21,6 +21,7 @@ from regionvault.cli.common import (
     app,
     config_from,
     context_for,
+    dispatcher,
     err,
     format_age,
     guarded,
@@ -104,6 +105,7 @@ def restore(
 
 @app.command()
 def drill(
+    ctx: typer.Context,
     domain: Annotated[str, typer.Option("--domain", "-d")],
     source: Annotated[str | None, typer.Option("--source", "-s")] = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the drill")] = 3600,
@@ -112,30 +114,27 @@ def drill(
     """Run a restore drill now, on the domain's own workers, and show its report."""
 
     def run() -> None:
-        from celery.exceptions import TimeoutError as CeleryTimeout
-
         from regionvault.drill import DrillFailed, list_reports
-        from workers.app import app as celery_app
 
         cfg = config_from(config)
         d = parse_domain(domain)
-        ctx = context_for(cfg, d)
+        dctx = context_for(cfg, d)
         if source:
             cfg.source(d, source)
-        result = celery_app.send_task("regionvault.restore_drill",
-                                      kwargs={"domain": d.value, "source": source})
-        err.print(f"restore drill queued in backup.{d.value} (task {result.id})")
+        queue = dispatcher(ctx)
+        task_id = queue.restore_drill(d.value, source)
+        err.print(f"restore drill queued in backup.{d.value} (task {task_id})")
         try:
-            outcome = result.get(timeout=timeout, propagate=False)
-        except CeleryTimeout:
+            outcome = queue.wait(task_id, timeout=timeout)
+        except TimeoutError:
             raise ConfigError(f"the drill did not finish within {timeout:.0f}s; "
-                              f"see task {result.id} in Flower") from None
-        reports = list_reports(ctx, limit=1)
+                              f"see task {task_id} in Flower") from None
+        reports = list_reports(dctx, limit=1)
         if reports:
             _print_report_sources(reports[0])
-        if result.failed():
-            raise DrillFailed(str(outcome))
-        out.print(f"[green]restore drill {outcome['drill_id']} passed[/]")
+        if not outcome.ok:
+            raise DrillFailed(outcome.error)
+        out.print(f"[green]restore drill {outcome.value['drill_id']} passed[/]")
 
     guarded(run)
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from regionvault.cli.common import ConfigOption, app, err, guarded, out
+from regionvault.cli.common import ConfigOption, app, dispatcher, err, guarded, out
 
 # --- the embedded stack ----------------------------------------------------------------------
 
@@ -57,10 +57,12 @@ def dev(
 
 @app.command()
 def demo(
+    ctx: typer.Context,
     data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,
 ) -> None:
     """Start the embedded stack, back up every sample source, restore one, print a summary."""
     from regionvault.demo import run_demo
 
-    code = guarded(lambda: run_demo(data_dir, out, err))
+    # the workers are reached once the stack is up and its endpoints are in the environment
+    code = guarded(lambda: run_demo(data_dir, out, err, lambda: dispatcher(ctx)))
     raise typer.Exit(code)

@@ -4,25 +4,28 @@ Redis-protocol broker, PostgreSQL with sample sources, S3 (moto) and GCS emulato
 buckets of every domain created in their regions, one ``celery worker`` per domain, beat and
 Flower. ``DevStack.start`` writes ``<data dir>/dev.env`` with every endpoint, so that with it
 sourced every ``regionvault`` command works against the stack.
+
+Celery is run here as programs, exactly as the servers are and as Compose and the chart run
+it (``celery -A workers worker``, ``celery inspect ping``, ``regionvault flower``): this module
+is part of the core, which imports no Celery.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shlex
 import socket
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import boto3
-import kombu.exceptions
-import redis
-from celery import Celery
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
@@ -243,13 +246,27 @@ class DevStack:
         if process is not None:
             process.stop()
 
-    def control_app(self) -> Celery:
-        # not the current app: code in this process that uses the default app (results of
-        # the real app, for one) must not pick up this bare control connection
-        return Celery(broker=self.env["REGIONVAULT_BROKER_URL"], set_as_current=False)
+    def workers_answering(self, names: Collection[str], timeout: float = 1.0) -> set[str]:
+        """Which of the workers ``names`` answer a ping within ``timeout`` seconds, asked with
+        ``celery inspect ping`` on the stack's broker (a bare Celery: the answer needs no
+        configuration of ours). A broker that is down or restarting answers nothing."""
+        argv = [sys.executable, "-m", "celery", "--broker", self.env["REGIONVAULT_BROKER_URL"],
+                "inspect", "ping", "--destination", ",".join(sorted(names)),
+                "--timeout", str(timeout), "--json"]
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 30,
+                                  env=self.celery_env(), check=False)
+        except subprocess.TimeoutExpired:
+            return set()
+        if done.returncode != 0:  # 69: no node replied (or no broker to ask)
+            return set()
+        try:
+            replies = json.loads(done.stdout)
+        except ValueError:
+            return set()
+        return set(replies) & set(names) if isinstance(replies, dict) else set()
 
     def wait_for_workers(self, domains: list[Domain], timeout: float = 60.0) -> None:
-        app = self.control_app()
         wanted = {self.worker_name(d) for d in domains}
         deadline = time.monotonic() + timeout
         answered: set[str] = set()
@@ -259,15 +276,10 @@ class DevStack:
                     raise ServiceStartError(
                         f"the worker of domain {domain.value!r} exited during start-up",
                         service=proc.name, log_tail=proc.tail())
-            try:
-                replies = app.control.ping(destination=sorted(wanted), timeout=1.0) or []
-            except (OSError, redis.RedisError, kombu.exceptions.KombuError):
-                # a broker that was just restarted drops pooled connections: ask again
-                time.sleep(0.2)
-                continue
-            answered = {name for reply in replies for name in reply}
+            answered = self.workers_answering(wanted)
             if wanted <= answered:
                 return
+            time.sleep(0.2)
         raise ServiceStartError(
             f"workers {', '.join(sorted(wanted - answered))} did not answer a ping in "
             f"{timeout:.0f}s", service="workers")
@@ -292,7 +304,7 @@ class DevStack:
                                       f"operator:{password}")
         self.say(f"starting Flower on http://127.0.0.1:{port}")
         process = start_process(
-            "flower", [sys.executable, "-c", "from regionvault.cli import main; main()",
+            "flower", [sys.executable, "-m", "regionvault_cli",  # what `regionvault` runs
                        "flower", "--address=127.0.0.1", f"--port={port}",
                        f"--basic-auth-file={auth_file}"],
             log_path=self.logs / "flower.log", env=self.celery_env(), cwd=Path.cwd())

@@ -302,7 +302,7 @@ def test_dev_no_auth_runs_open_with_a_warning(stack: DevStack, tmp_path: Path) -
     stderr = tmp_path / "flower.err"
     with stderr.open("w") as err:
         process = subprocess.Popen(
-            [sys.executable, "-c", "from regionvault.cli import main; main()", "flower",
+            [sys.executable, "-m", "regionvault_cli", "flower",
              "--dev-no-auth", f"--port={port}"], stdout=err, stderr=subprocess.STDOUT, env=env)
     try:
         def listening() -> bool:

@@ -90,7 +90,7 @@ def check_entry_point(argv: list[str]) -> str:
     if program == "regionvault" and len(argv) > 1 and not argv[1].startswith("-"):
         import typer.main
 
-        from regionvault.cli import app
+        from regionvault_cli import app
 
         commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
         assert argv[1] in commands, f"regionvault has no command {argv[1]!r}"

@@ -44,7 +44,7 @@ def context(stack: FaultStack) -> DomainContext:
 
 def start_backup(stack: FaultStack) -> str:
     """A new backup of eu/bulk, started as an on-call person would (a new run, from dump)."""
-    from tasks.canvas import start_run
+    from workers.canvas import start_run
 
     backup_id = new_backup_id(DOMAIN, SOURCE, context(stack).clock())
     assert start_run(DOMAIN.value, SOURCE, backup_id, note="fault cell").accepted

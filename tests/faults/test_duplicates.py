@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.stack, pytest.mark.faults]
     pytest.param(s, id=s.value, marks=() if s is Step.UPLOAD else pytest.mark.faults_extended)
     for s in STEPS])
 def test_step_delivered_twice_while_it_runs(fault_stack: FaultStack, step: Step) -> None:
-    from tasks.canvas import send_step
+    from workers.canvas import send_step
 
     reset_counts(fault_stack)
     backup_id = start_backup(fault_stack)

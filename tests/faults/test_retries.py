@@ -95,6 +95,9 @@ def test_two_cli_retries_racing_start_one_chain(fault_stack: FaultStack) -> None
 
 
 def test_a_flower_retry_racing_a_cli_retry_starts_one_chain(fault_stack: FaultStack) -> None:
+    # the tasks registered with the app, as Flower registers them at start-up (it imports the
+    # app's `imports`); workers.flowerui no longer imports them as a side effect
+    import tasks  # noqa: F401
     from workers.app import app
     from workers.flowerui.retry import RetryMarks, RetryRefused, retry_task
 

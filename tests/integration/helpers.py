@@ -33,7 +33,7 @@ def run_chain(stack: DevStack, domain: Domain, source: str, *, deep: bool = True
               timeout: float = 120) -> str:
     """Run a whole backup chain through the real workers; return the backup id once its last
     step (expire) is done."""
-    from tasks.canvas import start_run
+    from workers.canvas import start_run
 
     backup_id = new_backup_id(domain, source, context(stack, domain).clock())
     assert start_run(domain.value, source, backup_id, deep_verify=deep, note="test").accepted
@@ -64,7 +64,7 @@ def wait_for_step(backup_id: str, step: Step, *, timeout: float = 120) -> Backup
 def run_step(stack: DevStack, step: Step, backup_id: str, domain: Domain, source: str,
              *, timeout: float = 60) -> dict[str, Any]:
     """Run one step as a Celery task on the domain's worker and return its result."""
-    from tasks.canvas import step_signature
+    from workers.canvas import step_signature
 
     outcome = step_signature(step, backup_id, domain.value, source,
                              deep_verify=True).apply_async().get(timeout=timeout)

@@ -83,7 +83,7 @@ def flower_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     # a developer's FLOWER_* or REGIONVAULT_FLOWER_BASIC_AUTH) decides how this Flower runs.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REGIONVAULT_", "FLOWER_"))}
     env.update(REGIONVAULT_BROKER_URL=redis.url, PYTHONUNBUFFERED="1")
-    argv = [sys.executable, "-c", "from regionvault.cli import main; main()", "flower",
+    argv = [sys.executable, "-m", "regionvault_cli", "flower",
             "--address=127.0.0.1", f"--port={port}", f"--basic-auth-file={auth_file}"]
     try:
         with _running(argv, env, log_path) as flower:

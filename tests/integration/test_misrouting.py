@@ -47,7 +47,7 @@ def test_eu_task_published_to_us_queue_is_refused_and_writes_nothing(stack: DevS
 def test_task_whose_backup_id_names_another_domain_fails_without_writing(stack: DevStack) -> None:
     from regionvault.errors import ResidencyError
     from regionvault.manifest import Step
-    from tasks.canvas import step_signature
+    from workers.canvas import step_signature
 
     before = object_names(stack)
     backup_id = new_backup_id(Domain.EU, "accounts", context(stack, Domain.EU).clock())

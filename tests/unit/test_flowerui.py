@@ -28,7 +28,7 @@ from tornado.testing import bind_unused_port
 
 from regionvault.domains import Domain
 from regionvault.errors import ConfigError
-from regionvault.journal import BackupRecord, BackupState, StepRecord, StepState
+from regionvault.journal import BackupRecord, BackupState, JournalEntry, StepState
 from regionvault.manifest import Step
 from workers.flowerui.access import (
     ANONYMOUS,
@@ -145,9 +145,9 @@ NOW = datetime(2026, 11, 28, 2, 0, tzinfo=UTC)
 
 
 def _record(state: BackupState, upload_task: str) -> BackupRecord:
-    steps = {step: StepRecord(step=step, state=StepState.DONE) for step in Step}
-    steps[Step.UPLOAD] = StepRecord(step=Step.UPLOAD, state=StepState.FAILED,
-                                    task_id=upload_task)
+    steps = {step: JournalEntry(step=step, state=StepState.DONE) for step in Step}
+    steps[Step.UPLOAD] = JournalEntry(step=Step.UPLOAD, state=StepState.FAILED,
+                                      task_id=upload_task)
     return BackupRecord(backup_id=BACKUP_ID, domain="eu", source="accounts", state=state,
                         steps=steps, created_at=NOW, updated_at=NOW)
 
@@ -224,7 +224,7 @@ def _flower_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Com
     clean = {k: v for k, v in os.environ.items()
              if not k.startswith(("REGIONVAULT_", "FLOWER_"))}
     return subprocess.run(
-        [sys.executable, "-c", "from regionvault.cli import main; main()", "flower", *args],
+        [sys.executable, "-m", "regionvault_cli", "flower", *args],
         capture_output=True, text=True, env={**clean, **(env or {})}, timeout=60, check=False)
 
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from regionvault.config import ReconcileConfig
-from regionvault.journal import BackupRecord, BackupState, StepRecord, StepState
+from regionvault.journal import BackupRecord, BackupState, JournalEntry, StepState
 from regionvault.manifest import STEPS, Step
 from regionvault.status import (
     EXIT_CODES,
@@ -40,7 +40,7 @@ def _record(state: BackupState, updated_at: datetime, *,
     states = steps or {}
     return BackupRecord(
         backup_id=backup_id, domain="eu", source="accounts", state=state,
-        steps={s: StepRecord(s, states.get(s, StepState.PENDING)) for s in STEPS},
+        steps={s: JournalEntry(s, states.get(s, StepState.PENDING)) for s in STEPS},
         created_at=updated_at - H, updated_at=updated_at, retry_at=retry_at, resumes=resumes)
 
 

@@ -10,6 +10,7 @@ HTTP API, same options) with three additions, registered in front of Flower's ro
   linking each step to its task page;
 - authentication is required unless explicitly switched off for development (``access.py``).
 
-Like the CLI, this is an edge of the system: it talks to Celery only through the app object
-Flower was given, and to the journal through ``regionvault.journal``.
+Like the CLI, this is an edge of the system: it talks to Celery through the app object Flower
+was given, to the journal through ``regionvault.journal``, and starts a backup's run where
+every other caller does (``workers.canvas``).
 """

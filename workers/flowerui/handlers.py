@@ -25,14 +25,8 @@ from regionvault.domains import Domain
 from regionvault.journal import BackupRecord
 from regionvault.manifest import STEPS
 from workers.flowerui.access import operator_name
-from workers.flowerui.retry import (
-    FAILURE,
-    TASK_PREFIX,
-    RetryMark,
-    RetryRefused,
-    retry_task,
-    step_of,
-)
+from workers.flowerui.retry import FAILURE, RetryMark, RetryRefused, retry_task
+from workers.names import TASK_PREFIX, step_of
 
 T = TypeVar("T")
 

@@ -30,10 +30,11 @@ from regionvault.domains import Domain, parse_domain, queue_name
 from regionvault.errors import RegionvaultError
 from regionvault.journal import BackupState, Journal
 from regionvault.manifest import Step
+from workers.canvas import start_run
+from workers.names import TASK_PREFIX, step_of
 
 log = logging.getLogger("regionvault.flower")
 
-TASK_PREFIX = "regionvault."
 FAILURE = "FAILURE"
 #: how long a "retried" mark is kept when the app does not say how long results live
 DEFAULT_MARK_SECONDS = 7 * 24 * 3600
@@ -90,16 +91,6 @@ class RetryPlan:
     def backup_id(self) -> str | None:
         value = self.kwargs.get("backup_id")
         return value if isinstance(value, str) and value else None
-
-
-def step_of(task_name: str) -> Step | None:
-    """The backup step a task runs (``regionvault.upload`` runs upload), or None."""
-    if not task_name.startswith(TASK_PREFIX):
-        return None
-    try:
-        return Step(task_name.removeprefix(TASK_PREFIX))
-    except ValueError:
-        return None
 
 
 def plan_retry(task_id: str, meta: TaskMeta, registered: Collection[str]) -> RetryPlan:
@@ -233,8 +224,6 @@ def _send(capp: Any, plan: RetryPlan, start_at: Step | None, new_task_id: str,
         capp.tasks[plan.name].apply_async(args=plan.args, kwargs=plan.kwargs, queue=plan.queue,
                                           task_id=new_task_id)
         return
-    from tasks.canvas import start_run  # the one place that starts a backup's run
-
     started = start_run(plan.domain.value, str(plan.kwargs["source"]), plan.backup_id,
                         start_at=start_at, mode="retry", task_id=new_task_id,
                         deep_verify=bool(plan.kwargs.get("deep", False)), note=note)

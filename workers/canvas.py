@@ -11,19 +11,23 @@ retries racing, a second beat for the same slot, or the reconciler and an operat
 same instant start at most one run; a message of an older run is stale and exits without
 doing anything. A step sent with run 0 (by hand, or by a test) runs on its own: it takes
 the lease like any step but hands over to nothing.
+
+Messages are sent by task name (``workers.names``), so this module, like the rest of
+``workers``, needs none of the task modules: the step tasks, the reconciler, the CLI (through
+``workers.dispatch``) and Flower's Retry all start runs here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from celery.canvas import Signature
 
+from regionvault.dispatch import Started
 from regionvault.domains import queue_name
-from regionvault.journal import Claim, ClaimMode
+from regionvault.journal import ClaimMode
 from regionvault.manifest import STEPS, Step
+from workers.names import step_task
 
-TASK_PREFIX = "regionvault."
+__all__ = ["Started", "next_step", "send_step", "start_run", "step_signature"]
 
 
 def step_signature(step: Step, backup_id: str, domain: str, source: str, *, run: int = 0,
@@ -36,7 +40,7 @@ def step_signature(step: Step, backup_id: str, domain: str, source: str, *, run:
         kwargs["deep"] = True
     # immutable (.si): a step reads its input from the spool and the stores, never from the
     # previous task's return value, so each can be re-run on its own with the same arguments
-    return app.signature(f"{TASK_PREFIX}{step.value}", kwargs=kwargs, immutable=True,
+    return app.signature(step_task(step), kwargs=kwargs, immutable=True,
                          queue=queue_name(domain))
 
 
@@ -51,18 +55,6 @@ def send_step(step: Step, backup_id: str, domain: str, source: str, *, run: int,
 def next_step(step: Step) -> Step | None:
     index = STEPS.index(step)
     return STEPS[index + 1] if index + 1 < len(STEPS) else None
-
-
-@dataclass(frozen=True)
-class Started:
-    """What ``start_run`` did: the claim, and the first step's task id if it was accepted."""
-
-    claim: Claim
-    task_id: str = ""
-
-    @property
-    def accepted(self) -> bool:
-        return self.claim.accepted
 
 
 def start_run(domain: str, source: str, backup_id: str, *, start_at: Step = Step.DUMP,

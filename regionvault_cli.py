@@ -1,4 +1,15 @@
-"""``regionvault flower``: Flower for the app, with Retry and Backups, authenticated."""
+"""The ``regionvault`` console script: the core's command line, given its way to the workers.
+
+The core (``regionvault.cli``) imports no Celery; it reaches the workers only through the
+``regionvault.dispatch.Dispatcher`` it is handed. This module, outside the core, is where the
+Celery side is plugged in: ``main`` passes ``workers.dispatch.CeleryDispatcher`` and adds the
+one command that is Celery through and through, ``flower``.
+
+Nothing of ``workers`` is imported when this module is: the Celery app reads its
+configuration (``REGIONVAULT_CONFIG``) when it is imported, so it is imported when a command
+first needs it, after ``--config`` was exported and the command has checked the file (a
+broken configuration is one sentence on stderr, not a traceback from an import).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +19,24 @@ from typing import Annotated
 
 import typer
 
-from regionvault.cli.common import ConfigOption, app, err, guarded
+from regionvault import cli
+from regionvault.cli.common import ConfigOption, err, guarded
+from regionvault.dispatch import Dispatcher
+
+#: the commands that are Celery's own (listed after the core's)
+celery_commands = typer.Typer()
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def connect_celery() -> Dispatcher:
+    """The workers of the Celery app (``workers.app``), configured from the environment of
+    the moment (``--config``, or the demo's stack)."""
+    from workers.dispatch import CeleryDispatcher
+
+    return CeleryDispatcher()
+
+
+@celery_commands.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def flower(
     ctx: typer.Context,
     port: Annotated[int, typer.Option(help="port to listen on")] = 5555,
@@ -53,7 +78,7 @@ def flower(
             flower_args=[*flower_args, *ctx.args], dev_no_auth=dev_no_auth,
             warn=lambda message: err.print(f"[bold yellow]{message}[/]", highlight=False,
                                            soft_wrap=True))
-        if config is not None:  # (`regionvault` itself does this; CliRunner does not)
+        if config is not None:  # (`main` does this; a caller of `app` may not)
             os.environ["REGIONVAULT_CONFIG"] = str(config.resolve())
         # the Celery app (and so the configuration) only once the options are known good
         from workers.app import app as celery_app
@@ -61,3 +86,17 @@ def flower(
         flowerui.run(celery_app, options)
 
     guarded(run)
+
+
+#: what `regionvault` runs: every command of the core and Celery's own, at the top level
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=cli.app.info.help)
+app.add_typer(cli.app)
+app.add_typer(celery_commands)
+
+
+def main() -> None:
+    cli.main(connect_celery, app)
+
+
+if __name__ == "__main__":
+    main()
