@@ -130,6 +130,7 @@ def dump(ctx: DomainContext, backup_id: str, progress: Progress = _no_progress,
     data_key = new_data_key()
     wrapped = ctx.keyring.wrap(data_key, stream_context(ref, "data-key"))
     source = open_source(ref.domain, src)
+    spool.drop_stale_partials(backup_id, owner.token)
 
     with spool.atomic_write(backup_id, sp.BACKUP_FILE, owner.token) as fh:
         writer = BackupWriter(fh, data_key, stream_context(ref, "backup-stream"))

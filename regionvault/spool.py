@@ -99,6 +99,21 @@ class Spool:
         finally:
             partial.unlink(missing_ok=True)
 
+    def drop_stale_partials(self, backup_id: str, token: int) -> int:
+        """Remove partial files that owners older than ``token`` left (a worker killed while
+        writing): the dump that starts over must not need room for two copies. A fenced-out
+        owner still writing keeps an unlinked file, which it can no longer commit."""
+        directory = self.dir_for(backup_id)
+        if not directory.exists():
+            return 0
+        removed = 0
+        for path in directory.glob("*.partial"):
+            parts = path.name.split(".")  # <name>.<token>.<pid>.partial
+            if len(parts) >= 4 and parts[-3].isdigit() and int(parts[-3]) < token:
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
     def write_bytes(self, backup_id: str, name: str, data: bytes, token: int = 0) -> None:
         with self.atomic_write(backup_id, name, token) as fh:
             fh.write(data)

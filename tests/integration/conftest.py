@@ -31,7 +31,8 @@ LEDGER = sample.SampleSource(
     """,
 )
 
-#: a metadata source the one-pass test fills with tens of MB; nothing else reads it
+#: a metadata source of the shared stack that the one-pass test fills with tens of MB;
+#: nothing else reads it
 BULK = sample.SampleSource(
     name="bulk",
     data_class="metadata",
@@ -53,7 +54,7 @@ def running_stack(prefix: str, **options: Any) -> Iterator[DevStack]:
     # pytest run starts while this stack is up.
     root = Path(tempfile.mkdtemp(prefix=prefix))
     settings: dict[str, Any] = {"beat": False, "flower": False,
-                                "sources": (*sample.SAMPLE_SOURCES, LEDGER, BULK), **options}
+                                "sources": (*sample.SAMPLE_SOURCES, LEDGER), **options}
     dev = DevStack(data_dir=root, **settings)
     try:
         dev.start()
@@ -66,7 +67,8 @@ def running_stack(prefix: str, **options: Any) -> Iterator[DevStack]:
 @pytest.fixture(scope="session")
 def stack() -> Iterator[DevStack]:
     """The stack most tests share; its environment is the test process's for the session."""
-    with running_stack("rv-test-stack-") as dev:
+    with running_stack("rv-test-stack-",
+                       sources=(*sample.SAMPLE_SOURCES, LEDGER, BULK)) as dev:
         saved = dict(os.environ)
         os.environ.update(dev.env)
         from regionvault.config import load_config

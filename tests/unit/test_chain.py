@@ -32,6 +32,7 @@ from regionvault.errors import (
     UnknownSourceError,
 )
 from regionvault.keyring import LocalKeyring, WrappedKey
+from regionvault.lease import Ownership
 from regionvault.manifest import BackupRef, Manifest, Step, parse_manifest
 from regionvault.sources import DumpInfo
 from regionvault.stores.memory import MemoryStore
@@ -384,6 +385,20 @@ def test_dump_writes_the_finished_object_once(rig: Rig) -> None:
     assert draft.ciphertext_size == after_dump["backup.rvb"]
     assert draft.plaintext_sha256 == hashlib.sha256(PAYLOAD).hexdigest()
     assert draft.row_counts == {"public.customers": len(PIECES)}
+
+
+def test_a_dump_that_starts_over_removes_what_a_dead_owner_left(rig: Rig) -> None:
+    """A worker killed mid-dump leaves its partial object; the next owner's dump removes it
+    before writing, so the spool never needs room for two copies."""
+    backup_id = chain.new_backup(rig.ctx, "accounts")
+    directory = rig.ctx.spool.dir_for(backup_id)
+    directory.mkdir(parents=True)
+    dead = directory / "backup.rvb.3.4242.partial"
+    dead.write_bytes(b"x" * 4096)
+    rig.ctx.spool.advance_fence(backup_id, 5)
+    chain.dump(rig.ctx, backup_id, owner=Ownership(token=5))
+    assert not dead.exists()
+    assert set(spool_bytes(rig)) == {"backup.rvb", "dump.json"}
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate"])

@@ -11,7 +11,7 @@ import pytest
 from regionvault.backup_state import BackupFacts, next_step
 from regionvault.config import ReconcileConfig, TaskRetryConfig
 from regionvault.domains import Domain
-from regionvault.journal import BackupRecord, BackupState, StepRecord, StepState
+from regionvault.journal import BackupRecord, BackupState, JournalEntry, StepState
 from regionvault.lease import Holder, Lease, MemoryLeaseStore
 from regionvault.manifest import STEPS, BackupRef, Step
 from regionvault.reconcile import Action, Observation, decide
@@ -35,7 +35,7 @@ def record(state: BackupState, steps: dict[Step, StepState] | None = None, *,
     states = steps or {}
     return BackupRecord(
         backup_id=BID, domain="eu", source="accounts", state=state,
-        steps={s: StepRecord(s, states.get(s, StepState.PENDING)) for s in STEPS},
+        steps={s: JournalEntry(s, states.get(s, StepState.PENDING)) for s in STEPS},
         created_at=NOW - timedelta(hours=1), updated_at=NOW - timedelta(seconds=idle),
         run=2, rerun=rerun, resumes=resumes,
         retry_at=NOW + timedelta(seconds=retry_in) if retry_in is not None else None)
@@ -191,6 +191,30 @@ def test_a_duplicate_waits_for_an_expiring_lease_then_takes_it() -> None:
                   sleep=t.sleep, clock=t.clock)
     assert isinstance(got, Lease) and got.token > first.token
     assert 5 <= t.now <= 10
+
+
+def test_the_next_step_takes_the_lease_within_milliseconds_of_its_release() -> None:
+    """The step before sends the next step's message, then releases its lease: the next
+    step, already waiting, must not sleep a tenth of the lease (a second) on every hand-over.
+    """
+    from tasks.runner import acquire
+
+    t = FakeTime()
+    store = MemoryLeaseStore(t.clock)
+    before = store.acquire(BID, "otherhost/1/a", 60_000, step="dump", run=1)
+    assert isinstance(before, Lease)
+    sleeps: list[float] = []
+
+    def sleep_then_release(seconds: float) -> None:
+        sleeps.append(seconds)
+        t.sleep(seconds)
+        if t.now >= 0.005:  # the previous step releases 5 ms after sending
+            store.release(before)
+
+    got = acquire(store, BID, "otherhost/2/b", step=Step.ENCRYPT, run=1, floor=0,
+                  ttl_ms=60_000, sleep=sleep_then_release, clock=t.clock)
+    assert isinstance(got, Lease)
+    assert t.now <= 0.05, f"the hand-over waited {t.now:.3f}s ({sleeps})"
 
 
 def test_a_duplicate_steps_aside_while_the_owner_renews() -> None:
