@@ -117,14 +117,15 @@ def say(message: str) -> None:
 
 #: functions replaced by a timed copy wherever a tasks.* or workers.* module binds them
 PROBED_FUNCTIONS: dict[str, tuple[str, ...]] = {
-    "tasks.runner": ("run_step", "checked_context", "_stale", "acquire", "_record", "_handoff",
+    "tasks.runner": ("run_step", "checked_context", "acquire", "_record", "_handoff",
                      "_next_already_sent", "finish", "send_step"),
     "workers.canvas": ("start_run", "send_step"),
 }
 #: methods replaced on their class
 PROBED_METHODS: dict[str, tuple[str, ...]] = {
     "regionvault.journal:Journal": ("claim", "step", "handed_off", "note", "is_cancelled",
-                                    "current_run", "get", "fanout_started", "fanout_done"),
+                                    "admission", "current_run", "get", "fanout_started",
+                                    "fanout_done"),
     "regionvault.lease:RedisLeaseStore": ("acquire", "renew", "release", "break_lease"),
     "regionvault.lease:Heartbeat": ("start", "stop"),
     "regionvault.spool:Spool": ("fence", "advance_fence"),

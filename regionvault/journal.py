@@ -275,6 +275,11 @@ class Journal:
         self._write(backup_id, fields, at=when)
         self.note(backup_id, f"cancelled by {by}", at=when)
 
+    def admission(self, backup_id: str) -> tuple[bool, int]:
+        """(cancelled?, current run) in one read: what a step checks before it runs."""
+        state, run = self._redis.hmget(_KEY.format(backup_id), ["state", "run"])
+        return state == BackupState.CANCELLED.value, int(run or 0)
+
     def is_cancelled(self, backup_id: str) -> bool:
         return self._redis.hget(_KEY.format(backup_id), "state") == BackupState.CANCELLED.value
 

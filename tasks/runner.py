@@ -86,17 +86,25 @@ def retry_delay(attempt: int, settings: TaskRetryConfig, *,
     return planned(attempt) * (0.5 + 0.5 * rng())
 
 
-def checked_context(backup_id: str, domain: str, source: str) -> DomainContext:
-    """The domain context, after checking the three arguments agree with each other and
-    that the backup was not cancelled (a cancelled chain's later steps end here, quietly)."""
+def checked_context(backup_id: str, domain: str, source: str, run: int = 0) -> DomainContext:
+    """The domain context, after checking the three arguments agree with each other, that
+    the backup was not cancelled (a cancelled chain's later steps end here, quietly) and that
+    the message's run is not stale (a newer run owns the backup: this copy ends here too).
+    The journal is read once for both."""
     ref = BackupRef.parse(backup_id)
     if ref.domain.value != domain or ref.source != source:
         raise ResidencyError(
             f"backup {backup_id} is of domain {ref.domain.value!r} and source {ref.source!r}, "
             f"but the task names domain {domain!r} and source {source!r}; refused"
         )
-    if journal().is_cancelled(backup_id):
+    cancelled, current = journal().admission(backup_id)
+    if cancelled:
         log.info("backup %s was cancelled: step not run", backup_id)
+        raise Ignore()
+    # run 0: a step sent by hand, outside any run; the lease alone decides
+    if run and current > run:
+        log.info("backup %s: run %d owns the backup, this message is of run %d; not run",
+                 backup_id, current, run)
         raise Ignore()
     return context_for(domain)
 
@@ -166,17 +174,6 @@ def _note(backup_id: str, text: str) -> None:
         log.warning("journal note not written for %s: %s", backup_id, exc)
 
 
-def _stale(backup_id: str, run: int) -> int | None:
-    """The journal's newer run if this message's run is older, else None."""
-    if not run:
-        return None  # sent by hand without a run: the lease alone decides
-    try:
-        current = journal().current_run(backup_id)
-    except redis.RedisError:
-        return None
-    return current if current > run else None
-
-
 def _handoff(step: Step, backup_id: str, domain: str, source: str, run: int,
              deep: bool) -> None:
     following = next_step(step)
@@ -220,14 +217,9 @@ def run_step(task: Any, step: Step, *, backup_id: str, domain: str, source: str,
     """Everything a step task does; ``body`` is the core function."""
     task_id = str(task.request.id or "")
     try:
-        ctx = checked_context(backup_id, domain, source)
+        ctx = checked_context(backup_id, domain, source, run)
     except redis.RedisError as exc:  # the journal is away: try again, like any transient error
         return _retry_or_fail(task, exc, backup_id, step, task_id)
-    newer = _stale(backup_id, run)
-    if newer is not None:
-        log.info("step %s of backup %s (run %d) is stale: run %d owns the backup; not run",
-                 step.value, backup_id, run, newer)
-        raise Ignore()
     settings = worker_config().reconcile
     ttl_ms = int(settings.lease_seconds * 1000)
     store = leases()

@@ -56,7 +56,9 @@ def configure(app: Celery, config: Config | None) -> None:
         worker_prefetch_multiplier=1,
         task_time_limit=step_timeout,
         task_soft_time_limit=step_timeout - 60,
-        task_track_started=True,
+        # No STARTED result write per step: the journal records a running step and Flower
+        # learns it from the task-started event; nothing reads it from the result backend.
+        task_track_started=False,
         result_extended=True,
         result_expires=7 * 24 * 3600,
         worker_send_task_events=True,

@@ -98,6 +98,17 @@ def test_a_slot_is_claimed_once(journal: Journal) -> None:
     assert not second.accepted and second.chain_id == first.chain_id
 
 
+def test_admission_tells_cancelled_and_the_current_run_in_one_read(journal: Journal) -> None:
+    bid = "us.accounts.20261128T020000Z.0000001a"
+    assert journal.admission(bid) == (False, 0)  # unknown: not cancelled, no run yet
+    journal.claim(bid, Step.DUMP, mode="new")
+    journal.step(bid, Step.DUMP, StepState.FAILED, detail="boom")
+    journal.claim(bid, Step.DUMP, mode="retry")
+    assert journal.admission(bid) == (False, 2)
+    journal.cancelled(bid, by="oncall")
+    assert journal.admission(bid) == (True, 2)
+
+
 def test_racing_retries_start_one_run(journal: Journal) -> None:
     import threading
 
