@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -57,12 +56,12 @@ from regionvault.manifest_store import (
     stream_context,
     write_manifest,
 )
+from regionvault.progress import Progress, ProgressReport, no_progress
 from regionvault.sources import open_source
 from regionvault.stores.base import ObjectStore
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int], None]
 
 
 @dataclass(frozen=True)
@@ -84,10 +83,6 @@ class StepOutcome:
                 "skipped": self.skipped, "bytes": self.bytes, "backup_created_at": created}
 
 
-def _no_progress(_: int) -> None:
-    return None
-
-
 def new_backup(ctx: DomainContext, source: str) -> str:
     """A fresh backup id for a configured source (raises for an unknown one)."""
     ctx.config.source(ctx.domain, source)
@@ -105,7 +100,7 @@ def _object_matches(store: ObjectStore, key: str, manifest: Manifest) -> bool:
 # --- 1. dump ---------------------------------------------------------------------------------
 
 
-def dump(ctx: DomainContext, backup_id: str, progress: Progress = _no_progress,
+def dump(ctx: DomainContext, backup_id: str, progress: Progress = no_progress,
          owner: Ownership = UNOWNED) -> StepOutcome:
     """Stream a consistent snapshot of the source into the spool as the finished object.
 
@@ -137,7 +132,7 @@ def dump(ctx: DomainContext, backup_id: str, progress: Progress = _no_progress,
 
         def write(chunk: bytes) -> None:
             writer.write(chunk)
-            progress(writer.plaintext_size)
+            progress(ProgressReport(backup_id, Step.DUMP.value, writer.plaintext_size))
 
         info = source.dump(write)
         facts = writer.close()
@@ -180,7 +175,7 @@ class DumpMeta:
 # --- 2. encrypt ------------------------------------------------------------------------------
 
 
-def encrypt(ctx: DomainContext, backup_id: str, progress: Progress = _no_progress,
+def encrypt(ctx: DomainContext, backup_id: str, progress: Progress = no_progress,
             owner: Ownership = UNOWNED) -> StepOutcome:
     """Seal the backup: prove its encryption, then write the signed manifest.
 
@@ -214,7 +209,10 @@ def encrypt(ctx: DomainContext, backup_id: str, progress: Progress = _no_progres
     facts = meta.facts
     try:
         with spool.path(backup_id, sp.BACKUP_FILE).open("rb") as fh:
-            seen = authenticate(fh, data_key, stream_context(ref, "backup-stream"), progress)
+            seen = authenticate(
+                fh, data_key, stream_context(ref, "backup-stream"),
+                lambda done: progress(ProgressReport(backup_id, Step.ENCRYPT.value, done,
+                                                     facts.ciphertext_size)))
         if (seen.size, seen.sha256, seen.crc32c) != (
                 facts.ciphertext_size, facts.ciphertext_sha256, facts.ciphertext_crc32c):
             raise IntegrityError(
@@ -277,7 +275,7 @@ def _earlier_step_missing(ctx: DomainContext, ref: BackupRef, wanted: str) -> St
 # --- 3. upload -------------------------------------------------------------------------------
 
 
-def upload(ctx: DomainContext, backup_id: str, progress: Progress = _no_progress,
+def upload(ctx: DomainContext, backup_id: str, progress: Progress = no_progress,
            owner: Ownership = UNOWNED) -> StepOutcome:
     """Upload the encrypted file and its manifest to the domain's S3 bucket."""
     ref, src = resolve(ctx, backup_id)
@@ -297,7 +295,8 @@ def upload(ctx: DomainContext, backup_id: str, progress: Progress = _no_progress
         owner.confirm()
         ctx.s3.put_file(okey, str(ctx.spool.path(backup_id, sp.BACKUP_FILE)),
                         crc32c=local.ciphertext_crc32c)
-    progress(local.ciphertext_size)
+    progress(ProgressReport(backup_id, Step.UPLOAD.value, local.ciphertext_size,
+                            local.ciphertext_size, "s3"))
     uploaded = sign(ctx, local.with_step(Step.UPLOAD, ctx.clock(), ctx.url("s3", okey)))
     owner.confirm()
     ctx.s3.put_bytes(mkey, uploaded)
@@ -321,7 +320,7 @@ def _uploaded_manifest(ctx: DomainContext, ref: BackupRef, mkey: str, wanted: st
 
 
 def replicate(ctx: DomainContext, backup_id: str,
-              progress: Progress = _no_progress, owner: Ownership = UNOWNED) -> StepOutcome:
+              progress: Progress = no_progress, owner: Ownership = UNOWNED) -> StepOutcome:
     """Copy the object into the domain's GCS bucket, then the manifest.
 
     The bytes come from the spool when it still holds the object (no third transfer of C),
@@ -344,7 +343,8 @@ def replicate(ctx: DomainContext, backup_id: str,
     source = "already there"
     if not _object_matches(ctx.gcs, okey, manifest):
         source = _send_replica(ctx, backup_id, okey, manifest)
-    progress(manifest.ciphertext_size)
+    progress(ProgressReport(backup_id, Step.REPLICATE.value, manifest.ciphertext_size,
+                            manifest.ciphertext_size, "gcs"))
     replicated = sign(ctx, manifest.with_step(Step.REPLICATE, ctx.clock(), where))
     owner.confirm()
     ctx.gcs.put_bytes(mkey, replicated)

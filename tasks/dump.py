@@ -1,4 +1,5 @@
-"""Step 1: a consistent snapshot of the source, encrypted into the domain's spool."""
+"""Step 1: a consistent snapshot of the source, compressed and encrypted into the domain's spool
+in one pass."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Step 2: compress (zstd) and encrypt the dump under a fresh data key; write the manifest."""
+"""Step 2: seal the backup: authenticate the spool's object, then sign the manifest."""
 
 from __future__ import annotations
 

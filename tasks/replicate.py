@@ -1,4 +1,4 @@
-"""Step 4: stream the S3 copy to the domain's GCS bucket, with no local copy."""
+"""Step 4: copy the object to the domain's GCS bucket, from the spool (else streamed from S3)."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ import redis
 from celery.exceptions import Ignore
 from kombu.exceptions import OperationalError
 
-from regionvault.chain import Progress, StepOutcome
+from regionvault.chain import StepOutcome
 from regionvault.config import TaskRetryConfig
 from regionvault.context import DomainContext
 from regionvault.errors import (
@@ -39,6 +39,7 @@ from regionvault.journal import StepState
 from regionvault.lease import Heartbeat, Holder, Lease, LeaseStore, Ownership, owner_id
 from regionvault.lease import owner_is_dead_here as _dead_here
 from regionvault.manifest import BackupRef, Step
+from regionvault.progress import Progress, ProgressReport
 from workers.canvas import next_step, send_step
 from workers.guard import DomainTask
 from workers.journal import journal
@@ -137,15 +138,14 @@ def acquire(store: LeaseStore, backup_id: str, owner: str, *, step: Step, run: i
         pause = min(2 * pause, 1.0, ttl_ms / 1000 / 10)
 
 
-def progress_reporter(task: Any, step: str, heartbeat: Heartbeat | None = None
-                      ) -> Callable[[int], None]:
-    """Report bytes done to the result backend at most once a second (metadata only); stop a
-    step that lost its lease at the next chunk. The first report comes after a second: a
-    short step writes no progress at all (nothing reads it before then)."""
+def progress_reporter(task: Any, heartbeat: Heartbeat | None = None) -> Progress:
+    """Forward a step's progress to the result backend at most once a second (metadata
+    only); stop a step that lost its lease at the next report. The first report comes after
+    a second: a short step writes no progress at all (nothing reads it before then)."""
     started = time.monotonic()
     last = started
 
-    def report(done: int) -> None:
+    def report(p: ProgressReport) -> None:
         nonlocal last
         if heartbeat is not None:
             heartbeat.confirm()
@@ -153,7 +153,8 @@ def progress_reporter(task: Any, step: str, heartbeat: Heartbeat | None = None
         if now - last >= PROGRESS_INTERVAL_SECONDS and task.request.id:
             last = now
             task.update_state(state="PROGRESS", meta={
-                "step": step, "bytes": done, "elapsed": round(now - started, 1)})
+                "step": p.step, "bytes": p.done, "total": p.total,
+                "elapsed": round(now - started, 1)})
 
     return report
 
@@ -242,7 +243,7 @@ def run_step(task: Any, step: Step, *, backup_id: str, domain: str, source: str,
                 # from here on, an older owner's spool commit is refused, even before ours
                 ctx.spool.advance_fence(backup_id, got.token)
             outcome = body(ctx, heartbeat.ownership(),
-                           progress_reporter(task, step.value, heartbeat))
+                           progress_reporter(task, heartbeat))
             heartbeat.confirm()
         except LeaseLost as exc:
             log.warning("step %s of backup %s stopped: %s", step.value, backup_id, exc)
