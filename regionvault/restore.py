@@ -2,7 +2,11 @@
 
 download -> (CRC32C, SHA-256) -> authenticate and decrypt chunk by chunk -> zstd -> pg_restore.
 
-- No plaintext touches disk, and memory is bounded by the chunk size.
+- The stages overlap: the download runs in one thread, decryption and decompression in another,
+  and the calling thread feeds pg_restore (``regionvault.pipeline``). Between two stages a
+  bounded queue holds a few chunks, so no plaintext touches disk and memory stays a few MiB.
+  A stage that fails ends the restore at once: pg_restore is killed before the end of its
+  input, and every thread is stopped and joined before ``restore`` returns or raises.
 - The store's reported size and CRC32C are compared with the manifest before a byte is
   restored; the SHA-256 of ciphertext and plaintext after the last byte.
 - pg_restore runs in one transaction: a copy that fails its checks half-way leaves the target
@@ -21,6 +25,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
 from typing import BinaryIO
@@ -41,6 +46,8 @@ from regionvault.errors import (
 from regionvault.keyring import WrappedKey
 from regionvault.manifest import Manifest, backup_started
 from regionvault.manifest_store import READ_SIZE, keys_of, read_manifest, resolve, stream_context
+from regionvault.pipeline import Stage
+from regionvault.progress import Progress, ProgressReport, no_progress
 from regionvault.sources.postgres import restore_dump, user_relations
 from regionvault.streamformat import DecryptingReader
 
@@ -48,23 +55,9 @@ log = logging.getLogger(__name__)
 
 STORES = ("s3", "gcs")
 
-
-@dataclass(frozen=True)
-class RestoreProgress:
-    """Where a restore is: which store, which step, bytes read so far of ``total``."""
-
-    backup_id: str
-    store: str
-    step: str
-    done: int
-    total: int
-
-
-Progress = Callable[[RestoreProgress], None]
-
-
-def _quiet(_: RestoreProgress) -> None:
-    return None
+#: chunks (of about READ_SIZE) queued between two stages: enough to ride out one stage's
+#: jitter, few enough that a restore holds only a few MiB whatever the backup's size
+QUEUE_DEPTH = 4
 
 
 @dataclass(frozen=True)
@@ -80,17 +73,53 @@ class RestoreResult:
     warning: str | None = None
 
 
-class _DigestingReader:
-    def __init__(self, raw: BinaryIO, digest: StreamDigest, on_read: Callable[[int], None]) -> None:
-        self._raw = raw
-        self._digest = digest
-        self._on_read = on_read
+def _download(raw: BinaryIO, digest: StreamDigest) -> Iterator[bytes]:
+    """The stored bytes, READ_SIZE at a time, hashed (CRC32C, SHA-256) as they arrive."""
+    while block := raw.read(READ_SIZE):
+        digest.update(block)
+        yield block
+
+
+class _BlockReader:
+    """A ``read()``-only stream over an iterator of byte blocks (what decryption reads).
+
+    A read returns at most the rest of the current block; its callers read until they have
+    what they asked for.
+    """
+
+    def __init__(self, blocks: Iterator[bytes]) -> None:
+        self._blocks = blocks
+        self._pending = b""
 
     def read(self, n: int = -1) -> bytes:
-        data = self._raw.read(n)
-        self._digest.update(data)
-        self._on_read(self._digest.size)
-        return data
+        if not self._pending:
+            self._pending = next(self._blocks, b"")
+        if n < 0 or n >= len(self._pending):
+            out, self._pending = self._pending, b""
+        else:
+            out, self._pending = self._pending[:n], self._pending[n:]
+        return out
+
+
+def _decode(blocks: Iterator[bytes], data_key: bytes, context: bytes, digest: StreamDigest,
+            fail: Callable[[str], IntegrityError]) -> Iterator[bytes]:
+    """Authenticated, decrypted and decompressed ``blocks``: the dump, hashed as it goes.
+
+    Errors of the stages before it (a store error while downloading) pass through here too,
+    and an ``IntegrityError`` of any of them is reported as this backup's.
+    """
+    decrypted = DecryptingReader(_BlockReader(blocks), data_key,  # type: ignore[arg-type]
+                                 context)
+    try:
+        for chunk in zstandard.ZstdDecompressor().read_to_iter(
+                decrypted,  # type: ignore[arg-type]  # a read()-only stream is enough
+                read_size=READ_SIZE, write_size=READ_SIZE):
+            digest.update(chunk)
+            yield chunk
+    except IntegrityError as exc:
+        raise fail(str(exc)) from None
+    except zstandard.ZstdError:
+        raise fail("the decrypted stream is not valid zstd") from None
 
 
 def _fail(ctx: DomainContext, backup_id: str, role: str, problem: str) -> IntegrityError:
@@ -165,7 +194,7 @@ def check_target(target_dsn: str, *, clean: bool) -> None:
 
 
 def restore(ctx: DomainContext, backup_id: str, target_dsn: str, *, from_store: str = "s3",
-            clean: bool = False, progress: Progress = _quiet) -> RestoreResult:
+            clean: bool = False, progress: Progress = no_progress) -> RestoreResult:
     """Restore ``backup_id`` from ``s3``, ``gcs`` or ``auto`` (S3, falling back to GCS)."""
     if from_store not in (*STORES, "auto"):
         raise ConfigError(f"a restore reads from s3, gcs or auto, not {from_store!r}")
@@ -198,7 +227,7 @@ def _restore_from(ctx: DomainContext, backup_id: str, target_dsn: str, role: str
         return _fail(ctx, backup_id, role, problem)
 
     def report(step: str, done: int) -> None:
-        progress(RestoreProgress(backup_id, role, step, done, manifest.ciphertext_size))
+        progress(ProgressReport(backup_id, step, done, manifest.ciphertext_size, role))
 
     report("checking", 0)
     try:
@@ -217,36 +246,34 @@ def _restore_from(ctx: DomainContext, backup_id: str, target_dsn: str, role: str
             f"backup {backup_id} from {role} cannot be decrypted: {exc}") from None
 
     cipher, plain = StreamDigest(), StreamDigest()
+
+    def checked(dump: Iterator[bytes]) -> Iterator[bytes]:
+        # Runs in this thread, as pg_restore takes each chunk: progress is reported from the
+        # caller's thread, and the SHA-256 checks come after the last byte, before pg_restore
+        # sees the end of its input (a mismatch kills it: its transaction is rolled back).
+        for chunk in dump:
+            report("restoring", cipher.size)
+            yield chunk
+        if cipher.sha256 != manifest.ciphertext_sha256:
+            raise fail("the ciphertext SHA-256 differs from the manifest")
+        if plain.sha256 != manifest.plaintext_sha256:
+            raise fail("the plaintext SHA-256 differs from the manifest")
+
     raw = store.open_read(okey)
-    try:
-        reader = _DigestingReader(raw, cipher, lambda n: report("restoring", n))
-        decrypted = DecryptingReader(reader, data_key,  # type: ignore[arg-type]
-                                     stream_context(ref, "backup-stream"))
-
-        def plaintext() -> Iterator[bytes]:
-            try:
-                for chunk in zstandard.ZstdDecompressor().read_to_iter(
-                        decrypted,  # type: ignore[arg-type]  # a read()-only stream is enough
-                        read_size=READ_SIZE, write_size=READ_SIZE):
-                    plain.update(chunk)
-                    yield chunk
-            except IntegrityError as exc:
-                raise fail(str(exc)) from None
-            except zstandard.ZstdError:
-                raise fail("the decrypted stream is not valid zstd") from None
-            if cipher.sha256 != manifest.ciphertext_sha256:
-                raise fail("the ciphertext SHA-256 differs from the manifest")
-            if plain.sha256 != manifest.plaintext_sha256:
-                raise fail("the plaintext SHA-256 differs from the manifest")
-
-        restore_dump(plaintext(), target_dsn, label=f"backup {backup_id}", clean=clean)
-    finally:
-        raw.close()
+    # Closed in reverse order: each stage's thread is joined before what it reads is closed.
+    with ExitStack() as stages:
+        stages.callback(raw.close)
+        blocks = stages.enter_context(
+            Stage(_download(raw, cipher), name=f"restore-download-{role}", depth=QUEUE_DEPTH))
+        dump = stages.enter_context(
+            Stage(_decode(blocks, data_key, stream_context(ref, "backup-stream"), plain, fail),
+                  name=f"restore-decode-{role}", depth=QUEUE_DEPTH))
+        restore_dump(checked(dump), target_dsn, label=f"backup {backup_id}", clean=clean)
     report("done", cipher.size)
     return RestoreResult(backup_id=backup_id, store=role, bytes_read=cipher.size,
                          plaintext_bytes=plain.size, seconds=time.monotonic() - started,
                          warning=warning)
 
 
-__all__ = ["RestoreProgress", "RestoreResult",
+__all__ = ["RestoreResult",
            "check_target", "legacy_warning", "load_manifest", "restore", "select_backup"]

@@ -60,8 +60,9 @@ def restore(
     """Fetch, verify, decrypt and restore a backup into a target database (streaming)."""
 
     def run() -> None:
-        from regionvault.restore import RestoreProgress, select_backup
+        from regionvault.progress import ProgressReport
         from regionvault.restore import restore as do_restore
+        from regionvault.restore import select_backup
 
         if not target:
             raise ConfigError("--target is required: the DSN of the database to restore into")
@@ -86,7 +87,7 @@ def restore(
                       transient=True) as bar:
             task = bar.add_task("starting", total=None)
 
-            def show(p: RestoreProgress) -> None:
+            def show(p: ProgressReport) -> None:
                 bar.update(task, description=f"{p.step} from {p.store}", completed=p.done,
                            total=p.total)
 
