@@ -265,6 +265,8 @@ class S3Config(_Frozen):
     part_size_mib: int = Field(default=16, ge=5, le=5120)
     #: pace multipart uploads to this rate; None = as fast as the link allows
     max_upload_mib_per_second: float | None = Field(default=None, gt=0)
+    #: parts of one upload in flight at once (each holds a part in memory)
+    upload_concurrency: int = Field(default=4, ge=1, le=32)
 
 
 class GCSConfig(_Frozen):

@@ -70,7 +70,8 @@ class DomainContext:
         return S3Store(self.dcfg.s3_bucket, self.dcfg.aws_region,
                        endpoint_url=self.config.s3.endpoint_url,
                        part_size=self.config.s3.part_size_mib * MIB,
-                       max_bytes_per_second=_rate(self.config.s3.max_upload_mib_per_second))
+                       max_bytes_per_second=_rate(self.config.s3.max_upload_mib_per_second),
+                       upload_concurrency=self.config.s3.upload_concurrency)
 
     @cached_property
     def gcs(self) -> ObjectStore:

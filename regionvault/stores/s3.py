@@ -21,6 +21,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import partial
@@ -167,6 +168,7 @@ class S3Store:
         endpoint_url: str | None = None,
         part_size: int = 8 * MiB,
         max_bytes_per_second: int | None = None,
+        upload_concurrency: int = 4,
         client: Any = None,
     ) -> None:
         if part_size < MIN_PART_SIZE:
@@ -179,6 +181,8 @@ class S3Store:
         self.part_size = part_size
         #: upload pacing, so that a large backup does not saturate the link it shares
         self.max_bytes_per_second = max_bytes_per_second
+        #: parts of one upload sent at once (each holds one part in memory)
+        self.upload_concurrency = max(1, upload_concurrency)
         self._client = client if client is not None else make_s3_client(region, endpoint_url)
 
     # -- naming and error translation -------------------------------------------------------
@@ -332,29 +336,47 @@ class S3Store:
         chooser = ResumeChooser({u: partial(_holds, held) for u, held in open_parts.items()},
                                 empty={u for u, held in listed.items() if held == {}})
         upload_id: str | None = None
-        parts: list[dict[str, Any]] = []
+        parts: list[dict[str, Any] | Future[dict[str, Any]]] = []
         started, sent, number = time.monotonic(), 0, 0
+        # Parts go out a few at a time (one connection each), as the transfer manager sends
+        # them; the parts are still read, checked and numbered here, in order, and at most
+        # ``upload_concurrency`` of them are in memory at once.
+        pool = ThreadPoolExecutor(max_workers=self.upload_concurrency,
+                                  thread_name_prefix="s3-part")
+        in_flight: set[Future[dict[str, Any]]] = set()
         try:
-            while reader.remaining:
-                number += 1
-                # The read reaching the end raises ChecksumMismatch if the bytes are wrong, so a
-                # wrong upload is never completed.
-                data = reader.read(part_size)
-                part_crc = crc32c_of_bytes(data)
-                if chooser.already_stored(number, data, part_crc):
-                    parts.append({"PartNumber": number, "ChecksumCRC32C": part_crc})
-                    continue
-                if upload_id is None:
-                    upload_id = self._start_or_resume(key, chooser)
-                parts.append(self._upload_part(key, upload_id, number, data, part_crc))
-                sent += len(data)
-                self._pace(started, sent)
+            try:
+                while reader.remaining:
+                    number += 1
+                    # The read reaching the end raises ChecksumMismatch if the bytes are wrong,
+                    # so a wrong upload is never completed.
+                    data = reader.read(part_size)
+                    part_crc = crc32c_of_bytes(data)
+                    if chooser.already_stored(number, data, part_crc):
+                        parts.append({"PartNumber": number, "ChecksumCRC32C": part_crc})
+                        continue
+                    if upload_id is None:
+                        upload_id = self._start_or_resume(key, chooser)
+                    while len(in_flight) >= self.upload_concurrency:
+                        in_flight = _settle(in_flight)
+                    sending = pool.submit(self._upload_part, key, upload_id, number, data,
+                                          part_crc)
+                    parts.append(sending)
+                    in_flight.add(sending)
+                    sent += len(data)
+                    self._pace(started, sent)
+                while in_flight:
+                    in_flight = _settle(in_flight)
+            finally:
+                # A failure leaves no part in flight behind it: an abort must come after them.
+                pool.shutdown(wait=True, cancel_futures=True)
+            completed = [p if isinstance(p, dict) else p.result() for p in parts]
             if upload_id is None:  # the open upload held every part: only completing was left
                 chooser.finish()
                 upload_id = self._start_or_resume(key, chooser)
             # The ETags of reused parts are those the resumed upload holds (with SSE-KMS they
             # differ between uploads of the same bytes).
-            for part in parts[: chooser.reused]:
+            for part in completed[: chooser.reused]:
                 part["ETag"] = open_parts[upload_id][part["PartNumber"]]["ETag"]
             with self._translated("complete the multipart upload of", key):
                 self._client.complete_multipart_upload(
@@ -364,7 +386,7 @@ class S3Store:
                     ChecksumCRC32C=crc32c,
                     ChecksumType="FULL_OBJECT",
                     MpuObjectSize=size,
-                    MultipartUpload={"Parts": parts},
+                    MultipartUpload={"Parts": completed},
                 )
         except (ChecksumMismatch, PermanentStoreError):
             # Before the choice was made, the open uploads hold the first parts of these wrong
@@ -374,8 +396,10 @@ class S3Store:
             raise
         except BaseException:
             if upload_id is not None:
+                stored = sum(1 for p in parts if isinstance(p, dict) or (
+                    p.done() and not p.cancelled() and p.exception() is None))
                 log.info("left the multipart upload of %s open with %d parts stored, for the "
-                         "next attempt to resume", self._where(key), len(parts))
+                         "next attempt to resume", self._where(key), stored)
             raise
         if chooser.resumed is not None:
             log.info("resumed the multipart upload of %s: reused %d of %d parts, sent %d",
@@ -431,6 +455,8 @@ class S3Store:
         return upload_id
 
     def _pace(self, started: float, sent: int) -> None:
+        # Counted as parts are handed to the senders: at most ``upload_concurrency`` parts run
+        # ahead of the pace.
         if self.max_bytes_per_second:
             ahead = sent / self.max_bytes_per_second - (time.monotonic() - started)
             if ahead > 0:
@@ -511,3 +537,12 @@ def _holds(parts: dict[int, dict[str, Any]], number: int, data: bytes, crc32c: s
     # whose ETag is something else is simply sent again.
     md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
     return bool(str(part["ETag"]).strip('"') == md5)
+
+
+def _settle(in_flight: set[Future[dict[str, Any]]]) -> set[Future[dict[str, Any]]]:
+    """Wait for at least one part in flight to finish; raise the first failure; return the
+    parts still in flight."""
+    done, pending = wait(in_flight, return_when=FIRST_COMPLETED)
+    for finished in done:
+        finished.result()  # raises the part's error (translated by _upload_part)
+    return pending

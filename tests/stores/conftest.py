@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -222,19 +223,25 @@ def s3_backend(moto_server: ServerProcess, s3_client: Any) -> Backend:
     def count_create(**_: Any) -> None:
         counted["create_upload"] += 1
 
+    # Parts of one upload go out from several threads at once: count and fail under a lock.
+    lock = threading.Lock()
+
     def count_part(**_: Any) -> None:
-        counted["upload_part"] += 1
-        if fail_after:
-            if fail_after[0] == 0:
+        with lock:
+            counted["upload_part"] += 1
+            fail_now = bool(fail_after) and fail_after[0] == 0
+            if fail_now:
                 fail_after.clear()
-                raise ClientError(
-                    {
-                        "Error": {"Code": "SlowDown", "Message": "Reduce your request rate."},
-                        "ResponseMetadata": {"HTTPStatusCode": 503},
-                    },
-                    "UploadPart",
-                )
-            fail_after[0] -= 1
+            elif fail_after:
+                fail_after[0] -= 1
+        if fail_now:
+            raise ClientError(
+                {
+                    "Error": {"Code": "SlowDown", "Message": "Reduce your request rate."},
+                    "ResponseMetadata": {"HTTPStatusCode": 503},
+                },
+                "UploadPart",
+            )
 
     def fail_part_after(parts: int) -> None:
         fail_after[:] = [parts]

@@ -36,6 +36,7 @@ from regionvault.errors import (
 from regionvault.stores import gcs, s3, streams
 from regionvault.stores.base import IncompleteUpload, ObjectInfo, ObjectStore
 from regionvault.stores.memory import MemoryStore
+from regionvault.stores.s3 import S3Store
 
 from .conftest import (
     GCS_LOCATION,
@@ -341,6 +342,10 @@ class TestResume:
     ) -> None:
         store, sent = resumable_backend.store, resumable_backend.requests
         assert resumable_backend.fail_part_after is not None
+        if isinstance(store, S3Store):
+            # one part at a time, so that the requests say exactly what was sent; parts in
+            # flight together have their own test below
+            store.upload_concurrency = 1
         data = payload(LARGE, seed=11)
         path = write_file(tmp_path, data)
         resumable_backend.fail_part_after(stored)
@@ -354,6 +359,31 @@ class TestResume:
         store.put_file("backups/r.bin", path, crc32c=crc32c_of_bytes(data))  # Celery's retry
         # An upload that holds no part yet is resumed too: no second upload is started.
         assert sent == Counter(upload_part=PARTS - stored)
+        assert store.get_bytes("backups/r.bin") == data
+        assert store.incomplete_uploads("backups/") == []
+
+    def test_a_part_failing_while_others_are_in_flight_leaves_the_upload_to_resume(
+        self, s3_backend: Backend, tmp_path: Path
+    ) -> None:
+        store, sent = s3_backend.store, s3_backend.requests
+        assert isinstance(store, S3Store) and store.upload_concurrency >= PARTS
+        assert s3_backend.fail_part_after is not None
+        data = payload(LARGE, seed=21)
+        path = write_file(tmp_path, data)
+        s3_backend.fail_part_after(1)  # part 2 fails while part 1 (and maybe 3) are in flight
+        with pytest.raises(TransientStoreError, match=r"r\.bin"):
+            store.put_file("backups/r.bin", path, crc32c=crc32c_of_bytes(data))
+        # No retry inside the store: part 2 was tried once; part 3 was sent beside it or, not
+        # started yet when part 2 failed, cancelled.
+        assert sent["create_upload"] == 1 and 2 <= sent["upload_part"] <= PARTS, sent
+        assert len(store.incomplete_uploads("backups/r.bin")) == 1  # not completed, kept
+        with pytest.raises(NotFound):
+            store.stat("backups/r.bin")
+
+        sent.clear()
+        store.put_file("backups/r.bin", path, crc32c=crc32c_of_bytes(data))  # Celery's retry
+        # Resumed from the first part it lacks (2): parts 2 and 3, in the same upload.
+        assert sent == Counter(upload_part=PARTS - 1)
         assert store.get_bytes("backups/r.bin") == data
         assert store.incomplete_uploads("backups/") == []
 
@@ -602,6 +632,129 @@ def test_gcs_server_rejects_wrong_checksum(
     with pytest.raises(ChecksumMismatch, match="gs://"):
         gcs_backend.store.put_stream("backups/bad.bin", io.BytesIO(data), size, crc32c=WRONG_CRC)
     assert_nothing_under(gcs_backend, "backups/bad.bin")
+
+
+class _Recording(requests.adapters.HTTPAdapter):
+    """Sends every request for real, recording (method, bytes of body) of those for objects."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[tuple[str, int]] = []
+
+    def send(self, request: Any, *args: Any, **kwargs: Any) -> requests.Response:
+        # Only object requests (".../o", ".../o/<name>"): the library also fetches the bucket's
+        # metadata in a background thread, for tracing (see _Unavailable).
+        if "/o" in urlsplit(str(request.url)).path:
+            self.sent.append((str(request.method), int(request.headers.get("Content-Length", 0))))
+        return super().send(request, *args, **kwargs)
+
+
+@pytest.mark.parametrize("size", [0, SMALL, LARGE])
+def test_gcs_upload_sends_the_object_in_one_request(
+    gcs_backend: Backend, tmp_path: Path, size: int
+) -> None:
+    # Not one request per chunk (LARGE is 44 chunks of the store's 256 KiB): the session is
+    # started, one PUT streams every byte, and the stored object is checked.
+    store = gcs_backend.store
+    assert isinstance(store, gcs.GCSStore)
+    adapter = _Recording()
+    store._client._http.mount("http://", adapter)
+    data = payload(size, seed=24)
+    path = write_file(tmp_path, data)
+    info = store.put_file("backups/one.bin", path, crc32c=crc32c_of_bytes(data))
+    assert info.size == size
+    assert [method for method, _ in adapter.sent] == ["POST", "PUT", "GET"]
+    assert adapter.sent[1] == ("PUT", size)
+    assert store.get_bytes("backups/one.bin") == data
+
+
+@pytest.mark.parametrize("size", [SMALL, LARGE])
+def test_gcs_client_check_alone_keeps_a_wrong_upload_from_being_committed(
+    gcs_backend: Backend, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, size: int
+) -> None:
+    # The converse of test_gcs_server_rejects_wrong_checksum: a session without the expected
+    # CRC32C, so the server would keep whatever arrives. The reader's check raises before the
+    # last block is sent: the request ends short and nothing is committed.
+    store = gcs_backend.store
+    assert isinstance(store, gcs.GCSStore)
+
+    def session_without_checksum(key: str, size: int, crc32c: str) -> str:
+        url: str = store._bucket.blob(key).create_resumable_upload_session(size=size, retry=None)
+        return url
+
+    monkeypatch.setattr(store, "_start_upload", session_without_checksum)
+    path = write_file(tmp_path, payload(size, seed=26))
+    with pytest.raises(ChecksumMismatch, match="refusing to store gs://"):
+        store.put_file("backups/bad.bin", path, crc32c=WRONG_CRC)
+    assert_nothing_under(gcs_backend, "backups/bad.bin")
+
+
+def test_gcs_source_failing_mid_upload_is_raised_and_stores_nothing(
+    gcs_backend: Backend,
+) -> None:
+    # Copying from S3: the download fails half-way through the one upload request.
+    data = payload(LARGE, seed=27)
+
+    class FailingDownload(InterruptedStream):
+        def readinto(self, buffer: Any) -> int:
+            try:
+                return super().readinto(buffer)
+            except Interrupted:
+                raise TransientStoreError("cannot read s3://b/k: the connection to S3 failed; "
+                                          "retry later") from None
+
+    stream = FailingDownload(data, stop_at=LARGE // 2)
+    with pytest.raises(TransientStoreError, match="connection to S3 failed"):
+        gcs_backend.store.put_stream("copies/half.bin", stream,  # type: ignore[arg-type]
+                                     LARGE, crc32c=crc32c_of_bytes(data))
+    assert_nothing_under(gcs_backend, "copies/half.bin")
+
+
+def test_gcs_upload_that_arrives_short_is_transient_and_stores_nothing(
+    gcs_backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GCS answers 308 ("resume incomplete") when it did not get every byte of the session.
+    store = gcs_backend.store
+    assert isinstance(store, gcs.GCSStore)
+
+    def short(self: Any, request: Any, *args: Any, **kwargs: Any) -> requests.Response:
+        if request.method != "PUT":
+            return real_send(self, request, *args, **kwargs)
+        response = requests.Response()
+        response.status_code = 308
+        response.headers["Range"] = "bytes=0-262143"
+        response.url = str(request.url)
+        response.request = request
+        return response
+
+    real_send = requests.adapters.HTTPAdapter.send
+    monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", short)
+    data = payload(LARGE, seed=25)
+    with pytest.raises(TransientStoreError, match=r"gs://.*received only part"):
+        store.put_stream("backups/short.bin", io.BytesIO(data), LARGE,
+                         crc32c=crc32c_of_bytes(data))
+    monkeypatch.undo()
+    assert_nothing_under(gcs_backend, "backups/short.bin")
+
+
+def test_gcs_object_with_other_reported_checksum_is_deleted(
+    gcs_backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The last check, after the upload: pretend GCS stored other bytes than were sent.
+    store = gcs_backend.store
+    assert isinstance(store, gcs.GCSStore)
+    real_reload = store._reload
+
+    def lying_reload(key: str, action: str) -> Any:
+        blob = real_reload(key, action)
+        blob._properties["crc32c"] = WRONG_CRC
+        return blob
+
+    monkeypatch.setattr(store, "_reload", lying_reload)
+    with pytest.raises(ChecksumMismatch, match="deleted gs://"):
+        store.put_bytes("backups/rot.bin", b"data")
+    monkeypatch.undo()
+    assert_nothing_under(gcs_backend, "backups/rot.bin")
 
 
 class _Unavailable(requests.adapters.BaseAdapter):
