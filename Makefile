@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-faults lint typecheck check dev clean browser
+.PHONY: demo test test-faults lint typecheck check dev clean browser bench bench-fleet
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -29,6 +29,15 @@ test: $(STAMP) browser lint typecheck
 # broker restarts with and without persistence, every store fault, spool loss at every boundary.
 test-faults: $(STAMP)
 	$(BIN)/pytest tests/faults
+
+# Benchmarks, run by hand on a quiet machine (never by the suite): the chain against its bare
+# tools (SIZE=0.5, 1 or 2 GB; a few minutes for 0.5), and 3 domains x 100 tiny sources.
+SIZE ?= 0.5
+bench: $(STAMP)
+	$(BIN)/python bench/chain.py --size $(SIZE)
+
+bench-fleet: $(STAMP)
+	$(BIN)/python bench/fleet.py
 
 # The browser tests (tests/browser) drive Debian's Chromium, never a browser of Playwright's.
 browser:

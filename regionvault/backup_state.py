@@ -21,9 +21,9 @@ class BackupFacts:
     """What exists of one backup, as found now."""
 
     backup_id: str
-    #: the spool holds a complete dump (and its wrapped spool key)
+    #: the spool holds a complete dump (the object and its dump.json, not yet sealed)
     spool_dump: bool
-    #: the spool holds the encrypted backup and its draft manifest
+    #: the spool holds the sealed backup and its draft manifest
     spool_backup: bool
     #: any file at all in the backup's spool directory
     spool_dir: bool

@@ -333,8 +333,12 @@ class S3Store:
         part_size = self._part_size_for(size)
         listed = self._open_uploads_of(key)
         open_parts = {u: held or {} for u, held in listed.items()}
+        # An open upload without part 1 was interrupted before its first part landed, or lost
+        # part 1 while later parts went out beside it: resumable from part 1 (every part is
+        # sent again), rather than aborted for a new one.
         chooser = ResumeChooser({u: partial(_holds, held) for u, held in open_parts.items()},
-                                empty={u for u, held in listed.items() if held == {}})
+                                empty={u for u, held in listed.items()
+                                       if held is not None and 1 not in held})
         upload_id: str | None = None
         parts: list[dict[str, Any] | Future[dict[str, Any]]] = []
         started, sent, number = time.monotonic(), 0, 0

@@ -120,8 +120,9 @@ class ResumeChooser:
     def __init__(self, open_uploads: Mapping[str, PartHeld],
                  empty: Collection[str] = ()) -> None:
         self._holds = open_uploads
-        #: open uploads that hold no part at all: one of them is resumed when no upload holds
-        #: part 1 (an upload interrupted before its first part landed), saving a new upload
+        #: open uploads that do not hold part 1: one of them is resumed when no upload holds
+        #: part 1 (an upload interrupted before its first part landed, or whose part 1 failed
+        #: while later parts were sent beside it), saving a new upload; every part is sent
         self._empty = [u for u in open_uploads if u in empty]
         #: uploads that hold every part offered so far
         self._alive = list(open_uploads)
