@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Reject
 from kombu.exceptions import OperationalError
 
 from regionvault.chain import StepOutcome
@@ -281,7 +281,16 @@ def _retry_or_fail(task: Any, exc: BaseException, backup_id: str, step: Step,
     retry_at = datetime.now(UTC) + timedelta(seconds=delay)
     _record(backup_id, step, StepState.RETRYING, task_id=task_id,
             detail=f"retrying in {delay:.0f}s: {exc}", retry_at=retry_at)
-    raise task.retry(exc=exc, countdown=delay)
+    try:
+        raise task.retry(exc=exc, countdown=delay)
+    except Reject as rejected:
+        # Celery could not send the retry (the broker is away too) and drops the message.
+        # The step is not failed: the journal says it is retrying at retry_at, and the
+        # reconciler resumes it once that time and the hand-over grace have passed.
+        log.warning("step %s of backup %s: its retry could not be sent (%s); the reconciler "
+                    "will resume it", step.value, backup_id, rejected.reason)
+        rejected._rv_journaled = True  # not a failure to record (workers/journal.py)
+        raise
 
 
 def finish(outcome: StepOutcome, domain: str, source: str) -> dict[str, object]:

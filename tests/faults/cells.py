@@ -64,6 +64,24 @@ def wait_for(stack: FaultStack, backup_id: str, step: Step, state: StepState, *,
     raise AssertionError(f"{backup_id}: step {step.value} never became {state.value}: {record}")
 
 
+def catch_running(stack: FaultStack, backup_id: str, step: Step, *,
+                  timeout: float = 60, poll: float = 0.002) -> BackupRecord | None:
+    """The record as soon as ``step`` is seen running; None if it finished (or the backup
+    went past it) before a poll saw it run: a short step on a loaded machine can."""
+    j = journal(stack)
+    deadline = time.monotonic() + timeout
+    record = None
+    while time.monotonic() < deadline:
+        record = j.get(backup_id)
+        if record is not None:
+            if record.steps[step].state is StepState.RUNNING:
+                return record
+            if record.steps[step].state is StepState.DONE:
+                return None
+        time.sleep(poll)
+    raise AssertionError(f"{backup_id}: step {step.value} never ran: {record}")
+
+
 @dataclass(frozen=True)
 class Hit:
     """Proof that a fault landed while a step was running: who held the lease then."""
@@ -77,7 +95,8 @@ def freeze_during(stack: FaultStack, backup_id: str, step: Step) -> Hit | None:
     """Wait until ``step`` runs, then stop the whole worker where it stands (SIGSTOP), and
     prove the step was caught running: it holds the lease and has not finished. None (and
     the worker running again) if the step finished before the stop landed."""
-    wait_for(stack, backup_id, step, StepState.RUNNING)
+    if catch_running(stack, backup_id, step) is None:
+        return None
     stack.freeze(DOMAIN)
     holder = leases(stack).holder(backup_id)
     record = journal(stack).get(backup_id)

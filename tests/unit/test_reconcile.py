@@ -277,3 +277,31 @@ def test_one_slot_one_backup_id() -> None:
     assert first != slot_backup_id(Domain.EU, "events", a)
     assert first != slot_backup_id(Domain.EU, "accounts", a - timedelta(days=1))
     assert BackupRef.parse(first).source == "accounts"
+
+
+def test_a_retry_the_broker_cannot_take_leaves_the_step_retrying_for_the_reconciler(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A transient error while the broker is away too: Celery cannot send the retry and drops
+    the message (Reject). The step must stay "retrying" in the journal, which the reconciler
+    resumes after retry_at, not become a failure that waits for a person."""
+    from types import SimpleNamespace
+
+    from celery.exceptions import Reject
+
+    import tasks.runner as runner
+
+    recorded: list[tuple[Step, StepState, datetime | None]] = []
+    monkeypatch.setattr(runner, "_record", lambda bid, step, state, **f: recorded.append(
+        (step, state, f.get("retry_at"))))
+    monkeypatch.setattr(runner, "worker_config",
+                        lambda: SimpleNamespace(retries=TaskRetryConfig()))
+
+    def retry(**_: object) -> None:
+        raise Reject(ConnectionError("broker refused"), requeue=False)
+
+    task = SimpleNamespace(request=SimpleNamespace(retries=0), retry=retry)
+    with pytest.raises(Reject) as info:
+        runner._retry_or_fail(task, TimeoutError("gcs timed out"), BID, Step.REPLICATE, "t1")
+    assert getattr(info.value, "_rv_journaled", False) is True  # task_failure leaves it be
+    assert [(s, st) for s, st, _ in recorded] == [(Step.REPLICATE, StepState.RETRYING)]
+    assert recorded[0][2] is not None  # retry_at, which the reconciler waits for
