@@ -124,7 +124,7 @@ PROBED_FUNCTIONS: dict[str, tuple[str, ...]] = {
 #: methods replaced on their class
 PROBED_METHODS: dict[str, tuple[str, ...]] = {
     "regionvault.journal:Journal": ("claim", "step", "handed_off", "note", "is_cancelled",
-                                    "admission", "current_run", "get", "fanout_started",
+                                    "admission", "get", "fanout_started",
                                     "fanout_done"),
     "regionvault.lease:RedisLeaseStore": ("acquire", "renew", "release", "break_lease"),
     "regionvault.lease:Heartbeat": ("start", "stop"),

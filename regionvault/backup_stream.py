@@ -29,7 +29,6 @@ from regionvault.streamformat import MAGIC, EncryptingWriter, decrypt_chunks
 STREAM_FORMAT = MAGIC.decode("ascii")
 COMPRESSION = "zstd"
 ZSTD_LEVEL = 3
-READ_SIZE = 1024 * 1024
 
 
 def zstd_threads() -> int:

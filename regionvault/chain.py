@@ -137,7 +137,7 @@ def dump(ctx: DomainContext, backup_id: str, progress: Progress = no_progress,
         info = source.dump(write)
         facts = writer.close()
     meta = DumpMeta(key_id=wrapped.key_id, wrapped_key=wrapped.encoded(), started_at=started,
-                    source_kind=src.kind, facts=facts, row_counts=dict(info.row_counts))
+                    facts=facts, row_counts=dict(info.row_counts))
     spool.write_bytes(backup_id, sp.DUMP_META, meta.to_json(), owner.token)
     return StepOutcome(backup_id, Step.DUMP,
                        f"{facts.plaintext_size} bytes dumped, {facts.ciphertext_size} bytes "
@@ -152,14 +152,13 @@ class DumpMeta:
     key_id: str
     wrapped_key: str
     started_at: datetime
-    source_kind: str
     facts: StreamFacts
     row_counts: dict[str, int]
 
     def to_json(self) -> bytes:
         return json.dumps({
             "key_id": self.key_id, "wrapped_key": self.wrapped_key,
-            "started_at": self.started_at.isoformat(), "source_kind": self.source_kind,
+            "started_at": self.started_at.isoformat(),
             "facts": dataclasses.asdict(self.facts), "row_counts": self.row_counts,
         }).encode()
 
@@ -168,7 +167,7 @@ class DumpMeta:
         raw = json.loads(data)
         return cls(key_id=raw["key_id"], wrapped_key=raw["wrapped_key"],
                    started_at=datetime.fromisoformat(raw["started_at"]),
-                   source_kind=raw["source_kind"], facts=StreamFacts(**raw["facts"]),
+                   facts=StreamFacts(**raw["facts"]),
                    row_counts={str(k): int(v) for k, v in raw["row_counts"].items()})
 
 

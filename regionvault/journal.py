@@ -192,9 +192,6 @@ class Journal:
         raw: dict[str, str] = self._redis.hgetall(_FANOUTS.format(domain))
         return {slot: datetime.fromisoformat(at) for slot, at in raw.items()}
 
-    def current_run(self, backup_id: str) -> int:
-        return int(self._redis.hget(_KEY.format(backup_id), "run") or 0)
-
     def handed_off(self, backup_id: str, step: Step, task_id: str) -> None:
         """The next step's message was sent; it is pending under ``task_id``."""
         self._write(backup_id, {f"{step.value}.state": StepState.PENDING.value,
