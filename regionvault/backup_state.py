@@ -75,7 +75,7 @@ def gather_facts(ctx: DomainContext, backup_id: str, manifest_path: str | None =
     directory = spool.dir_for(backup_id)
     return BackupFacts(
         backup_id=backup_id,
-        spool_dump=spool.exists(backup_id, sp.DUMP_META),
+        spool_dump=spool.has_dump(backup_id),
         spool_backup=spool.exists(backup_id, sp.BACKUP_FILE)
         and spool.exists(backup_id, sp.MANIFEST_FILE),
         spool_dir=directory.exists() and any(directory.iterdir()),

@@ -112,7 +112,7 @@ def dump(ctx: DomainContext, backup_id: str, progress: Progress = no_progress,
     """
     ref, src = resolve(ctx, backup_id)
     spool = ctx.spool
-    if spool.exists(backup_id, sp.DUMP_META) or spool.exists(backup_id, sp.MANIFEST_FILE):
+    if spool.has_dump(backup_id) or spool.exists(backup_id, sp.MANIFEST_FILE):
         return StepOutcome(backup_id, Step.DUMP, "already dumped", skipped=True)
     # After verify the spool is empty again: the stores tell whether this backup went further.
     # S3 being down does not stop a dump: upload waits for it, and the snapshot is taken now.
@@ -193,7 +193,7 @@ def encrypt(ctx: DomainContext, backup_id: str, progress: Progress = no_progress
     if spool.exists(backup_id, sp.BACKUP_FILE) and spool.exists(backup_id, sp.MANIFEST_FILE):
         spool.remove_fenced(backup_id, sp.DUMP_META, owner.token)
         return StepOutcome(backup_id, Step.ENCRYPT, "already encrypted", skipped=True)
-    if not (spool.exists(backup_id, sp.DUMP_META) and spool.exists(backup_id, sp.BACKUP_FILE)):
+    if not spool.has_dump(backup_id):
         okey, mkey = keys_of(ref, src)
         if read_manifest(ctx, ctx.s3, mkey) is not None:
             return StepOutcome(backup_id, Step.ENCRYPT, "already uploaded", skipped=True)
@@ -202,7 +202,10 @@ def encrypt(ctx: DomainContext, backup_id: str, progress: Progress = no_progress
             f"{ref.domain.value!r}; run step 'dump' again",
             rerun_step=Step.DUMP.value,
         )
-    meta = DumpMeta.from_json(spool.read_bytes(backup_id, sp.DUMP_META))
+    try:
+        meta = DumpMeta.from_json(spool.read_bytes(backup_id, sp.DUMP_META))
+    except (ValueError, KeyError, TypeError) as exc:  # not JSON, or another version's
+        raise _dump_again(ctx, ref, owner, f"its dump.json cannot be read ({exc!r})") from None
     data_key = ctx.keyring.unwrap(WrappedKey.decode(meta.key_id, meta.wrapped_key),
                                   stream_context(ref, "data-key"))
     facts = meta.facts
@@ -218,12 +221,7 @@ def encrypt(ctx: DomainContext, backup_id: str, progress: Progress = no_progress
                 f"it has {seen.size} bytes with SHA-256 {seen.sha256[:16]}..., the dump wrote "
                 f"{facts.ciphertext_size} bytes with SHA-256 {facts.ciphertext_sha256[:16]}...")
     except IntegrityError as exc:
-        spool.remove_fenced(backup_id, sp.DUMP_META, owner.token)
-        spool.remove_fenced(backup_id, sp.BACKUP_FILE, owner.token)
-        raise StepOrderError(
-            f"backup {backup_id}: the encrypted dump in the spool of domain "
-            f"{ref.domain.value!r} failed its checks and was removed ({exc}); run step "
-            "'dump' again", rerun_step=Step.DUMP.value) from None
+        raise _dump_again(ctx, ref, owner, f"it failed its checks ({exc})") from None
 
     now = ctx.clock()
     dcfg = ctx.dcfg
@@ -247,6 +245,18 @@ def encrypt(ctx: DomainContext, backup_id: str, progress: Progress = no_progress
                        "and authenticated", bytes=facts.ciphertext_size)
 
 
+def _dump_again(ctx: DomainContext, ref: BackupRef, owner: Ownership,
+                why: str) -> StepOrderError:
+    """Remove a dump that cannot be sealed and ask for ``dump`` again: a new snapshot, rather
+    than uploading what cannot restore."""
+    ctx.spool.remove_fenced(ref.backup_id, sp.DUMP_META, owner.token)
+    ctx.spool.remove_fenced(ref.backup_id, sp.BACKUP_FILE, owner.token)
+    return StepOrderError(
+        f"backup {ref.backup_id}: the encrypted dump in the spool of domain "
+        f"{ref.domain.value!r} was removed, {why}; run step 'dump' again",
+        rerun_step=Step.DUMP.value)
+
+
 def _spool_manifest(ctx: DomainContext, backup_id: str) -> Manifest | None:
     if not ctx.spool.exists(backup_id, sp.MANIFEST_FILE):
         return None
@@ -263,7 +273,7 @@ def _spool_manifest(ctx: DomainContext, backup_id: str) -> Manifest | None:
 
 
 def _earlier_step_missing(ctx: DomainContext, ref: BackupRef, wanted: str) -> StepOrderError:
-    rerun = Step.ENCRYPT if ctx.spool.exists(ref.backup_id, sp.DUMP_META) else Step.DUMP
+    rerun = Step.ENCRYPT if ctx.spool.has_dump(ref.backup_id) else Step.DUMP
     return StepOrderError(
         f"backup {ref.backup_id} cannot {wanted}: its encrypted file is not in the spool of "
         f"domain {ref.domain.value!r}; run step '{rerun.value}' again",

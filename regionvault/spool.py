@@ -48,6 +48,12 @@ class Spool:
     def exists(self, backup_id: str, name: str) -> bool:
         return self.path(backup_id, name).is_file()
 
+    def has_dump(self, backup_id: str) -> bool:
+        """Whether ``dump`` finished: its object and, written after it, ``dump.json``. A
+        ``dump.json`` alone (left by a version that spooled the dump in another file) is not
+        a dump."""
+        return self.exists(backup_id, DUMP_META) and self.exists(backup_id, BACKUP_FILE)
+
     def fence(self, backup_id: str) -> int:
         """The highest fencing token that committed into this backup's directory (0: none)."""
         try:

@@ -421,6 +421,36 @@ def test_encrypt_refuses_a_damaged_spool_object_and_asks_for_dump(rig: Rig, dama
     assert restore_bytes(rig.gcs, backup_id, rig) == PAYLOAD
 
 
+OLD_DUMP_META = b'{"key_id": "eu-2026", "wrapped_key": "AAAA", "started_at": "2026-11-01T02:00:00+00:00", "source_kind": "postgres", "size": 10, "row_counts": {}}'  # noqa: E501
+
+
+def test_a_dump_spooled_by_the_two_pass_version_is_taken_again(rig: Rig) -> None:
+    """A backup dumped before the upgrade left dump.rvs and its dump.json, and no object: dump
+    must run again rather than take the old dump.json for a finished dump."""
+    backup_id = chain.new_backup(rig.ctx, "accounts")
+    rig.ctx.spool.write_bytes(backup_id, "dump.rvs", b"sealed with a spool key")
+    rig.ctx.spool.write_bytes(backup_id, "dump.json", OLD_DUMP_META)
+    with pytest.raises(StepOrderError) as info:
+        chain.encrypt(rig.ctx, backup_id)
+    assert info.value.rerun_step == "dump"
+    assert chain.dump(rig.ctx, backup_id).skipped is False
+    run_steps(rig, backup_id)
+    assert restore_bytes(rig.gcs, backup_id, rig) == PAYLOAD
+
+
+def test_encrypt_asks_for_dump_when_dump_json_is_of_another_version(rig: Rig) -> None:
+    backup_id = chain.new_backup(rig.ctx, "accounts")
+    chain.dump(rig.ctx, backup_id)
+    rig.ctx.spool.write_bytes(backup_id, "dump.json", OLD_DUMP_META)
+    with pytest.raises(StepOrderError) as info:
+        chain.encrypt(rig.ctx, backup_id)
+    assert info.value.rerun_step == "dump"
+    assert "dump.json cannot be read" in str(info.value)
+    assert spool_bytes(rig) == {}  # both removed, so the dump that follows starts over
+    run_steps(rig, backup_id)
+    assert restore_bytes(rig.gcs, backup_id, rig) == PAYLOAD
+
+
 def test_replicate_sends_the_spool_copy_and_reads_nothing_from_s3(
         rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
     reads = count_s3_reads(rig, monkeypatch)
