@@ -89,7 +89,8 @@ def test_a_backup_whose_owner_died_is_resumed_once_from_the_step_the_spool_names
     world.journal.claim(bid, Step.DUMP, mode="new")
     world.journal.step(bid, Step.DUMP, StepState.DONE)
     world.journal.step(bid, Step.ENCRYPT, StepState.RUNNING, task_id="t-encrypt")
-    world.spool_file(bid, "dump.json", timedelta(minutes=1))  # the dump is in the spool
+    world.spool_file(bid, "backup.rvb", timedelta(minutes=1))  # the dump is in the spool:
+    world.spool_file(bid, "dump.json", timedelta(minutes=1))  # the object and its dump.json
 
     held = world.leases.acquire(bid, "somehost/1/t-encrypt", 60_000, step="encrypt", run=1)
     assert world.tick()["resumed"] == []  # the owner lives: hands off
