@@ -1,7 +1,9 @@
 """PostgreSQL sources: ``pg_dump`` to a stream, ``pg_restore`` from a stream.
 
 The DSN is split so that the password travels only in the child's environment
-(``PGPASSWORD``), never on its command line where ``ps`` would show it.
+(``PGPASSWORD``), never on its command line where ``ps`` would show it. That environment is
+built from an allowlist (``regionvault.childenv``): the worker's own secrets (domain keys,
+cloud credentials, its settings) never reach pg_dump or pg_restore.
 
 Every failure of pg_dump, pg_restore or psycopg is classified here, once, where it enters:
 ``TransientSourceError`` when the server could not be reached or dropped the connection (worth
@@ -30,6 +32,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from regionvault.childenv import child_environment
 from regionvault.errors import ConfigError, SourceError, TransientSourceError
 from regionvault.sources.base import DumpInfo
 from regionvault.sources.pgarchive import ArchiveRowCounter, TableName
@@ -72,12 +75,6 @@ def split_dsn(dsn: str) -> tuple[str, dict[str, str]]:
     if password:
         env["PGPASSWORD"] = str(password)
     return make_conninfo(**{k: str(v) for k, v in params.items() if v is not None}), env
-
-
-def _child_env(extra: Mapping[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env.update(extra)
-    return env
 
 
 # --- failure classification -------------------------------------------------------------------
@@ -277,7 +274,7 @@ class PostgresSource:
             stderr_path = Path(tmp) / "stderr"
             with stderr_path.open("wb") as stderr:
                 proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=stderr,
-                                        env=_child_env(env))
+                                        env=child_environment(os.environ, env))
                 assert proc.stdout is not None
                 try:
                     while chunk := proc.stdout.read(READ_SIZE):
@@ -458,7 +455,7 @@ def restore_dump(chunks: Iterable[bytes], target_dsn: str, *, label: str,
         stderr_path = Path(tmp) / "stderr"
         with stderr_path.open("wb") as stderr:
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                    stderr=stderr, env=_child_env(env))
+                                    stderr=stderr, env=child_environment(os.environ, env))
             assert proc.stdin is not None
             try:
                 for chunk in chunks:
