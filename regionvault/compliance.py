@@ -7,6 +7,8 @@
   age from the earlier of ``created_at`` and the store's timestamp, quarantine) and its pure
   decision (``retention.decide_expiry``), never from a second copy of those rules;
 - the lifecycle rules found and required, with provision's findings, and versioning;
+- the bucket's object lock, where the domain configures one (or the bucket locks every object
+  by a default retention rule), with ``regionvault check``'s findings;
 - the last complete expiry sweep (``SweepLedger``) and the last integrity sample
   (``ReadLedger``);
 - the key ids its manifests use, and whether the domain's keyring holds each one; manifests
@@ -23,6 +25,8 @@ the thing:
 
 - an object past its policy;
 - a lifecycle rule missing or weaker than the policy, or rules that cannot be read;
+- an object lock configured for the domain that the bucket cannot hold, a default retention
+  rule on the bucket, or lock settings that cannot be read;
 - no complete expiry sweep of the store within twice the sweep interval;
 - no integrity sample covering the store within ``integrity_max_age`` (2 days by default), or
   a last sample that found copies not matching their manifests;
@@ -47,12 +51,18 @@ from typing import Any, Protocol
 from regionvault import expiry
 from regionvault.config import PII_MAX_RETENTION_DAYS, DataClass
 from regionvault.context import DomainContext
-from regionvault.errors import IntegrityError, StoreError, WrongKeyError
+from regionvault.errors import IntegrityError, StoreError
 from regionvault.expiry import Quarantined
 from regionvault.integrity import ReadLedger
-from regionvault.keyring import KeyWrapper
+from regionvault.keyring import Keyring
 from regionvault.manifest import MANIFEST_SUFFIX
-from regionvault.provision import BucketRefused, bucket_lifecycle, check_bucket, required_rules
+from regionvault.provision import (
+    BucketRefused,
+    bucket_lifecycle,
+    check_bucket,
+    check_lock,
+    required_rules,
+)
 from regionvault.retention import ExpiryRules, decide_expiry
 from regionvault.stores.lifecycle import BucketState, FoundRule, Rule
 
@@ -80,6 +90,9 @@ class Condition(StrEnum):
     INTEGRITY_SAMPLE = "integrity-sample"
     KEY_NOT_HELD = "key-not-held"
     MANIFEST_UNTRUSTED = "manifest-untrusted"
+    #: the domain configures object lock and the bucket cannot lock objects, or the bucket
+    #: locks every object by a default retention rule
+    OBJECT_LOCK = "object-lock"
 
 
 @dataclass(frozen=True)
@@ -216,6 +229,25 @@ class StoreCompliance:
     #: version-1 manifests (no MAC): read, reported, never a finding by themselves
     legacy_manifests: int
     quarantined: tuple[Quarantined, ...]
+    #: the bucket's object lock against the domain's setting; None when the domain configures
+    #: no lock and the bucket locks nothing by default (nothing to report)
+    object_lock: LockReport | None = None
+
+
+@dataclass(frozen=True)
+class LockReport:
+    """The bucket's object lock (``regionvault.object_lock``) against the domain's setting."""
+
+    #: the configured mode ("governance", "compliance"); None: the domain configures no lock
+    mode: str | None
+    #: whether the settings could be read (False: ``error`` says why)
+    read: bool
+    versioned: bool | None = None
+    lock_enabled: bool | None = None
+    default_retention: str | None = None
+    #: each a sentence naming the bucket and the fix
+    findings: tuple[str, ...] = ()
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -266,21 +298,8 @@ def _span(period: timedelta) -> str:
     return text + (f" {hours} h" if hours else "")
 
 
-def _held(keyring: KeyWrapper) -> Callable[[str], bool]:
-    known: dict[str, bool] = {}
-
-    def held(key_id: str) -> bool:
-        # KeyWrapper names no listing of its keys; its contract makes verify_manifest_mac
-        # raise WrongKeyError for a key it does not hold (an empty MAC simply does not verify).
-        if key_id not in known:
-            try:
-                keyring.verify_manifest_mac(b"", key_id, b"")
-                known[key_id] = True
-            except WrongKeyError:
-                known[key_id] = False
-        return known[key_id]
-
-    return held
+def _held(keyring: Keyring) -> Callable[[str], bool]:
+    return keyring.holds
 
 
 def _key_uses(ctx: DomainContext, role: str, judged: expiry.JudgedStore,
@@ -308,7 +327,8 @@ def _key_uses(ctx: DomainContext, role: str, judged: expiry.JudgedStore,
         if manifest is None:  # removed since the listing
             continue
         legacy += manifest.legacy
-        named = [(manifest.key_id, "data-key")]
+        # every wrapping's key (KMS and local escrow alike) and the MAC's key
+        named = [(w.key_id, "data-key") for w in manifest.wrappings]
         if manifest.mac is not None:
             named.append((manifest.mac.key_id, "manifest-mac"))
         for key_id, use in named:
@@ -317,6 +337,21 @@ def _key_uses(ctx: DomainContext, role: str, judged: expiry.JudgedStore,
     found = tuple(KeyUse(key_id=k, held=held(k), uses=tuple(sorted(uses[k])),
                          backups=len(backups[k])) for k in sorted(uses))
     return found, legacy, late
+
+
+def _object_lock(ctx: DomainContext, role: str) -> LockReport | None:
+    """The bucket's lock settings as ``regionvault check`` judges them (``check_lock``)."""
+    mode = ctx.lock_mode
+    try:
+        settings = ctx.store(role).lock_settings()
+    except StoreError as exc:
+        return LockReport(mode=mode, read=False, error=str(exc)) if mode is not None else None
+    if mode is None and settings.default_retention is None:
+        return None
+    return LockReport(mode=mode, read=True, versioned=settings.versioned,
+                      lock_enabled=settings.lock_enabled,
+                      default_retention=settings.default_retention,
+                      findings=tuple(f.message for f in check_lock(ctx, role, settings)))
 
 
 def _rules(ctx: DomainContext, role: str, reader: BucketRulesReader) -> RulesReport:
@@ -443,6 +478,7 @@ def compliance_report(ctx: DomainContext, *, expiry_ledger: expiry.SweepLedger,
         entry = _store_compliance(ctx, role, now, policy, held, rules=_rules(ctx, role, reader),
                                   sweep=sweeps[role],
                                   sampled_at=sample.at if sample.covered(role) else None)
+        entry = replace(entry, object_lock=_object_lock(ctx, role))
         stores[role] = entry
         findings += _store_findings(entry, domain, policy, now)
     if sample.mismatches:
@@ -537,6 +573,13 @@ def _store_findings(s: StoreCompliance, domain: str, policy: Policy,
             "own backstop is unproven")
     for message in s.rules.findings:
         add(Condition.LIFECYCLE_RULES, None, message)
+    lock = s.object_lock
+    if lock is not None and not lock.read:
+        add(Condition.OBJECT_LOCK, None,
+            f"{s.url}: its object lock settings cannot be read ({lock.error}), so whether it "
+            f"locks backups ({lock.mode} mode is configured) is unproven")
+    for message in lock.findings if lock is not None else ():
+        add(Condition.OBJECT_LOCK, None, message)
     sweep = s.sweep
     every = _span(policy.sweep_max_age / SWEEP_INTERVALS_ALLOWED)
     if sweep.error is not None:
@@ -567,8 +610,9 @@ def _store_findings(s: StoreCompliance, domain: str, policy: Policy,
             add(Condition.KEY_NOT_HELD, use.key_id,
                 f"{s.url}: {use.backups} backup{'s use' if use.backups > 1 else ' uses'} key "
                 f"{use.key_id!r} ({', '.join(use.uses)}), which the keyring of domain {domain} "
-                "does not hold; configure it under previous_keys, or "
-                f"{'they' if use.backups > 1 else 'it'} cannot be restored")
+                "does not hold; put it back in the keyring (previous_keys, or the keyring "
+                "file), or, if another wrapping still opens "
+                f"{'them' if use.backups > 1 else 'it'}, run 'regionvault keys rewrap'")
     for q in s.quarantined:
         if q.key.endswith(MANIFEST_SUFFIX):
             add(Condition.MANIFEST_UNTRUSTED, q.key,
@@ -594,7 +638,22 @@ def _iso_or_none(at: datetime | None) -> str | None:
     return at.isoformat() if at is not None else None
 
 
+def _lock_dict(lock: LockReport) -> dict[str, Any]:
+    return {"mode": lock.mode, "read": lock.read, "versioned": lock.versioned,
+            "lock_enabled": lock.lock_enabled, "default_retention": lock.default_retention,
+            "findings": list(lock.findings), "error": lock.error}
+
+
 def _store_dict(s: StoreCompliance) -> dict[str, Any]:
+    document = _store_fields(s)
+    # Optional, and only where there is a lock to report, so a document of a domain without
+    # one is unchanged (schema v1, "new optional fields do not raise it").
+    if s.object_lock is not None:
+        document["object_lock"] = _lock_dict(s.object_lock)
+    return document
+
+
+def _store_fields(s: StoreCompliance) -> dict[str, Any]:
     rules = s.rules
     return {
         "store": s.store, "url": s.url, "listed": s.listed, "errors": list(s.errors),
@@ -673,5 +732,6 @@ def load_schema() -> dict[str, Any]:
 
 __all__ = ["DEFAULT_INTEGRITY_MAX_AGE", "SCHEMA_ID", "SCHEMA_VERSION", "STORES",
            "BucketRulesReader", "ComplianceReport", "Condition", "Finding", "JudgedObject",
-           "KeyUse", "Policy", "RulesReport", "SampleRecord", "StoreCompliance", "SweepRecord",
+           "KeyUse", "LockReport", "Policy", "RulesReport", "SampleRecord", "StoreCompliance",
+           "SweepRecord",
            "compliance_document", "compliance_report", "load_schema", "policy_of"]

@@ -45,6 +45,7 @@ ENV_OVERRIDES = {
     "REGIONVAULT_RESULT_BACKEND": "result_backend",
     "REGIONVAULT_S3_ENDPOINT": "s3.endpoint_url",
     "REGIONVAULT_GCS_ENDPOINT": "gcs.endpoint_url",
+    "REGIONVAULT_KMS_ENDPOINT": "kms.endpoint_url",
     "REGIONVAULT_SPOOL_DIR": "spool_dir",
 }
 
@@ -100,6 +101,47 @@ class KeyRef(_Frozen):
 
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     secret: SecretRef
+
+
+#: the wrappers a domain's data keys can be wrapped by (``regionvault.keyring``)
+WrapperName = Literal["aws-kms", "local"]
+
+
+class KeyringConfig(_Frozen):
+    """A managed keyring: the domain's key-encryption keys in a file that ``regionvault keys``
+    writes (rotate, rewrap, retire) and running workers re-read when it changes.
+
+    ``wrappers`` says which key-encryption keys wrap every new data key, each wrapping kept in
+    the manifest: ``local`` (a 256-bit key held in the keyring file) and ``aws-kms`` (a KMS key
+    in the domain's own region). ``local`` is always present: it is the escrow that opens the
+    backups when AWS is gone, and its key signs the manifests.
+    """
+
+    file: Path
+    wrappers: tuple[WrapperName, ...] = ("local",)
+
+    @field_validator("wrappers")
+    @classmethod
+    def _local_always(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        repeated = sorted({w for w in value if value.count(w) > 1})
+        if repeated:
+            raise ValueError(f"wrappers must be unique, repeated: {', '.join(repeated)}")
+        if "local" not in value:
+            raise ValueError(
+                "wrappers must include 'local': the local escrow key opens the backups when "
+                "AWS KMS is unreachable (disaster recovery) and signs the manifests")
+        return value
+
+
+class ObjectLockConfig(_Frozen):
+    """Immutable copies: every backup object is locked in the store until the moment the
+    expiry sweep is due to remove it (never later, so a pii backup never outlives 29 days).
+
+    ``governance``: a credential with s3:BypassGovernanceRetention can still delete early;
+    ``compliance``: nobody can, not even the account's root, until the date passes.
+    """
+
+    mode: Literal["governance", "compliance"] = "governance"
 
 
 class CheckQuery(_Frozen):
@@ -158,8 +200,14 @@ class DomainConfig(_Frozen):
     s3_bucket: str
     gcp_location: str
     gcs_bucket: str
-    key: KeyRef
+    #: static local keys (development, small installs): read at start; rotating them is a
+    #: configuration change and a restart. Exactly one of ``key`` and ``keyring``.
+    key: KeyRef | None = None
     previous_keys: tuple[KeyRef, ...] = ()
+    #: a managed keyring (``regionvault keys``): rotated live, optionally with AWS KMS
+    keyring: KeyringConfig | None = None
+    #: lock backup objects until their expiry (S3 Object Lock, GCS object retention)
+    object_lock: ObjectLockConfig | None = None
     schedule: str = "0 2 * * *"
     sources: tuple[SourceConfig, ...] = ()
     drill: DrillConfig = DrillConfig()
@@ -182,6 +230,23 @@ class DomainConfig(_Frozen):
             raise ValueError(f"source names must be unique, repeated: {', '.join(duplicates)}")
         return value
 
+    @model_validator(mode="after")
+    def _one_key_source(self) -> DomainConfig:
+        if (self.key is None) == (self.keyring is None):
+            raise ValueError(
+                "give exactly one of 'key' (static local keys) and 'keyring' (a managed "
+                "keyring file, see 'regionvault keys init')")
+        if self.keyring is not None and self.previous_keys:
+            raise ValueError("previous_keys belongs with 'key'; a managed keyring holds its "
+                             "own previous keys (import them with 'regionvault keys init')")
+        ids = [ref.id for ref in self.all_keys()]
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        if repeated:
+            raise ValueError(
+                f"key ids must be unique, repeated: {', '.join(repeated)} (a key id names "
+                "one key in every manifest; give the new key a new id)")
+        return self
+
     def source(self, name: str, domain: Domain) -> SourceConfig:
         for src in self.sources:
             if src.name == name:
@@ -196,7 +261,8 @@ class DomainConfig(_Frozen):
         return timedelta(hours=source.rpo_hours or self.rpo_hours)
 
     def all_keys(self) -> tuple[KeyRef, ...]:
-        return (self.key, *self.previous_keys)
+        """The static keys, current first (none with a managed keyring)."""
+        return (self.key, *self.previous_keys) if self.key is not None else ()
 
 
 class RetentionConfig(_Frozen):
@@ -275,6 +341,17 @@ class GCSConfig(_Frozen):
     chunk_size_mib: int = Field(default=16, ge=1)
 
 
+class KMSConfig(_Frozen):
+    """AWS KMS, for domains whose keyring uses the ``aws-kms`` wrapper; the region is the
+    domain's own ``aws_region``."""
+
+    endpoint_url: str | None = None
+    #: seconds to connect and to read a reply; a KMS that does not answer falls back to the
+    #: local escrow wrapper on restore instead of stalling it
+    connect_timeout_seconds: float = Field(default=3, gt=0)
+    read_timeout_seconds: float = Field(default=10, gt=0)
+
+
 class TaskRetryConfig(_Frozen):
     """The one retry layer: a step that meets a transient error (network, 5xx, throttling, a
     source that is restarting) is retried by Celery with exponential backoff and jitter for at
@@ -331,6 +408,7 @@ class Config(_Frozen):
     step_timeout_seconds: int = Field(default=4 * 3600, ge=60)
     s3: S3Config = S3Config()
     gcs: GCSConfig = GCSConfig()
+    kms: KMSConfig = KMSConfig()
     retention: RetentionConfig = RetentionConfig()
     retries: TaskRetryConfig = TaskRetryConfig()
     reconcile: ReconcileConfig = ReconcileConfig()
@@ -349,7 +427,8 @@ class Config(_Frozen):
             )
         if not self.development:
             for field, url in (("s3.endpoint_url", self.s3.endpoint_url),
-                               ("gcs.endpoint_url", self.gcs.endpoint_url)):
+                               ("gcs.endpoint_url", self.gcs.endpoint_url),
+                               ("kms.endpoint_url", self.kms.endpoint_url)):
                 if url is not None and not url.startswith("https://"):
                     raise ValueError(
                         f"{field} must be an https:// URL (got {url!r}); "

@@ -12,7 +12,7 @@ from functools import cached_property
 
 from regionvault.config import Config, DomainConfig
 from regionvault.domains import Domain
-from regionvault.keyring import KeyWrapper, LocalKeyring
+from regionvault.keyring import Keyring, KeyringSource, KeyWrapper
 from regionvault.spool import Spool
 from regionvault.stores.base import ObjectStore
 
@@ -51,7 +51,7 @@ _residency_lock = threading.Lock()
 class DomainContext:
     def __init__(self, config: Config, domain: Domain, *, clock: Clock = utc_now,
                  s3: ObjectStore | None = None, gcs: ObjectStore | None = None,
-                 keyring: KeyWrapper | None = None) -> None:
+                 keyring: Keyring | None = None) -> None:
         self.config = config
         self.domain = domain
         self.dcfg: DomainConfig = config.domain(domain)
@@ -60,8 +60,8 @@ class DomainContext:
             self.__dict__["s3"] = s3
         if gcs is not None:
             self.__dict__["gcs"] = gcs
-        if keyring is not None:
-            self.__dict__["keyring"] = keyring
+        self._fixed_keyring = keyring
+        self._keyring_source = KeyringSource(config, domain, kms=self._kms_wrapper)
 
     @cached_property
     def s3(self) -> ObjectStore:
@@ -71,7 +71,8 @@ class DomainContext:
                        endpoint_url=self.config.s3.endpoint_url,
                        part_size=self.config.s3.part_size_mib * MIB,
                        max_bytes_per_second=_rate(self.config.s3.max_upload_mib_per_second),
-                       upload_concurrency=self.config.s3.upload_concurrency)
+                       upload_concurrency=self.config.s3.upload_concurrency,
+                       lock_mode=self.lock_mode)
 
     @cached_property
     def gcs(self) -> ObjectStore:
@@ -81,11 +82,28 @@ class DomainContext:
                         project=self.config.gcs.project,
                         endpoint_url=self.config.gcs.endpoint_url,
                         anonymous=self.config.development,
-                        chunk_size=self.config.gcs.chunk_size_mib * MIB)
+                        chunk_size=self.config.gcs.chunk_size_mib * MIB,
+                        lock_mode=self.lock_mode)
 
-    @cached_property
-    def keyring(self) -> KeyWrapper:
-        return LocalKeyring.from_config(self.domain, self.dcfg)
+    @property
+    def lock_mode(self) -> str | None:
+        """The domain's object lock mode ("governance", "compliance"), or None: no lock."""
+        lock = self.dcfg.object_lock
+        return lock.mode if lock is not None else None
+
+    def _kms_wrapper(self, current: str, held: tuple[str, ...]) -> KeyWrapper:
+        from regionvault.kms import AwsKmsWrapper
+
+        return AwsKmsWrapper.for_domain(self.config, self.domain, current, held)
+
+    @property
+    def keyring(self) -> Keyring:
+        """The domain's keyring as it is now: a managed keyring file is re-read when it
+        changes (one ``stat`` per call), so a ``keys rotate`` reaches running workers on
+        their next use, with no restart."""
+        if self._fixed_keyring is not None:
+            return self._fixed_keyring
+        return self._keyring_source.current()
 
     @cached_property
     def spool(self) -> Spool:

@@ -62,6 +62,20 @@ class WrongKeyError(IntegrityError):
     """A key cannot open this data: another domain's key, or not the key it was made with."""
 
 
+class KeyServiceUnavailable(RegionvaultError):
+    """A key service (AWS KMS) could not be reached or failed in a way that may pass; a
+    restore tries the next wrapping (the local escrow), a step retries with backoff."""
+
+
+class BackupErased(RegionvaultError):
+    """The backup was crypto-shredded (``regionvault erase``): its data key is destroyed and
+    no key the system holds opens what is left of it."""
+
+
+class KeyInUse(ConfigError):
+    """A key cannot be retired: manifests still need it (rewrap them first)."""
+
+
 class ManifestForged(IntegrityError):
     """A manifest fails its MAC (or carries none, or names a key the domain does not hold, or
     sits under another backup's key): it was changed outside regionvault, so none of its
@@ -112,3 +126,10 @@ class PermanentStoreError(StoreError):
 
 class ChecksumMismatch(IntegrityError, PermanentStoreError):
     """What the store holds (or was about to hold) does not match the expected checksum."""
+
+
+class ObjectLocked(PermanentStoreError):
+    """A store refused to delete an object version that is locked (S3 Object Lock, GCS object
+    retention) until a date it has not reached; the message names the object and the date.
+    Not worth retrying before that date: the expiry sweep reports it and tries again at its
+    next run."""

@@ -18,7 +18,12 @@ objects whose manifest never arrived or cannot be read are all judged.
   ``reconcile.orphan_after_seconds`` (before that its chain may still be writing the manifest;
   it is judged by the pii rule all the same). A quarantined copy never stops the rest.
 - A removed backup's open uploads are aborted, then its object deleted, then its manifest: a
-  manifest without its object is still listed, and removed by the next sweep.
+  manifest without its object is still listed, and removed by the next sweep. ``store.delete``
+  removes every version of a key, so a versioned (object-locked) bucket keeps no bytes behind.
+- A locked backup object (``object_lock``) is locked until the moment the sweep is due to
+  remove it (``regionvault.object_lock``), so its delete succeeds. Should the store still
+  refuse (its clock behind ours, a lock set by hand), the refusal is reported like any store
+  error and the next sweep tries again; the manifest stays until the object is gone.
 - Open uploads older than the pii cutoff are aborted whatever they belong to: their parts are
   bytes in the store too.
 
@@ -43,6 +48,7 @@ from regionvault.domains import Domain
 from regionvault.errors import (
     ConfigError,
     IntegrityError,
+    ObjectLocked,
     RegionvaultError,
     StoreError,
     TransientStoreError,
@@ -411,6 +417,10 @@ class _StoreSweeper:
                 self.store.delete(key)
             if backup.manifest is not None:
                 self.store.delete(backup.manifest_key)
+        except ObjectLocked as exc:
+            # Due, yet still locked by the store's clock: reported, tried again next sweep.
+            self._failed(f"{key} not removed yet (still locked)", exc)
+            return False
         except StoreError as exc:
             self._failed(f"{key} not removed", exc)
             return False

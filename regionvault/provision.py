@@ -28,25 +28,42 @@ ceiling:
 - an S3 bucket with MFA delete (S3 accepts no lifecycle configuration on it);
 - a GCS bucket whose retention policy keeps objects longer than N days;
 - a versioned bucket when N is 1 (a current version and its noncurrent version need a day each).
+
+Immutable copies (a domain with ``object_lock``): before the rules, provision makes each bucket
+able to lock objects. A missing bucket is created with it (S3 ``ObjectLockEnabledForBucket``,
+GCS ``enableObjectRetention``) in the domain's configured region; an existing S3 bucket gets
+versioning and Object Lock enabled; an existing GCS bucket without object retention is refused
+(regionvault enables it only when it creates a bucket). The bucket is given NO default
+retention rule, and one found is removed: only backup objects are locked, each until its own
+date (``regionvault.object_lock``), while manifests must stay rewritable and erasable. Object
+Lock makes the bucket versioned, so it gets the versioned rules above, plus
+``regionvault-noncurrent``: noncurrent versions anywhere under the domain's prefix (a
+rewritten manifest leaves one) are deleted a day later, so that no version lingers.
+``check_locks`` reports a configured lock the bucket lacks, and a default retention rule.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from regionvault.config import PII_MAX_RETENTION_DAYS, Config, DataClass
+from regionvault.config import Config, DataClass
 from regionvault.domains import Domain
-from regionvault.errors import PermanentStoreError, RegionvaultError
+from regionvault.errors import NotFound, PermanentStoreError, RegionvaultError
+from regionvault.object_lock import backstop_pii_days, lock_problems
+from regionvault.stores.base import LockSettings
 from regionvault.stores.lifecycle import (
     BucketLifecycle,
+    BucketLock,
     BucketState,
     FoundRule,
+    GCSBucketLock,
     GCSLifecycle,
     Rule,
     RuleKind,
+    S3BucketLock,
     S3Lifecycle,
 )
 
@@ -59,6 +76,10 @@ RULE_PII = "regionvault-pii-ceiling"
 RULE_PII_NONCURRENT = "regionvault-pii-noncurrent"
 #: S3: abandoned multipart uploads
 RULE_ABORT_UPLOADS = "regionvault-abort-incomplete-uploads"
+#: a bucket versioned for object lock: noncurrent versions anywhere under the domain's prefix
+RULE_NONCURRENT = "regionvault-noncurrent"
+#: what lock findings name as their rule
+LOCK_SETTING = "ObjectLock"
 
 #: days a noncurrent version of personal data may stay, on versioned buckets
 NONCURRENT_DAYS = 1
@@ -80,6 +101,9 @@ class Problem(StrEnum):
     WEAKER = "weaker"
     SOFT_DELETE = "soft-delete"
     UNSUPPORTED = "unsupported"
+    #: the bucket cannot lock objects although the domain configures a lock, or it locks
+    #: every object by a default retention rule
+    OBJECT_LOCK = "object-lock"
 
 
 @dataclass(frozen=True)
@@ -128,10 +152,38 @@ class ProvisionOutcome:
     rules: tuple[Rule, ...]
     #: why the bucket was refused (nothing was written), else None
     refused: str | None = None
+    #: what provision did about object lock (None: no lock configured, nothing to report)
+    lock: LockOutcome | None = None
 
     @property
     def url(self) -> str:
         return _url(self.store, self.bucket)
+
+
+@dataclass(frozen=True)
+class LockOutcome:
+    """What provision did to let a bucket lock objects."""
+
+    store: str
+    bucket: str
+    #: the configured mode ("governance", "compliance"); None: the domain configures no lock
+    mode: str | None
+    #: the bucket did not exist and was created, able to lock objects
+    created: bool = False
+    #: versioning or the object lock configuration was written
+    changed: bool = False
+    #: as the bucket reports them after provision (None when refused before reading)
+    settings: LockSettings | None = None
+    #: why the bucket cannot lock objects (nothing written for the lock), else None
+    refused: str | None = None
+
+    @property
+    def url(self) -> str:
+        return _url(self.store, self.bucket)
+
+
+def domain_prefix(domain: Domain) -> str:
+    return f"{domain.value}/"
 
 
 def pii_prefix(domain: Domain) -> str:
@@ -163,7 +215,8 @@ def required_rules(domain: Domain, config: Config, store: str, *,
     # The clouds act late: S3 rounds an expiration up to the next midnight UTC and GCS may
     # act up to a day after the age is reached. A rule of 29 days could therefore let a pii
     # object live almost 30; at most 28 keeps the backstop itself under the 29-day ceiling.
-    days = min(config.retention.pii_days, PII_MAX_RETENTION_DAYS - 1)
+    # (Object locks end no later than this: regionvault.object_lock.)
+    days = backstop_pii_days(config.retention)
     if versioned:
         # A version's life is its life as the current version plus its life as a noncurrent
         # one, so the two rules split the days: (N - 1) + 1 = N <= 28. A version that the
@@ -176,6 +229,11 @@ def required_rules(domain: Domain, config: Config, store: str, *,
                 f"{NONCURRENT_DAYS + 1} or more")
         rules = [Rule(RULE_PII, RuleKind.EXPIRE, prefix, days - NONCURRENT_DAYS),
                  Rule(RULE_PII_NONCURRENT, RuleKind.EXPIRE_NONCURRENT, prefix, NONCURRENT_DAYS)]
+        if config.domain(domain).object_lock is not None:
+            # The bucket is versioned for the lock: rewritten manifests, replaced uploads and
+            # metadata backups deleted by hand leave noncurrent versions, kept a day at most.
+            rules.append(Rule(RULE_NONCURRENT, RuleKind.EXPIRE_NONCURRENT,
+                              domain_prefix(domain), NONCURRENT_DAYS))
     else:
         rules = [Rule(RULE_PII, RuleKind.EXPIRE, prefix, days)]
     if store == "s3":
@@ -245,11 +303,11 @@ def compare(required: BucketRules, state: BucketState) -> list[Finding]:
                 f"{state.soft_delete_seconds / 86400:g} days, so personal data outlives its "
                 f"deletion; {fix} (it turns soft delete off)")
 
-    best: dict[RuleKind, FoundRule] = {}
+    best: dict[str, FoundRule] = {}  # by required rule id
     for rule in required.rules:
         covering = _covering(state, rule)
         if covering:
-            best[rule.kind] = min(covering, key=lambda f: f.days)
+            best[rule.id] = min(covering, key=lambda f: f.days)
             continue
         extra = ""
         if rule.kind is RuleKind.EXPIRE_NONCURRENT:
@@ -260,10 +318,10 @@ def compare(required: BucketRules, state: BucketState) -> list[Finding]:
 
     # On a versioned bucket with both expiries, their sum is judged (below); otherwise each
     # rule alone (a current-version expiry alone may take the whole ceiling).
-    by_sum = required.versioned and {RuleKind.EXPIRE, RuleKind.EXPIRE_NONCURRENT} <= set(best)
+    by_sum = required.versioned and {RULE_PII, RULE_PII_NONCURRENT} <= set(best)
     for rule in required.rules:
-        found = best.get(rule.kind)
-        if found is None or (by_sum and rule.kind is not RuleKind.ABORT_UPLOADS):
+        found = best.get(rule.id)
+        if found is None or (by_sum and rule.id in (RULE_PII, RULE_PII_NONCURRENT)):
             continue
         allowed = required.ceiling_days if rule.kind is RuleKind.EXPIRE else rule.days
         if found.days > allowed:
@@ -273,7 +331,7 @@ def compare(required: BucketRules, state: BucketState) -> list[Finding]:
                     f"{_days(allowed)}; {fix}")
 
     if by_sum:
-        current, noncurrent = best[RuleKind.EXPIRE], best[RuleKind.EXPIRE_NONCURRENT]
+        current, noncurrent = best[RULE_PII], best[RULE_PII_NONCURRENT]
         current_days, noncurrent_days = current.days, noncurrent.days
         total, ceiling = current_days + noncurrent_days, required.ceiling_days
         if total > ceiling:
@@ -350,18 +408,116 @@ def check_bucket(lifecycle: BucketLifecycle, domain: Domain, config: Config) -> 
 
 def provision(ctx: DomainContext, stores: Iterable[str] = STORES) -> list[ProvisionOutcome]:
     """Provision the domain's buckets; a refused bucket is reported in its outcome (nothing
-    written there) and the others are still provisioned."""
+    written there) and the others are still provisioned.
+
+    With ``object_lock`` configured, a missing bucket is created able to lock objects, and an
+    existing one is made able to (``provision_lock``) before its rules are written, since the
+    lock makes it versioned. A lock refused is reported in the outcome's ``lock``; the
+    bucket's lifecycle rules are still written."""
     outcomes = []
     for store in stores:
-        # The bucket must really lie in the domain's region before regionvault configures it.
-        ctx.ensure_resident(store)
+        created = False
+        try:
+            # The bucket must really lie in the domain's region before regionvault configures it.
+            ctx.ensure_resident(store)
+        except NotFound:
+            if ctx.dcfg.object_lock is None:
+                raise
+            # A bucket that is to lock objects is best born able to (GCS: only then).
+            bucket_lock(ctx.config, ctx.domain, store).create()
+            created = True
+            ctx.ensure_resident(store)
         lifecycle = bucket_lifecycle(ctx.config, ctx.domain, store)
         try:
-            outcomes.append(provision_bucket(lifecycle, ctx.domain, ctx.config))
+            lock = provision_lock(ctx, store, created=created)
+            outcome = provision_bucket(lifecycle, ctx.domain, ctx.config)
+            outcomes.append(replace(outcome, lock=lock))
         except BucketRefused as exc:
             outcomes.append(ProvisionOutcome(store=store, bucket=lifecycle.bucket, changed=False,
                                              versioned=False, rules=(), refused=str(exc)))
     return outcomes
+
+
+def bucket_lock(config: Config, domain: Domain, store: str) -> BucketLock:
+    """What makes the domain's bucket in ``store`` able to lock objects, built from the
+    configuration as ``DomainContext`` builds the stores."""
+    dcfg = config.domain(domain)
+    if store == "s3":
+        return S3BucketLock(dcfg.s3_bucket, dcfg.aws_region, endpoint_url=config.s3.endpoint_url)
+    if store == "gcs":
+        return GCSBucketLock(dcfg.gcs_bucket, dcfg.gcp_location, project=config.gcs.project,
+                             endpoint_url=config.gcs.endpoint_url, anonymous=config.development)
+    raise ValueError(f"unknown store {store!r} (stores: s3, gcs)")
+
+
+def provision_lock(ctx: DomainContext, store: str, *, created: bool = False,
+                   lock: BucketLock | None = None) -> LockOutcome | None:
+    """Make the domain's bucket in ``store`` able to lock objects, with no default retention
+    rule (idempotent); None when the domain configures no lock and the bucket has no default
+    retention rule (nothing to do, nothing to report).
+
+    Raises ``BucketRefused`` (writing nothing) when the versioned bucket the lock needs could
+    not keep the retention ceiling by lifecycle rules (``retention.pii_days`` 1). An existing
+    GCS bucket without object retention is reported refused in the outcome. Raises
+    ``StoreError`` when the bucket, read back, still cannot lock objects."""
+    mode = ctx.lock_mode
+    objects = ctx.store(store)
+    url = ctx.url(store)
+    try:
+        settings = objects.lock_settings()
+    except PermanentStoreError:
+        if mode is not None:
+            raise
+        # A domain without a lock whose credentials may not read lock settings (S3
+        # GetBucketObjectLockConfiguration): nothing configured, nothing to do.
+        return None
+    if mode is None and settings.default_retention is None:
+        return None
+    writer = lock if lock is not None else bucket_lock(ctx.config, ctx.domain, store)
+    wanted = _lock_problems(ctx, settings, url)
+    if not wanted:
+        return LockOutcome(store, settings.bucket, mode, created=created, settings=settings)
+    if mode is not None:
+        # Locking makes the bucket versioned for good: refuse before that if no rules could
+        # then keep the ceiling (this raises BucketRefused, naming the bucket).
+        required_rules(ctx.domain, ctx.config, store, versioned=True)
+    if not writer.enables_existing:
+        return LockOutcome(store, settings.bucket, mode, created=created, settings=settings,
+                           refused=f"{url} cannot lock objects: object retention is not "
+                           "enabled on it, and regionvault enables it only on a bucket it "
+                           "creates; enable object retention on the bucket, or configure a "
+                           "bucket that does not exist yet for provision to create")
+    writer.enable()
+    after = objects.lock_settings()
+    left = _lock_problems(ctx, after, url)
+    if left:  # verify before trusting: a store that kept the old settings is an error
+        raise PermanentStoreError(f"{url} does not hold the object lock settings just "
+                                  f"written: {left[0]}")
+    return LockOutcome(store, after.bucket, mode, created=created, changed=True, settings=after)
+
+
+def _lock_problems(ctx: DomainContext, settings: LockSettings, url: str) -> list[str]:
+    return [str(p) for p in lock_problems(
+        ctx.dcfg.object_lock, url=url, domain=ctx.domain.value, versioned=settings.versioned,
+        lock_enabled=settings.lock_enabled, default_retention=settings.default_retention)]
+
+
+def check_lock(ctx: DomainContext, store: str,
+               settings: LockSettings | None = None) -> list[Finding]:
+    """What the domain's bucket in ``store`` lacks for its object lock setting (empty when
+    nothing), from ``settings`` or else as the bucket reports them now."""
+    url = ctx.url(store)
+    found = settings if settings is not None else ctx.store(store).lock_settings()
+    return [Finding(store, found.bucket, LOCK_SETTING, Problem.OBJECT_LOCK, str(problem))
+            for problem in lock_problems(
+                ctx.dcfg.object_lock, url=url, domain=ctx.domain.value,
+                versioned=found.versioned, lock_enabled=found.lock_enabled,
+                default_retention=found.default_retention)]
+
+
+def check_locks(ctx: DomainContext, stores: Iterable[str] = STORES) -> list[Finding]:
+    """Every way the domain's buckets fall short of its object lock setting."""
+    return [finding for store in stores for finding in check_lock(ctx, store)]
 
 
 def check_rules(ctx: DomainContext, stores: Iterable[str] = STORES) -> list[Finding]:

@@ -38,7 +38,7 @@ from regionvault import manifest_store
 from regionvault.backup_state import BackupFacts, gather_facts, next_step
 from regionvault.config import ReconcileConfig
 from regionvault.context import DomainContext
-from regionvault.errors import ConfigError, RegionvaultError, StoreError
+from regionvault.errors import ConfigError, ObjectLocked, RegionvaultError, StoreError
 from regionvault.journal import BackupRecord, BackupState, Journal, StepState
 from regionvault.lease import Holder, LeaseStore
 from regionvault.manifest import MANIFEST_SUFFIX, OBJECT_SUFFIX, STEPS, BackupRef, Step
@@ -373,7 +373,13 @@ class Reconciler:
                 continue
             if info.modified is None or info.modified > cutoff:
                 continue
-            store.delete(info.key)
+            try:
+                store.delete(info.key)
+            except ObjectLocked as exc:
+                # locked until the sweep's due time at the latest: expiry removes it then
+                log.info("reconcile: %s has no manifest but stays until its lock ends: %s",
+                         info.key, exc)
+                continue
             report.swept[f"{role}-object"] += 1
             log.info("reconcile: deleted %s, an object without a manifest", info.key)
 

@@ -86,6 +86,18 @@ def _store_table(report: ComplianceReport, s: StoreCompliance) -> Table:
     table.add_row("lifecycle rules", rules_text, _NO if rules.findings or not rules.read else _OK)
     versioning = {None: "unknown", True: "on (or suspended)", False: "off"}[rules.versioned]
     table.add_row("versioning", versioning, "")
+    lock = s.object_lock
+    if lock is not None:
+        if not lock.read:
+            lock_text = f"cannot be read: {escape(lock.error or '')}"
+        else:
+            lock_text = ("enabled" if lock.lock_enabled else "NOT enabled") + (
+                f"; backups locked in {lock.mode} mode until their expiry" if lock.mode
+                else "; not configured for the domain")
+            if lock.default_retention is not None:
+                lock_text += f"; default retention {escape(lock.default_retention)}"
+        table.add_row("object lock", lock_text,
+                      _NO if lock.findings or not lock.read else _OK)
     sweep = s.sweep
     if sweep.last_complete_at is not None:
         sweep_text = (f"{sweep.last_complete_at:%Y-%m-%d %H:%M:%SZ} "
@@ -140,8 +152,9 @@ def compliance_command(
     config: ConfigOption = None,
 ) -> None:
     """Evidence for auditors, per store: the oldest pii object, objects past their policy,
-    lifecycle rules found and required, versioning, the last expiry sweep and integrity
-    sample, the key ids in use. Exit 0 when compliant, 3 when not (each finding named)."""
+    lifecycle rules found and required, versioning, object lock (where configured), the last
+    expiry sweep and integrity sample, the key ids in use. Exit 0 when compliant, 3 when not
+    (each finding named)."""
 
     def run() -> int:
         from regionvault.expiry import RedisSweepLedger

@@ -21,6 +21,15 @@ Retries: every call passes ``retry=None``, the resumable upload's included, so t
 one attempt per request. Celery's step retry, with backoff, is the one retry layer; the library's
 own retry under it would multiply the waiting and hide how often GCS fails.
 
+Locks (GCS object retention, with a store built with ``lock_mode``): a write given a
+``retain_until`` carries the object's ``retention`` (``Unlocked`` for governance, ``Locked`` for
+compliance) in the session's metadata, so GCS creates the object locked; a bucket without
+object retention enabled refuses the upload. A retention GCS reports other than asked fails
+the write; one it does not report at all is logged (gcp-storage-emulator ignores object
+retention, so the tests check the request against the API's schema instead). A delete removes
+every generation of the name (a versioned bucket keeps noncurrent ones), the live one last,
+and a generation GCS refuses to delete for its retention or a hold raises ``ObjectLocked``.
+
 Vendor errors (google-api-core, google-auth, requests, the storage media layer) are translated
 in ``translate_error`` and nowhere else.
 """
@@ -28,9 +37,11 @@ in ``translate_error`` and nowhere else.
 from __future__ import annotations
 
 import io
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
 import requests
@@ -45,14 +56,22 @@ from regionvault.errors import (
     ChecksumMismatch,
     ConfigError,
     NotFound,
+    ObjectLocked,
     PermanentStoreError,
     RegionvaultError,
     ResidencyError,
     StoreError,
     TransientStoreError,
 )
-from regionvault.stores.base import IncompleteUpload, ObjectInfo
-from regionvault.stores.streams import CheckedReader, TranslatingReader
+from regionvault.stores.base import IncompleteUpload, LockSettings, ObjectInfo
+from regionvault.stores.streams import (
+    CheckedReader,
+    TranslatingReader,
+    check_lock_mode,
+    lock_date,
+)
+
+log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 #: GCS resumable uploads send chunks in multiples of 256 KiB.
@@ -60,6 +79,11 @@ CHUNK_QUANTUM = 256 * 1024
 
 #: (connect, read) seconds for each HTTP request.
 TIMEOUT = (10.0, 60.0)
+
+#: an object's ``retention.mode`` for each lock mode: an Unlocked retention can be shortened
+#: or removed only with storage.objects.overrideUnlockedRetention (as S3 governance mode can be
+#: bypassed), a Locked one by nobody (as S3 compliance mode)
+RETENTION_MODES = {"governance": "Unlocked", "compliance": "Locked"}
 
 _DATA_CORRUPTION: tuple[type[BaseException], ...] = (media_exceptions.DataCorruption,)
 _INVALID_RESPONSE: tuple[type[BaseException], ...] = (media_exceptions.InvalidResponse,)
@@ -160,6 +184,7 @@ class GCSStore:
         anonymous: bool = False,
         chunk_size: int = 8 * MiB,
         client: storage.Client | None = None,
+        lock_mode: str | None = None,
     ) -> None:
         if chunk_size <= 0 or chunk_size % CHUNK_QUANTUM:
             raise ConfigError(
@@ -169,8 +194,11 @@ class GCSStore:
         self.bucket = bucket
         self.location = location
         self.chunk_size = chunk_size
+        #: "governance" or "compliance": the retention mode of writes given a retain_until
+        self.lock_mode = check_lock_mode(lock_mode, bucket)
         self._client = client or make_gcs_client(project, endpoint_url, anonymous=anonymous)
         self._bucket = self._client.bucket(bucket)
+        self._unreported_lock_logged = False
 
     # -- naming and error translation -------------------------------------------------------
 
@@ -200,16 +228,20 @@ class GCSStore:
                 "use a bucket in one of those"
             )
 
-    def put_file(self, key: str, path: str, *, crc32c: str) -> ObjectInfo:
+    def put_file(self, key: str, path: str, *, crc32c: str,
+                 retain_until: datetime | None = None) -> ObjectInfo:
         with open(path, "rb") as f:
-            return self.put_stream(key, f, os.fstat(f.fileno()).st_size, crc32c=crc32c)
+            return self.put_stream(key, f, os.fstat(f.fileno()).st_size, crc32c=crc32c,
+                                   retain_until=retain_until)
 
-    def put_stream(self, key: str, stream: BinaryIO, size: int, *, crc32c: str) -> ObjectInfo:
+    def put_stream(self, key: str, stream: BinaryIO, size: int, *, crc32c: str,
+                   retain_until: datetime | None = None) -> ObjectInfo:
+        until = lock_date(self.lock_mode, retain_until, datetime.now(UTC))
         reader = CheckedReader(stream, size, crc32c, self._where(key))
         with self._translated("upload", key):
-            session = self._start_upload(key, size, crc32c)
+            session = self._start_upload(key, size, crc32c, self._retention(until))
             self._send(key, session, reader)
-        return self._verify_stored(key, size, crc32c)
+        return self._verify_stored(key, size, crc32c, until)
 
     def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
         return self.put_stream(key, io.BytesIO(data), len(data), crc32c=crc32c_of_bytes(data))
@@ -246,11 +278,48 @@ class GCSStore:
                 yield _info(blob)
 
     def delete(self, key: str) -> None:
-        try:
-            with self._translated("delete", key):
-                self._bucket.blob(key).delete(timeout=TIMEOUT, retry=None)
-        except NotFound:
-            pass  # already gone: deleting is idempotent
+        """Delete every generation of ``key``, noncurrent ones first and the live one last.
+
+        A generation refused for its retention (or a hold) stops the delete before the live
+        one, so the name stays listed for the next attempt, and raises ``ObjectLocked``."""
+        # A noncurrent generation has a timeDeleted; the live one (at most one) has none.
+        generations = sorted(self._generations_of(key), key=lambda blob: not _noncurrent(blob))
+        locked: list[str] = []
+        for blob in generations:
+            if not _noncurrent(blob) and locked:
+                break
+            refusal = self._delete_generation(key, blob)
+            if refusal is not None:
+                locked.append(refusal)
+        if locked:
+            raise ObjectLocked(
+                f"cannot delete {self._where(key)}: {locked[0]}; it can be deleted after that "
+                "(nothing overrides the retention)")
+
+    def delete_noncurrent_versions(self, key: str) -> int:
+        """Delete every generation of ``key`` but the live one."""
+        removed, locked = 0, []
+        for blob in self._generations_of(key):
+            if not _noncurrent(blob):
+                continue
+            refusal = self._delete_generation(key, blob)
+            if refusal is None:
+                removed += 1
+            else:
+                locked.append(refusal)
+        if locked:
+            raise ObjectLocked(
+                f"cannot delete the older generations of {self._where(key)}: {locked[0]}; it "
+                "can be deleted after that")
+        return removed
+
+    def lock_settings(self) -> LockSettings:
+        with self._translated("read the settings of"):
+            self._bucket.reload(timeout=TIMEOUT, retry=None)
+        retention = self._bucket._properties.get("objectRetention") or {}
+        return LockSettings(store=self.name, bucket=self.bucket,
+                            versioned=bool(self._bucket.versioning_enabled),
+                            lock_enabled=retention.get("mode") == "Enabled")
 
     def incomplete_uploads(self, prefix: str) -> list[IncompleteUpload]:
         """Always ``[]``: GCS resumable sessions cannot be listed.
@@ -275,14 +344,50 @@ class GCSStore:
             blob.reload(timeout=TIMEOUT, retry=None)
         return blob
 
-    def _start_upload(self, key: str, size: int, crc32c: str) -> str:
+    def _generations_of(self, key: str) -> list[Any]:
+        """Every generation GCS keeps of exactly ``key``, live and noncurrent."""
+        with self._translated("list the generations of", key):
+            return [blob for blob in self._client.list_blobs(
+                self._bucket, prefix=key, versions=True, timeout=TIMEOUT, retry=None)
+                if blob.name == key]  # by prefix: "a.bin" also lists "a.bin.1"
+
+    def _retention(self, until: datetime | None) -> dict[str, str] | None:
+        """The object's ``retention`` (the JSON API's form) for a lock until ``until``."""
+        if until is None or self.lock_mode is None:
+            return None
+        return {"mode": RETENTION_MODES[self.lock_mode],
+                "retainUntilTime": until.strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+    def _start_upload(self, key: str, size: int, crc32c: str,
+                      retention: dict[str, str] | None = None) -> str:
         """The URL of a new resumable session for ``size`` bytes under ``key``."""
         blob = self._bucket.blob(key)
         # In the session's metadata: GCS refuses to create the object if its bytes have another
         # CRC32C.
         blob.crc32c = crc32c
+        if retention is not None:
+            # Only these two fields: the library's Retention would also send the server-set
+            # retentionExpirationTime (as null).
+            blob._patch_property("retention", retention)
         url: str = blob.create_resumable_upload_session(size=size, timeout=TIMEOUT, retry=None)
         return url
+
+    def _delete_generation(self, key: str, blob: Any) -> str | None:
+        """Delete one listed generation; None when it is gone, or what keeps it (its
+        retention or a hold) when GCS refused."""
+        try:
+            with self._translated(f"delete generation {blob.generation} of", key):
+                blob.delete(timeout=TIMEOUT, retry=None)
+        except NotFound:
+            return None  # already gone: deleting is idempotent
+        except PermanentStoreError as exc:
+            if not isinstance(exc.__cause__, api_exceptions.Forbidden):
+                raise
+            lock = _lock_of(blob)
+            if lock is None:  # a Forbidden of the credential's own
+                raise
+            return f"generation {blob.generation} is {lock}"
+        return None
 
     def _send(self, key: str, session: str, reader: CheckedReader) -> None:
         """All of ``reader`` to the session in one request; raises unless GCS committed it."""
@@ -303,7 +408,8 @@ class GCSStore:
                 "retry later")
         raise api_exceptions.from_http_response(response)
 
-    def _verify_stored(self, key: str, size: int, crc32c: str) -> ObjectInfo:
+    def _verify_stored(self, key: str, size: int, crc32c: str,
+                       until: datetime | None = None) -> ObjectInfo:
         blob = self._reload(key, "check")
         if blob.size != size or blob.crc32c != crc32c:
             with self._translated("delete", key):
@@ -312,7 +418,29 @@ class GCSStore:
                 f"deleted {self._where(key)} after writing it: GCS reports {blob.size} bytes with "
                 f"CRC32C {blob.crc32c}, expected {size} bytes with {crc32c}"
             )
-        return _info(blob)
+        info = _info(blob)
+        if until is None:
+            return info
+        wanted = self._retention(until)
+        assert wanted is not None
+        reported = blob._properties.get("retention")
+        if not reported:
+            # Real GCS either stores the retention or refuses the upload (a bucket without
+            # object retention); only an emulator drops it silently.
+            if not self._unreported_lock_logged:
+                self._unreported_lock_logged = True
+                log.warning("%s: GCS reports no retention on objects written with one (as "
+                            "gcp-storage-emulator does); they are not locked",
+                            self._where())
+            return info
+        if reported.get("mode") != wanted["mode"] or info.retain_until is None \
+                or info.retain_until < until:
+            raise PermanentStoreError(
+                f"cannot lock {self._where(key)}: GCS reports its retention as "
+                f"{reported.get('mode')} until {reported.get('retainUntilTime')}, not "
+                f"{wanted['mode']} until {wanted['retainUntilTime']}; check the bucket's "
+                "object retention")
+        return info
 
 
 class _UploadBody:
@@ -342,4 +470,30 @@ def _info(blob: Any) -> ObjectInfo:
         size=int(blob.size or 0),
         crc32c=blob.crc32c,
         modified=blob.time_created or blob.updated,
+        retain_until=_retained_until(blob),
     )
+
+
+def _noncurrent(blob: Any) -> bool:
+    """Whether a listed generation is a noncurrent one (GCS stamps when it stopped being live)."""
+    return blob._properties.get("timeDeleted") is not None
+
+
+def _retained_until(blob: Any) -> datetime | None:
+    if not (blob._properties.get("retention") or {}).get("retainUntilTime"):
+        return None
+    until: datetime = blob.retention.retain_until_time
+    return until.astimezone(UTC)
+
+
+def _lock_of(blob: Any) -> str | None:
+    """What keeps a listed generation from being deleted, or None if nothing GCS reports."""
+    properties = blob._properties
+    if properties.get("temporaryHold") or properties.get("eventBasedHold"):
+        return "under a hold"
+    retention = properties.get("retention") or {}
+    until = _retained_until(blob)
+    if until is not None:
+        # GCS's clock decides, not ours: a retention GCS reports is what refused the delete.
+        return f"under retention ({retention.get('mode')}) until {until.isoformat()}"
+    return None

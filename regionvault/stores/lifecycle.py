@@ -14,6 +14,10 @@ Writing replaces regionvault's own rules and keeps every other rule of the bucke
 - GCS rules carry no id, so ours are the ``Delete`` rules whose condition has exactly the shape
   regionvault writes (see ``_is_ours_gcs``); any other rule, even on the same prefix, is kept.
 
+Object lock (``S3BucketLock``, ``GCSBucketLock``): create a bucket able to lock objects, or
+make an existing one able to, with no default retention rule. Reading the lock settings is the
+stores' own ``lock_settings``.
+
 Vendor errors are translated with the store modules' own ``translate_error``.
 """
 
@@ -392,3 +396,96 @@ class GCSLifecycle:
     def raw_rules(self) -> list[dict[str, Any]]:
         """The rules as GCS returns them (for reports and tests)."""
         return self._raw_of(self._reload())
+
+
+# --- object lock -----------------------------------------------------------------------------
+
+
+class BucketLock(Protocol):
+    """Making one bucket able to lock objects (what a bucket holds: ``ObjectStore.lock_settings``).
+
+    ``create`` MUST create the missing bucket in its region able to lock objects, with no
+    default retention. ``enable`` (only where ``enables_existing``) MUST make an existing bucket
+    versioned and able to lock objects and remove any default retention rule; idempotent.
+    Errors are the project's ``StoreError`` kinds."""
+
+    store: str
+    bucket: str
+    #: whether ``enable`` can make an existing bucket lock objects
+    enables_existing: bool
+
+    def create(self) -> None: ...
+
+    def enable(self) -> None: ...
+
+
+class S3BucketLock:
+    """Object Lock on one S3 bucket."""
+
+    store = "s3"
+    enables_existing = True
+
+    def __init__(self, bucket: str, region: str, *, endpoint_url: str | None = None,
+                 client: Any = None) -> None:
+        self.bucket = bucket
+        self.region = region
+        self._client = client if client is not None else s3_store.make_s3_client(
+            region, endpoint_url)
+
+    @contextmanager
+    def _translated(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except RegionvaultError:
+            raise
+        except (ClientError, BotoCoreError) as exc:
+            raise s3_store.translate_error(exc, f"s3://{self.bucket}", action) from exc
+
+    def create(self) -> None:
+        # S3 takes us-east-1 as no location constraint at all (and refuses it named).
+        where = ({} if self.region == "us-east-1"
+                 else {"CreateBucketConfiguration": {"LocationConstraint": self.region}})
+        with self._translated("create"):
+            self._client.create_bucket(Bucket=self.bucket, ObjectLockEnabledForBucket=True,
+                                       **where)
+
+    def enable(self) -> None:
+        # Object Lock needs versioning enabled first; once on, neither can be turned off.
+        with self._translated("enable versioning on"):
+            self._client.put_bucket_versioning(
+                Bucket=self.bucket, VersioningConfiguration={"Status": "Enabled"})
+        # No Rule: a default retention would lock manifests too, and by a period regionvault
+        # does not choose; putting the configuration without one removes one set before.
+        with self._translated("enable object lock on"):
+            self._client.put_object_lock_configuration(
+                Bucket=self.bucket, ObjectLockConfiguration={"ObjectLockEnabled": "Enabled"})
+
+
+class GCSBucketLock:
+    """Object retention on one GCS bucket: enabled only when regionvault creates the bucket."""
+
+    store = "gcs"
+    enables_existing = False
+
+    def __init__(self, bucket: str, location: str, *, project: str,
+                 endpoint_url: str | None = None, anonymous: bool = False,
+                 client: Any = None) -> None:
+        self.bucket = bucket
+        self.location = location
+        self._client = client if client is not None else gcs_store.make_gcs_client(
+            project, endpoint_url, anonymous=anonymous)
+
+    def create(self) -> None:
+        try:
+            # POST /storage/v1/b?enableObjectRetention=true with the name and location.
+            self._client.create_bucket(self.bucket, location=self.location,
+                                       enable_object_retention=True,
+                                       timeout=gcs_store.TIMEOUT, retry=None)
+        except RegionvaultError:
+            raise
+        except gcs_store._VENDOR_ERRORS as exc:
+            raise gcs_store.translate_error(exc, f"gs://{self.bucket}", "create") from exc
+
+    def enable(self) -> None:
+        raise NotImplementedError("regionvault enables GCS object retention only when it "
+                                  "creates the bucket (enables_existing is False)")

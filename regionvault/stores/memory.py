@@ -8,6 +8,11 @@ Objects of ``part_size`` bytes or more are written as S3 writes them, in parts o
 that stays open (``incomplete_uploads``) until its last part is in, so an interrupted write
 leaves an upload for a retry to resume or for the reconciler to sweep. ``fail_upload_after``
 interrupts one, as a store that goes away mid-upload would.
+
+Locks are emulated as S3 Object Lock behaves: a store built with ``lock_mode`` is versioned (an
+overwrite keeps the older versions, a delete must remove each one) and refuses to delete a
+version before its retain-until date, read from ``clock``; so the conformance suite covers the
+lock contract here as on S3.
 """
 
 from __future__ import annotations
@@ -18,15 +23,22 @@ import os
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import BinaryIO
 
 from regionvault.checksums import crc32c_of_bytes
-from regionvault.errors import ChecksumMismatch, NotFound, ResidencyError, TransientStoreError
-from regionvault.stores.base import IncompleteUpload, ObjectInfo
-from regionvault.stores.streams import CheckedReader, ResumeChooser
+from regionvault.errors import (
+    ChecksumMismatch,
+    NotFound,
+    ObjectLocked,
+    PermanentStoreError,
+    ResidencyError,
+    TransientStoreError,
+)
+from regionvault.stores.base import IncompleteUpload, LockSettings, ObjectInfo
+from regionvault.stores.streams import CheckedReader, ResumeChooser, check_lock_mode, lock_date
 
 MiB = 1024 * 1024
 
@@ -40,6 +52,7 @@ class _StoredObject:
     data: bytes
     crc32c: str
     modified: datetime
+    retain_until: datetime | None = None
 
 
 @dataclass
@@ -62,18 +75,28 @@ class MemoryStore:
         exists: bool = True,
         part_size: int = 8 * MiB,
         clock: Callable[[], datetime] = _utc_now,
+        lock_mode: str | None = None,
+        versioned: bool | None = None,
     ) -> None:
         self.bucket = bucket
         self.location = location
         #: False models a bucket that was never created (or was deleted)
         self.exists = exists
+        #: the mode objects given a ``retain_until`` are locked in; None: nothing is locked
+        self.lock_mode = check_lock_mode(lock_mode, bucket)
+        #: whether the bucket can lock objects (False models a bucket Object Lock was never
+        #: enabled on: a locked write is refused)
+        self.object_lock_enabled = lock_mode is not None
+        #: an overwrite keeps older versions (as Object Lock requires); default: with a lock
+        self.versioned = lock_mode is not None if versioned is None else versioned
         #: writes of this many bytes or more go in parts, as S3Store's do
         self.part_size = part_size
         #: what ``modified`` and ``initiated`` are read from (tests pass their own)
         self.clock = clock
         #: requests as S3 would count them ("create_upload", "upload_part"), for tests
         self.requests: Counter[str] = Counter()
-        self._objects: dict[str, _StoredObject] = {}
+        # Every version of a key, oldest first; the last is the current one.
+        self._objects: dict[str, list[_StoredObject]] = {}
         self._uploads: dict[str, _OpenUpload] = {}
         self._upload_ids = itertools.count(1)
         self._fail_after: int | None = None
@@ -97,16 +120,26 @@ class MemoryStore:
                 "use a bucket in one of those"
             )
 
-    def put_file(self, key: str, path: str, *, crc32c: str) -> ObjectInfo:
+    def put_file(self, key: str, path: str, *, crc32c: str,
+                 retain_until: datetime | None = None) -> ObjectInfo:
         with open(path, "rb") as f:
-            return self.put_stream(key, f, os.fstat(f.fileno()).st_size, crc32c=crc32c)
+            return self.put_stream(key, f, os.fstat(f.fileno()).st_size, crc32c=crc32c,
+                                   retain_until=retain_until)
 
-    def put_stream(self, key: str, stream: BinaryIO, size: int, *, crc32c: str) -> ObjectInfo:
+    def put_stream(self, key: str, stream: BinaryIO, size: int, *, crc32c: str,
+                   retain_until: datetime | None = None) -> ObjectInfo:
+        until = lock_date(self.lock_mode, retain_until, self.clock())
+        if until is not None and not self.object_lock_enabled:
+            raise PermanentStoreError(
+                f"cannot upload {self._where(key)} locked: object lock is not enabled on the "
+                "bucket; run `regionvault provision`")
         reader = CheckedReader(stream, size, crc32c, self._where(key))
         # Either way the read reaching the end raises ChecksumMismatch if the bytes are wrong.
         data = reader.read(size) if size < self.part_size else self._put_multipart(key, reader)
+        stored = _StoredObject(data, crc32c, self.clock(), until)
         with self._lock:
-            self._objects[key] = _StoredObject(data, crc32c, self.clock())
+            kept = self._objects.get(key, []) if self.versioned else []
+            self._objects[key] = [*kept, stored]
         return self.stat(key)
 
     def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
@@ -128,13 +161,61 @@ class MemoryStore:
     def list_info(self, prefix: str) -> Iterator[ObjectInfo]:
         self._require_bucket()
         with self._lock:
-            found = sorted(item for item in self._objects.items() if item[0].startswith(prefix))
+            found = sorted((key, versions[-1]) for key, versions in self._objects.items()
+                           if key.startswith(prefix))
         for key, stored in found:
-            yield self._info(key, stored)
+            yield replace(self._info(key, stored), retain_until=None)  # as S3's listing
 
     def delete(self, key: str) -> None:
         with self._lock:
-            self._objects.pop(key, None)
+            now = self.clock()
+
+            def locked(version: _StoredObject) -> bool:
+                return version.retain_until is not None and version.retain_until > now
+
+            versions = self._objects.get(key, [])
+            noncurrent, current = versions[:-1], versions[-1:]
+            # Noncurrent versions first; the current one only once they are all gone (see the
+            # contract), and only if it is not locked itself.
+            refused = [v for v in noncurrent if locked(v)]
+            if refused or any(locked(v) for v in current):
+                refused += current
+                self._objects[key] = refused
+            else:
+                self._objects.pop(key, None)
+        blocking = [v.retain_until for v in refused if locked(v) and v.retain_until is not None]
+        if blocking:
+            raise ObjectLocked(
+                f"cannot delete {self._where(key)}: a version of it is locked "
+                f"({self.lock_mode or 'governance'} mode) until {min(blocking).isoformat()}; "
+                "it can be deleted after that")
+
+    def delete_noncurrent_versions(self, key: str) -> int:
+        with self._lock:
+            now = self.clock()
+            versions = self._objects.get(key, [])
+            noncurrent, current = versions[:-1], versions[-1:]
+            refused = [v for v in noncurrent
+                       if v.retain_until is not None and v.retain_until > now]
+            if versions:
+                self._objects[key] = refused + current
+        if refused:
+            until = min(v.retain_until for v in refused if v.retain_until is not None)
+            raise ObjectLocked(
+                f"cannot delete the older versions of {self._where(key)}: one is locked "
+                f"({self.lock_mode} mode) until {until.isoformat()}; it can be deleted after "
+                "that")
+        return len(noncurrent) - len(refused)
+
+    def lock_settings(self) -> LockSettings:
+        self._require_bucket()
+        return LockSettings(store=self.name, bucket=self.bucket, versioned=self.versioned,
+                            lock_enabled=self.object_lock_enabled)
+
+    def versions(self, key: str) -> int:
+        """Test helper: how many versions of ``key`` the store holds."""
+        with self._lock:
+            return len(self._objects.get(key, []))
 
     def incomplete_uploads(self, prefix: str) -> list[IncompleteUpload]:
         self._require_bucket()
@@ -171,9 +252,10 @@ class MemoryStore:
         damage that only reading the bytes reveals.
         """
         with self._lock:
-            stored = self._objects.get(key)
-            if stored is None:
+            versions = self._objects.get(key)
+            if not versions:
                 raise NotFound(f"cannot corrupt {self._where(key)}: it does not exist")
+            stored = versions[-1]
             if not 0 <= offset < len(stored.data):
                 raise ValueError(
                     f"offset {offset} is outside {self._where(key)} ({len(stored.data)} bytes)"
@@ -181,22 +263,23 @@ class MemoryStore:
             data = bytearray(stored.data)
             data[offset] ^= 0xFF
             crc = stored.crc32c if keep_checksum else crc32c_of_bytes(bytes(data))
-            self._objects[key] = _StoredObject(bytes(data), crc, stored.modified)
+            versions[-1] = replace(stored, data=bytes(data), crc32c=crc)
 
     # -- internals --------------------------------------------------------------------------
 
     def _info(self, key: str, stored: _StoredObject) -> ObjectInfo:
         return ObjectInfo(
-            key=key, size=len(stored.data), crc32c=stored.crc32c, modified=stored.modified
+            key=key, size=len(stored.data), crc32c=stored.crc32c, modified=stored.modified,
+            retain_until=stored.retain_until,
         )
 
     def _get(self, key: str) -> _StoredObject:
         self._require_bucket()
         with self._lock:
-            stored = self._objects.get(key)
-        if stored is None:
+            versions = self._objects.get(key)
+        if not versions:
             raise NotFound(f"{self._where(key)} does not exist")
-        return stored
+        return versions[-1]
 
     def _put_multipart(self, key: str, reader: CheckedReader) -> bytes:
         """The object's bytes, sent in parts of an upload that resumes as S3Store's does."""

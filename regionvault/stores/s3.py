@@ -10,6 +10,14 @@ Retries: one attempt per request (botocore's own retries are off). Celery's step
 backoff, is the one retry layer; it is cheap because a retried multipart upload resumes from the
 parts S3 already holds (see ``_put_multipart``) instead of starting again at part 1.
 
+Locks (S3 Object Lock, with a store built with ``lock_mode``): a write given a ``retain_until``
+asks for the lock in the request that creates the object (PutObject, CreateMultipartUpload);
+the lock S3 then reports is checked, and one it does not report (moto ignores the lock of a
+multipart upload; so may S3-compatible stores) is set with PutObjectRetention and checked
+again. A delete removes every version of the key (a delete marker would leave the bytes), and
+a version S3 refuses to delete for its lock raises ``ObjectLocked``. No request ever bypasses
+governance retention.
+
 Vendor errors (botocore, boto3) are translated in ``translate_error`` and nowhere else.
 """
 
@@ -46,14 +54,21 @@ from regionvault.errors import (
     ChecksumMismatch,
     ConfigError,
     NotFound,
+    ObjectLocked,
     PermanentStoreError,
     RegionvaultError,
     ResidencyError,
     StoreError,
     TransientStoreError,
 )
-from regionvault.stores.base import IncompleteUpload, ObjectInfo
-from regionvault.stores.streams import CheckedReader, ResumeChooser, TranslatingReader
+from regionvault.stores.base import IncompleteUpload, LockSettings, ObjectInfo
+from regionvault.stores.streams import (
+    CheckedReader,
+    ResumeChooser,
+    TranslatingReader,
+    check_lock_mode,
+    lock_date,
+)
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +185,7 @@ class S3Store:
         max_bytes_per_second: int | None = None,
         upload_concurrency: int = 4,
         client: Any = None,
+        lock_mode: str | None = None,
     ) -> None:
         if part_size < MIN_PART_SIZE:
             raise ConfigError(
@@ -183,6 +199,8 @@ class S3Store:
         self.max_bytes_per_second = max_bytes_per_second
         #: parts of one upload sent at once (each holds one part in memory)
         self.upload_concurrency = max(1, upload_concurrency)
+        #: "governance" or "compliance": the Object Lock mode of writes given a retain_until
+        self.lock_mode = check_lock_mode(lock_mode, bucket)
         self._client = client if client is not None else make_s3_client(region, endpoint_url)
 
     # -- naming and error translation -------------------------------------------------------
@@ -214,17 +232,23 @@ class S3Store:
                 f"({', '.join(sorted(permitted)) or 'none'}); use a bucket in one of those"
             )
 
-    def put_file(self, key: str, path: str, *, crc32c: str) -> ObjectInfo:
+    def put_file(self, key: str, path: str, *, crc32c: str,
+                 retain_until: datetime | None = None) -> ObjectInfo:
         with open(path, "rb") as f:
-            return self.put_stream(key, f, os.fstat(f.fileno()).st_size, crc32c=crc32c)
+            return self.put_stream(key, f, os.fstat(f.fileno()).st_size, crc32c=crc32c,
+                                   retain_until=retain_until)
 
-    def put_stream(self, key: str, stream: BinaryIO, size: int, *, crc32c: str) -> ObjectInfo:
+    def put_stream(self, key: str, stream: BinaryIO, size: int, *, crc32c: str,
+                   retain_until: datetime | None = None) -> ObjectInfo:
+        until = lock_date(self.lock_mode, retain_until, datetime.now(UTC))
+        lock = self._lock_args(until)
         reader = CheckedReader(stream, size, crc32c, self._where(key))
         if size < self.part_size:
-            self._put_single(key, reader, crc32c)
+            self._put_single(key, reader, crc32c, lock)
         else:
-            self._put_multipart(key, reader, size, crc32c)
-        return self._verify_stored(key, size, crc32c)
+            self._put_multipart(key, reader, size, crc32c, lock)
+        info = self._verify_stored(key, size, crc32c)
+        return info if until is None else self._verify_locked(key, info, until)
 
     def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
         return self.put_stream(key, io.BytesIO(data), len(data), crc32c=crc32c_of_bytes(data))
@@ -244,6 +268,8 @@ class S3Store:
     def stat(self, key: str) -> ObjectInfo:
         with self._translated("stat", key):
             response = self._client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+        lock_mode = response.get("ObjectLockMode")
+        locked_until = _utc(response.get("ObjectLockRetainUntilDate")) if lock_mode else None
         crc = response.get("ChecksumCRC32C")
         # A composite checksum ("<crc>-<parts>") is a checksum of part checksums, not of the
         # object's bytes, so it cannot be compared with anything we know.
@@ -254,6 +280,7 @@ class S3Store:
             size=int(response["ContentLength"]),
             crc32c=crc,
             modified=_utc(response.get("LastModified")),
+            retain_until=locked_until,
         )
 
     def list_keys(self, prefix: str) -> Iterator[str]:
@@ -275,9 +302,66 @@ class S3Store:
                     )
 
     def delete(self, key: str) -> None:
-        # S3 answers 204 for a missing key as well, so this is idempotent as it stands.
-        with self._translated("delete", key):
-            self._client.delete_object(Bucket=self.bucket, Key=key)
+        """Delete every version of ``key`` (and its delete markers), the current one last.
+
+        In an unversioned bucket the one version is listed as "null" and deleted so. A version
+        refused for its lock stops the delete before the current version (so the key stays
+        listed for the next attempt) and raises ``ObjectLocked``."""
+        versions = self._versions_of(key)
+        # noncurrent first (the listing gives the latest of a key first), the current last
+        ordered = sorted(versions, key=lambda v: bool(v.get("IsLatest")))
+        locked: list[str] = []
+        for version in ordered:
+            if version.get("IsLatest") and locked:
+                break
+            refusal = self._delete_version(key, str(version["VersionId"]))
+            if refusal is not None:
+                locked.append(refusal)
+        if locked:
+            raise ObjectLocked(
+                f"cannot delete {self._where(key)}: {locked[0]}; it can be deleted after that "
+                "(nothing bypasses the lock)")
+
+    def delete_noncurrent_versions(self, key: str) -> int:
+        """Delete every version (and delete marker) of ``key`` but the current one."""
+        removed, locked = 0, []
+        for version in self._versions_of(key):
+            if version.get("IsLatest"):
+                continue
+            refusal = self._delete_version(key, str(version["VersionId"]))
+            if refusal is None:
+                removed += 1
+            else:
+                locked.append(refusal)
+        if locked:
+            raise ObjectLocked(
+                f"cannot delete the older versions of {self._where(key)}: {locked[0]}; it "
+                "can be deleted after that")
+        return removed
+
+    def lock_settings(self) -> LockSettings:
+        with self._translated("read the versioning of"):
+            versioning = self._client.get_bucket_versioning(Bucket=self.bucket)
+        action = "read the object lock configuration of"
+        try:
+            config = self._client.get_object_lock_configuration(
+                Bucket=self.bucket)["ObjectLockConfiguration"]
+        except ClientError as exc:
+            # what S3 answers for a bucket Object Lock was never enabled on
+            if _error_code(exc) != "ObjectLockConfigurationNotFoundError":
+                raise translate_error(exc, self._where(), action) from exc
+            config = {}
+        except BotoCoreError as exc:
+            raise translate_error(exc, self._where(), action) from exc
+        rule = config.get("Rule", {}).get("DefaultRetention")
+        default = None
+        if rule:
+            length = f"{rule['Days']} days" if rule.get("Days") else f"{rule.get('Years')} years"
+            default = f"{rule.get('Mode')} {length}"
+        return LockSettings(store=self.name, bucket=self.bucket,
+                            versioned=versioning.get("Status") in ("Enabled", "Suspended"),
+                            lock_enabled=config.get("ObjectLockEnabled") == "Enabled",
+                            default_retention=default)
 
     def incomplete_uploads(self, prefix: str) -> list[IncompleteUpload]:
         return [
@@ -302,7 +386,14 @@ class S3Store:
 
     # -- writing ----------------------------------------------------------------------------
 
-    def _put_single(self, key: str, reader: CheckedReader, crc32c: str) -> None:
+    def _lock_args(self, until: datetime | None) -> dict[str, Any]:
+        """The Object Lock parameters of the request that creates an object ({} for none)."""
+        if until is None or self.lock_mode is None:
+            return {}
+        return {"ObjectLockMode": self.lock_mode.upper(), "ObjectLockRetainUntilDate": until}
+
+    def _put_single(self, key: str, reader: CheckedReader, crc32c: str,
+                    lock: dict[str, Any]) -> None:
         data = reader.read(reader.remaining)  # below one part: bounded; raises if wrong
         with self._translated("upload", key):
             self._client.put_object(
@@ -311,6 +402,7 @@ class S3Store:
                 Body=data,
                 ChecksumAlgorithm="CRC32C",
                 ChecksumCRC32C=crc32c,
+                **lock,
             )
 
     def _part_size_for(self, size: int) -> int:
@@ -318,7 +410,8 @@ class S3Store:
         needed = -(-size // MAX_PARTS)
         return max(self.part_size, -(-needed // MiB) * MiB)
 
-    def _put_multipart(self, key: str, reader: CheckedReader, size: int, crc32c: str) -> None:
+    def _put_multipart(self, key: str, reader: CheckedReader, size: int, crc32c: str,
+                       lock: dict[str, Any]) -> None:
         """Upload in parts, resuming an open upload of ``key`` that holds the first parts.
 
         Every part is read (the reader checks the whole object's CRC32C at the end); a part an
@@ -360,7 +453,7 @@ class S3Store:
                         parts.append({"PartNumber": number, "ChecksumCRC32C": part_crc})
                         continue
                     if upload_id is None:
-                        upload_id = self._start_or_resume(key, chooser)
+                        upload_id = self._start_or_resume(key, chooser, lock)
                     while len(in_flight) >= self.upload_concurrency:
                         in_flight = _settle(in_flight)
                     sending = pool.submit(self._upload_part, key, upload_id, number, data,
@@ -377,7 +470,7 @@ class S3Store:
             completed = [p if isinstance(p, dict) else p.result() for p in parts]
             if upload_id is None:  # the open upload held every part: only completing was left
                 chooser.finish()
-                upload_id = self._start_or_resume(key, chooser)
+                upload_id = self._start_or_resume(key, chooser, lock)
             # The ETags of reused parts are those the resumed upload holds (with SSE-KMS they
             # differ between uploads of the same bytes).
             for part in completed[: chooser.reused]:
@@ -443,8 +536,11 @@ class S3Store:
         except NotFound:  # completed or aborted since it was listed: nothing to reuse
             return {}
 
-    def _start_or_resume(self, key: str, chooser: ResumeChooser) -> str:
-        """The upload id to send the remaining parts to, once the chooser has decided."""
+    def _start_or_resume(self, key: str, chooser: ResumeChooser, lock: dict[str, Any]) -> str:
+        """The upload id to send the remaining parts to, once the chooser has decided.
+
+        A resumed upload keeps the lock it was started with (none, if it was started before the
+        lock was configured): the lock is checked, and set if missing, once it is complete."""
         for stale in chooser.superseded:
             self._abort_quietly(key, stale)
         if chooser.resumed is not None:
@@ -455,6 +551,7 @@ class S3Store:
                 Key=key,
                 ChecksumAlgorithm="CRC32C",
                 ChecksumType="FULL_OBJECT",
+                **lock,
             )["UploadId"]
         return upload_id
 
@@ -514,12 +611,84 @@ class S3Store:
         # A store that reports no CRC32C (some S3-compatible ones) was still checked client
         # side; a different one means S3 holds other bytes than we sent.
         if info.size != size or (info.crc32c is not None and info.crc32c != crc32c):
-            self.delete(key)
-            raise ChecksumMismatch(
-                f"deleted {self._where(key)} after writing it: S3 reports {info.size} bytes with "
-                f"CRC32C {info.crc32c}, expected {size} bytes with {crc32c}"
-            )
+            reported = (f"S3 reports {info.size} bytes with CRC32C {info.crc32c}, expected "
+                        f"{size} bytes with {crc32c}")
+            try:
+                self.delete(key)
+            except ObjectLocked as exc:
+                # S3 checked the bytes before committing them, so this needs S3 to have
+                # stored other bytes than it checked; the lock keeps them until its date.
+                raise ChecksumMismatch(
+                    f"{self._where(key)} holds other bytes than were written ({reported}) and "
+                    f"cannot be deleted: {exc}") from exc
+            raise ChecksumMismatch(f"deleted {self._where(key)} after writing it: {reported}")
         return info
+
+    def _verify_locked(self, key: str, info: ObjectInfo, until: datetime) -> ObjectInfo:
+        """``info`` once S3 reports the object locked until at least ``until``; sets the lock
+        (PutObjectRetention) where the write's own request did not."""
+        if info.retain_until is not None and info.retain_until >= until:
+            return info
+        assert self.lock_mode is not None
+        with self._translated("lock", key):
+            self._client.put_object_retention(
+                Bucket=self.bucket, Key=key,
+                Retention={"Mode": self.lock_mode.upper(), "RetainUntilDate": until})
+        info = self.stat(key)
+        if info.retain_until is None or info.retain_until < until:
+            raise PermanentStoreError(
+                f"cannot lock {self._where(key)}: S3 reports it locked until "
+                f"{info.retain_until.isoformat() if info.retain_until else 'never'} after it "
+                f"was asked for {until.isoformat()}; check the bucket's Object Lock")
+        return info
+
+    # -- deleting versions ------------------------------------------------------------------
+
+    def _versions_of(self, key: str) -> list[dict[str, Any]]:
+        """Every version and delete marker of exactly ``key``."""
+        paginator = self._client.get_paginator("list_object_versions")
+        found: list[dict[str, Any]] = []
+        with self._translated("list the versions of", key):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=key):
+                for entry in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]:
+                    if entry["Key"] == key:  # by prefix: "a.bin" also lists "a.bin.1"
+                        found.append(entry)
+        return found
+
+    def _delete_version(self, key: str, version_id: str) -> str | None:
+        """Delete one version; None when it is gone, or why its lock refused the delete."""
+        try:
+            self._client.delete_object(Bucket=self.bucket, Key=key, VersionId=version_id)
+        except ClientError as exc:
+            error = translate_error(exc, self._where(key), f"delete version {version_id} of")
+            if _error_code(exc) == "AccessDenied":
+                lock = self._lock_of(key, version_id)
+                if lock is not None:
+                    return f"version {version_id} is {lock}"
+            if isinstance(error, NotFound):
+                return None  # gone since the listing
+            raise error from exc
+        except BotoCoreError as exc:
+            raise translate_error(exc, self._where(key),
+                                  f"delete version {version_id} of") from exc
+        return None
+
+    def _lock_of(self, key: str, version_id: str) -> str | None:
+        """What keeps a version from being deleted ("locked (GOVERNANCE mode) until ..."), or
+        None when nothing does (an AccessDenied is then the credential's own)."""
+        try:
+            with self._translated("stat", key):
+                head = self._client.head_object(Bucket=self.bucket, Key=key,
+                                                VersionId=version_id)
+        except StoreError:
+            return None
+        if head.get("ObjectLockLegalHoldStatus") == "ON":
+            return "under a legal hold"
+        until = _utc(head.get("ObjectLockRetainUntilDate"))
+        # S3's clock decides, not ours: a retention S3 reports is what refused the delete.
+        if head.get("ObjectLockMode") and until is not None:
+            return f"locked ({head['ObjectLockMode']} mode) until {until.isoformat()}"
+        return None
 
 
 def _ours(upload: dict[str, Any]) -> bool:

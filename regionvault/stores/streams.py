@@ -1,16 +1,45 @@
-"""What the stores share for moving bytes: checked uploads, translated downloads, and the
-choice of which interrupted multipart upload to resume."""
+"""What the stores share for moving bytes: checked uploads, translated downloads, the
+choice of which interrupted multipart upload to resume, and the lock date a write carries."""
 
 from __future__ import annotations
 
 import io
 from collections.abc import Callable, Collection, Mapping
+from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
 import google_crc32c
 
 from regionvault.checksums import crc32c_b64
 from regionvault.errors import ChecksumMismatch, StoreError
+
+#: the lock modes a store is built with (``DomainConfig.object_lock.mode``)
+LOCK_MODES = frozenset({"governance", "compliance"})
+
+
+def check_lock_mode(lock_mode: str | None, bucket: str) -> str | None:
+    """``lock_mode`` if it is one a store knows (or None); a ``ValueError`` naming it if not."""
+    if lock_mode is not None and lock_mode not in LOCK_MODES:
+        raise ValueError(f"lock mode {lock_mode!r} for bucket '{bucket}' is not one of "
+                         "governance, compliance")
+    return lock_mode
+
+
+def lock_date(lock_mode: str | None, retain_until: datetime | None,
+              now: datetime) -> datetime | None:
+    """The retain-until date a write carries, in UTC and whole seconds, or None for no lock.
+
+    None when the store locks nothing (no ``lock_mode``) or was given no date. The date is cut
+    to the whole second at or before ``retain_until`` (S3 keeps no finer), so the lock never
+    ends later than asked. A date not after ``now`` needs no lock: a retried write of a backup
+    already due for expiry stores it unlocked rather than failing (S3 refuses a past date)."""
+    if lock_mode is None or retain_until is None:
+        return None
+    if retain_until.tzinfo is None or retain_until.utcoffset() is None:
+        raise ValueError(f"retain_until {retain_until.isoformat()} has no time zone; give an "
+                         "aware (UTC) time")
+    until = retain_until.astimezone(UTC).replace(microsecond=0)
+    return until if until > now else None
 
 
 class CheckedReader:

@@ -3,11 +3,16 @@
 S3 and GCS are real servers on real sockets: moto's HTTP server and gcp-storage-emulator, each
 started once per session on a free port. Each test gets a fresh bucket, so tests do not see
 each other's objects.
+
+``locked_backend`` gives the same three stores built with a lock mode, on buckets able to lock
+objects (S3 created with Object Lock; GCS asked for object retention, which the emulator
+ignores: ``enforces_locks`` is False there and the requests are checked against the API schema).
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
 import subprocess
@@ -18,6 +23,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +173,27 @@ class Backend:
     requests: Counter[str] = field(default_factory=Counter)
     #: let N more parts be stored, then fail the next with a transient error (None: not here)
     fail_part_after: Callable[[int], None] | None = None
+    #: how many versions of a key the bucket holds (noncurrent ones and delete markers too)
+    versions: Callable[[str], int] | None = None
+    #: whether the store really refuses to delete a locked object (not the GCS emulator)
+    enforces_locks: bool = True
+    #: the clock the store judges locks by, where a test can move it (the memory store)
+    clock: MovableClock | None = None
+    #: the JSON bodies of the GCS requests that start an upload (object metadata), in order
+    upload_metadata: list[dict[str, Any]] = field(default_factory=list)
+
+
+class MovableClock:
+    """A clock a test moves: the memory store's "now"."""
+
+    def __init__(self, now: datetime | None = None) -> None:
+        self.now = now or datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, by: timedelta) -> None:
+        self.now += by
 
 
 @pytest.fixture
@@ -323,5 +350,116 @@ def resumable_backend(request: pytest.FixtureRequest) -> Backend:
     the process that opened it, and GCS cannot list sessions, so a retry starts a new one. An
     abandoned session stores nothing and GCS drops it after a week.
     """
+    found: Backend = request.getfixturevalue(f"{request.param}_backend")
+    return found
+
+
+# --- stores that lock objects ----------------------------------------------------------------
+
+
+def s3_versions(client: Any, bucket: str) -> Callable[[str], int]:
+    def versions(key: str) -> int:
+        response = client.list_object_versions(Bucket=bucket, Prefix=key)
+        return sum(1 for entry in [*response.get("Versions", []),
+                                   *response.get("DeleteMarkers", [])] if entry["Key"] == key)
+    return versions
+
+
+@pytest.fixture
+def locked_memory_backend() -> Backend:
+    clock = MovableClock()
+    store = MemoryStore(new_bucket_name(), GCS_LOCATION, part_size=S3_PART_SIZE, clock=clock,
+                        lock_mode="governance")
+    return Backend(name="memory", store=store, region=GCS_LOCATION,
+                   missing_bucket_store=MemoryStore("never-created", GCS_LOCATION, exists=False),
+                   open_uploads=lambda prefix: len(store.incomplete_uploads(prefix)),
+                   leave_open_upload=None, lists_uploads=True, requests=store.requests,
+                   versions=store.versions, clock=clock)
+
+
+@pytest.fixture
+def locked_s3_backend(moto_server: ServerProcess, s3_client: Any) -> Backend:
+    bucket = new_bucket_name()
+    s3_client.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True,
+                            CreateBucketConfiguration={"LocationConstraint": S3_REGION})
+    store = S3Store(bucket, S3_REGION, endpoint_url=moto_server.url, part_size=S3_PART_SIZE,
+                    lock_mode="governance")
+    counted: Counter[str] = Counter()
+
+    def count(name: str) -> Callable[..., None]:
+        def hook(params: dict[str, Any], **_: Any) -> None:
+            counted[name] += 1
+            if "ObjectLockMode" in params:
+                counted[f"{name} locked"] += 1
+        return hook
+
+    events = store._client.meta.events
+    for operation in ("PutObject", "CreateMultipartUpload", "PutObjectRetention"):
+        events.register(f"before-parameter-build.s3.{operation}", count(operation))
+    return Backend(name="s3", store=store, region=S3_REGION,
+                   missing_bucket_store=S3Store(new_bucket_name(), S3_REGION,
+                                                endpoint_url=moto_server.url),
+                   open_uploads=lambda prefix: len(store.incomplete_uploads(prefix)),
+                   leave_open_upload=None, lists_uploads=True, requests=counted,
+                   versions=s3_versions(s3_client, bucket))
+
+
+class RecordingAdapter(requests.adapters.HTTPAdapter):
+    """Sends every request for real, keeping the JSON body of each that starts an upload."""
+
+    def __init__(self, bodies: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self.bodies = bodies
+
+    def send(self, request: Any, *args: Any, **kwargs: Any) -> requests.Response:
+        if request.method == "POST" and "/upload/" in str(request.url) and request.body:
+            body = request.body
+            self.bodies.append(json.loads(body.decode() if isinstance(body, bytes) else body))
+        return super().send(request, *args, **kwargs)
+
+
+@pytest.fixture
+def locked_gcs_backend(gcs_server: ServerProcess, gcs_client: Any) -> Backend:
+    # What a bucket created by regionvault provision gets; the emulator ignores the flag.
+    bucket = gcs_client.create_bucket(new_bucket_name(), enable_object_retention=True)
+    bucket._patch_property("location", GCS_LOCATION.upper())
+    bucket.patch()
+    store = GCSStore(bucket.name, GCS_LOCATION, project=GCS_PROJECT,
+                     endpoint_url=gcs_server.url, anonymous=True, chunk_size=GCS_CHUNK_SIZE,
+                     lock_mode="governance")
+    bodies: list[dict[str, Any]] = []
+    store._client._http.mount("http://", RecordingAdapter(bodies))
+
+    def versions(key: str) -> int:
+        return sum(1 for blob in gcs_client.list_blobs(bucket.name, prefix=key, versions=True)
+                   if blob.name == key)
+
+    return Backend(name="gcs", store=store, region=GCS_LOCATION,
+                   missing_bucket_store=GCSStore(new_bucket_name(), GCS_LOCATION,
+                                                 project=GCS_PROJECT,
+                                                 endpoint_url=gcs_server.url, anonymous=True),
+                   open_uploads=lambda prefix: 0, leave_open_upload=None,
+                   versions=versions, enforces_locks=False, upload_metadata=bodies)
+
+
+@pytest.fixture(params=["memory", "s3", "gcs"])
+def locked_backend(request: pytest.FixtureRequest) -> Backend:
+    found: Backend = request.getfixturevalue(f"locked_{request.param}_backend")
+    return found
+
+
+@pytest.fixture(params=["memory", "s3"])
+def enforcing_backend(request: pytest.FixtureRequest) -> Backend:
+    """The locked stores whose server enforces a lock. Not GCS: gcp-storage-emulator ignores
+    object retention, so there the requests are checked against the API schema instead
+    (tests/schemas/README.md)."""
+    found: Backend = request.getfixturevalue(f"locked_{request.param}_backend")
+    return found
+
+
+@pytest.fixture(params=["memory", "s3"])
+def refusing_backend(request: pytest.FixtureRequest) -> Backend:
+    """Unlocked stores whose server refuses a locked write (not gcp-storage-emulator, which
+    accepts a retention on any bucket where real GCS refuses)."""
     found: Backend = request.getfixturevalue(f"{request.param}_backend")
     return found

@@ -9,6 +9,7 @@ only one cloud has: error translation, one attempt per request, the server-side 
 from __future__ import annotations
 
 import io
+import json
 import random
 from collections import Counter
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import jsonschema
 import pytest
 import requests
 from botocore.awsrequest import AWSResponse
@@ -28,6 +30,7 @@ from regionvault.checksums import crc32c_of_bytes
 from regionvault.errors import (
     ChecksumMismatch,
     NotFound,
+    ObjectLocked,
     PermanentStoreError,
     ResidencyError,
     StoreError,
@@ -683,7 +686,8 @@ def test_gcs_client_check_alone_keeps_a_wrong_upload_from_being_committed(
     store = gcs_backend.store
     assert isinstance(store, gcs.GCSStore)
 
-    def session_without_checksum(key: str, size: int, crc32c: str) -> str:
+    def session_without_checksum(key: str, size: int, crc32c: str,
+                                 retention: dict[str, str] | None = None) -> str:
         url: str = store._bucket.blob(key).create_resumable_upload_session(size=size, retry=None)
         return url
 
@@ -843,3 +847,223 @@ def test_memory_corrupt_flips_a_byte(keep_checksum: bool) -> None:
     assert store.get_bytes("backups/a.bin") == b"a\x9dc"
     reported = store.stat("backups/a.bin").crc32c
     assert (reported == crc32c_of_bytes(b"abc")) is keep_checksum
+
+
+# -- locks (every store; see "Locks" in regionvault.stores.base) ----------------------------
+
+GCS_RETENTION_SCHEMA = json.loads(
+    (Path(__file__).parents[1] / "schemas" / "gcs_object_retention.json").read_text())
+
+
+def validate_gcs(instance: Any, definition: str) -> None:
+    """Validate a request against one ``$defs`` entry of gcs_object_retention.json."""
+    jsonschema.validate(instance, {"$schema": GCS_RETENTION_SCHEMA["$schema"],
+                                   "$defs": GCS_RETENTION_SCHEMA["$defs"],
+                                   "$ref": f"#/$defs/{definition}"})
+
+
+def in_a_day() -> datetime:
+    # Microseconds on purpose: the lock is cut to the whole second at or before it.
+    return datetime.now(UTC).replace(microsecond=654321) + timedelta(days=1)
+
+
+def whole_second(moment: datetime) -> datetime:
+    return moment.replace(microsecond=0)
+
+
+def put_locked(backend: Backend, key: str, data: bytes, until: datetime) -> ObjectInfo:
+    return backend.store.put_stream(key, io.BytesIO(data), len(data),
+                                    crc32c=crc32c_of_bytes(data), retain_until=until)
+
+
+class TestObjectLock:
+    """What every store built with a lock mode must do; GCS's emulator ignores object
+    retention, so there the requests are checked against the API's schema instead."""
+
+    @pytest.mark.parametrize("size", [SMALL, LARGE])
+    def test_a_write_with_retain_until_is_locked_until_then(
+            self, locked_backend: Backend, size: int) -> None:
+        until = in_a_day()
+        info = put_locked(locked_backend, "backups/l.bin", payload(size, seed=30), until)
+        stat = locked_backend.store.stat("backups/l.bin")
+        if locked_backend.enforces_locks:
+            # never later than asked: the whole second at or before it
+            assert info.retain_until == whole_second(until)
+            assert stat.retain_until == whole_second(until)
+        else:  # GCS emulator: the request carries the retention, nothing reports it
+            (body,) = locked_backend.upload_metadata
+            validate_gcs(body, "objectInsert")
+            assert body["retention"] == {
+                "mode": "Unlocked",
+                "retainUntilTime": whole_second(until).strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+    def test_a_locked_object_cannot_be_deleted_before_its_date(
+            self, enforcing_backend: Backend) -> None:
+        locked_backend = enforcing_backend
+        assert locked_backend.versions is not None
+        until = in_a_day()
+        put_locked(locked_backend, "backups/l.bin", b"locked bytes", until)
+        with pytest.raises(ObjectLocked, match=r"backups/l\.bin") as refused:
+            locked_backend.store.delete("backups/l.bin")
+        assert whole_second(until).isoformat() in str(refused.value)
+        assert locked_backend.store.get_bytes("backups/l.bin") == b"locked bytes"
+        assert locked_backend.versions("backups/l.bin") == 1  # no delete marker either
+        assert list(locked_backend.store.list_keys("backups/")) == ["backups/l.bin"]
+
+    def test_an_overwrite_keeps_the_locked_version(self, enforcing_backend: Backend) -> None:
+        locked_backend = enforcing_backend
+        assert locked_backend.versions is not None
+        until = in_a_day()
+        put_locked(locked_backend, "backups/l.bin", b"first", until)
+        put_locked(locked_backend, "backups/l.bin", b"second", until)  # a retried upload
+        assert locked_backend.store.get_bytes("backups/l.bin") == b"second"
+        assert locked_backend.versions("backups/l.bin") == 2
+        with pytest.raises(ObjectLocked):
+            locked_backend.store.delete("backups/l.bin")
+        # refused on the noncurrent version: the current one is still there to find
+        assert locked_backend.store.get_bytes("backups/l.bin") == b"second"
+
+    def test_delete_removes_every_version(self, locked_backend: Backend) -> None:
+        assert locked_backend.versions is not None
+        for text in (b"one", b"two", b"three"):  # a manifest rewritten twice: never locked
+            locked_backend.store.put_bytes("backups/m.json", text)
+        locked_backend.store.delete("backups/m.json")
+        locked_backend.store.delete("backups/m.json")
+        assert locked_backend.versions("backups/m.json") == 0
+        with pytest.raises(NotFound):
+            locked_backend.store.stat("backups/m.json")
+
+    def test_delete_noncurrent_versions_keeps_only_the_current_one(
+            self, locked_backend: Backend) -> None:
+        assert locked_backend.versions is not None
+        for text in (b"one", b"two", b"three"):
+            locked_backend.store.put_bytes("backups/m.json", text)
+        expected = 2 if locked_backend.enforces_locks else 0  # the emulator keeps no versions
+        assert locked_backend.store.delete_noncurrent_versions("backups/m.json") == expected
+        assert locked_backend.store.delete_noncurrent_versions("backups/m.json") == 0
+        assert locked_backend.store.get_bytes("backups/m.json") == b"three"
+        assert locked_backend.versions("backups/m.json") == 1
+
+    def test_manifests_are_never_locked(self, locked_backend: Backend) -> None:
+        info = locked_backend.store.put_bytes("backups/m.json", b"{}")
+        assert info.retain_until is None
+        locked_backend.store.delete("backups/m.json")
+        assert list(locked_backend.store.list_keys("backups/")) == []
+
+    def test_a_date_already_past_stores_the_object_unlocked(self, locked_backend: Backend) -> None:
+        past = datetime.now(UTC) - timedelta(hours=1)
+        info = put_locked(locked_backend, "backups/late.bin", b"due already", past)
+        assert info.retain_until is None
+        locked_backend.store.delete("backups/late.bin")
+        assert list(locked_backend.store.list_keys("backups/")) == []
+
+    def test_a_naive_date_is_refused(self, locked_backend: Backend) -> None:
+        with pytest.raises(ValueError, match="time zone"):
+            put_locked(locked_backend, "backups/n.bin", b"x", datetime(2030, 1, 1))
+
+    def test_lock_settings(self, locked_backend: Backend) -> None:
+        settings = locked_backend.store.lock_settings()
+        assert settings.bucket == locked_backend.store.bucket
+        assert settings.default_retention is None
+        if locked_backend.enforces_locks:
+            assert (settings.versioned, settings.lock_enabled) == (True, True)
+        else:  # the emulator never reports objectRetention
+            assert settings.lock_enabled is False
+        with pytest.raises(NotFound):
+            locked_backend.missing_bucket_store.lock_settings()
+
+
+def test_a_store_without_a_lock_mode_locks_nothing(store: ObjectStore) -> None:
+    # The chain may pass retain_until whatever the domain's setting: off means off.
+    info = store.put_stream("backups/u.bin", io.BytesIO(b"data"), 4,
+                            crc32c=crc32c_of_bytes(b"data"), retain_until=in_a_day())
+    assert info.retain_until is None
+    store.delete("backups/u.bin")
+    assert list(store.list_keys("backups/")) == []
+    assert store.lock_settings().lock_enabled is False
+
+
+def test_a_bucket_that_cannot_lock_refuses_a_locked_write(refusing_backend: Backend) -> None:
+    store = refusing_backend.store
+    store.lock_mode = "governance"  # a domain configured with a lock its bucket lacks
+    with pytest.raises(PermanentStoreError, match=r"l\.bin"):
+        store.put_stream("backups/l.bin", io.BytesIO(b"data"), 4,
+                         crc32c=crc32c_of_bytes(b"data"), retain_until=in_a_day())
+    assert list(store.list_keys("backups/")) == []
+
+
+def test_memory_lock_ends_by_its_clock(locked_memory_backend: Backend) -> None:
+    clock, store = locked_memory_backend.clock, locked_memory_backend.store
+    assert clock is not None and locked_memory_backend.versions is not None
+    until = clock.now + timedelta(seconds=30)
+    put_locked(locked_memory_backend, "backups/l.bin", b"one", until)
+    put_locked(locked_memory_backend, "backups/l.bin", b"two", until)
+    clock.advance(timedelta(seconds=29))
+    with pytest.raises(ObjectLocked):
+        store.delete("backups/l.bin")
+    clock.advance(timedelta(seconds=1))  # the date itself: unlocked
+    store.delete("backups/l.bin")
+    assert locked_memory_backend.versions("backups/l.bin") == 0
+
+
+def test_s3_lock_is_asked_for_in_the_request_that_creates_the_object(
+        locked_s3_backend: Backend) -> None:
+    """PutObject and CreateMultipartUpload carry the lock. moto (5.2) ignores the lock of a
+    multipart upload, so the store sets it with PutObjectRetention after checking; S3 itself
+    honours it and the check finds it in place."""
+    sent = locked_s3_backend.requests
+    until = in_a_day()
+    small = put_locked(locked_s3_backend, "backups/small.bin", payload(SMALL), until)
+    assert sent == Counter({"PutObject": 1, "PutObject locked": 1})
+    sent.clear()
+    large = put_locked(locked_s3_backend, "backups/large.bin", payload(LARGE), until)
+    assert sent == Counter({"CreateMultipartUpload": 1, "CreateMultipartUpload locked": 1,
+                            "PutObjectRetention": 1})
+    assert small.retain_until == large.retain_until == whole_second(until)
+
+
+def test_s3_refused_delete_is_object_locked_and_a_plain_refusal_is_not(
+        locked_s3_backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = locked_s3_backend.store
+    assert isinstance(store, S3Store)
+    store.put_bytes("backups/m.json", b"{}")
+
+    def denied(**kwargs: Any) -> Any:
+        raise _client_error("AccessDenied", 403)
+
+    monkeypatch.setattr(store._client, "delete_object", denied)
+    with pytest.raises(PermanentStoreError) as caught:  # the credential's own refusal
+        store.delete("backups/m.json")
+    assert not isinstance(caught.value, ObjectLocked)
+
+
+def test_gcs_refused_delete_of_a_retained_generation_is_object_locked(
+        gcs_backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    # What real GCS answers for a generation under retention (the emulator never refuses).
+    store = gcs_backend.store
+    assert isinstance(store, gcs.GCSStore)
+    store.put_bytes("backups/l.bin", b"data")
+    blob = store._bucket.blob("backups/l.bin")
+    blob.reload()
+    blob._properties["retention"] = {"mode": "Locked", "retainUntilTime": "2030-01-02T03:04:05Z"}
+
+    def forbidden(**kwargs: Any) -> None:
+        raise api_exceptions.Forbidden("Object is under active retention")
+
+    monkeypatch.setattr(blob, "delete", forbidden)
+    monkeypatch.setattr(store, "_generations_of", lambda key: [blob])
+    with pytest.raises(ObjectLocked, match=r"gs://.*l\.bin.*2030-01-02T03:04:05\+00:00"):
+        store.delete("backups/l.bin")
+    blob._properties.pop("retention")
+    with pytest.raises(PermanentStoreError) as caught:  # no retention: the credential's own
+        store.delete("backups/l.bin")
+    assert not isinstance(caught.value, ObjectLocked)
+
+
+def test_s3_lock_settings_report_a_default_retention_rule(
+        locked_s3_backend: Backend, s3_client: Any) -> None:
+    bucket = locked_s3_backend.store.bucket
+    s3_client.put_object_lock_configuration(Bucket=bucket, ObjectLockConfiguration={
+        "ObjectLockEnabled": "Enabled",
+        "Rule": {"DefaultRetention": {"Mode": "GOVERNANCE", "Days": 30}}})
+    assert locked_s3_backend.store.lock_settings().default_retention == "GOVERNANCE 30 days"

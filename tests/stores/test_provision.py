@@ -6,6 +6,13 @@ is given them but neither validates nor enforces them. So the GCS tests also cap
 small recording HTTP proxy in front of the emulator, the PATCH body the tool really sends, and
 validate it against tests/schemas/gcs_bucket_lifecycle.json (written from Google's discovery
 document of the Bucket resource).
+
+Object lock (a domain with ``object_lock``): provision creates a missing bucket able to lock
+objects, or enables Object Lock on an existing S3 bucket, and ``check`` reports it. moto holds
+and enforces S3 Object Lock. The GCS emulator ignores object retention, so the recording proxy
+also keeps the bucket inserts (validated against tests/schemas/gcs_object_retention.json) and,
+for a bucket created with ``enableObjectRetention``, does what GCS does and the emulator does
+not: keeps the location asked for and reports ``objectRetention`` (see tests/schemas/README.md).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import jsonschema
 import pytest
@@ -31,10 +39,13 @@ from regionvault.context import DomainContext
 from regionvault.domains import Domain
 from regionvault.keyring import generate_domain_key
 from regionvault.provision import (
+    LOCK_SETTING,
     RULE_ABORT_UPLOADS,
+    RULE_NONCURRENT,
     RULE_PII,
     RULE_PII_NONCURRENT,
     Problem,
+    check_locks,
     check_rules,
     provision,
 )
@@ -44,6 +55,8 @@ from .conftest import GCS_LOCATION, GCS_PROJECT, S3_REGION, ServerProcess, new_b
 
 SCHEMA = json.loads(
     (Path(__file__).parents[1] / "schemas" / "gcs_bucket_lifecycle.json").read_text())
+RETENTION_SCHEMA = json.loads(
+    (Path(__file__).parents[1] / "schemas" / "gcs_object_retention.json").read_text())
 EU = Domain.EU
 _BIN = Path(sys.executable).parent
 
@@ -57,6 +70,10 @@ class Recorder:
 
     upstream: str
     patches: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    #: bucket inserts: {"query": {...}, "body": {...}}
+    inserts: list[dict[str, Any]] = field(default_factory=list)
+    #: buckets created with enableObjectRetention (the shim reports objectRetention for them)
+    retention_buckets: set[str] = field(default_factory=set)
     server: ThreadingHTTPServer | None = None
 
     @property
@@ -66,6 +83,9 @@ class Recorder:
 
     def patches_of(self, bucket: str) -> list[dict[str, Any]]:
         return [body for path, body in self.patches if path.split("?")[0].endswith(f"/b/{bucket}")]
+
+    def inserts_of(self, bucket: str) -> list[dict[str, Any]]:
+        return [i for i in self.inserts if i["body"].get("name") == bucket]
 
 
 def _handler(recorder: Recorder) -> type[BaseHTTPRequestHandler]:
@@ -77,18 +97,38 @@ def _handler(recorder: Recorder) -> type[BaseHTTPRequestHandler]:
             body = self.rfile.read(length) if length else b""
             if self.command == "PATCH" and "/b/" in self.path and "/o" not in self.path:
                 recorder.patches.append((self.path, json.loads(body or b"{}")))
+            path = urlsplit(self.path).path
+            insert = self.command == "POST" and path.rstrip("/").endswith("/storage/v1/b")
+            if insert:
+                recorder.inserts.append({"query": dict(parse_qsl(urlsplit(self.path).query)),
+                                         "body": json.loads(body or b"{}")})
             headers = {k: v for k, v in self.headers.items()
                        if k.lower() not in ("host", "content-length", "connection")}
             response = requests.request(self.command, recorder.upstream + self.path,
                                         data=body, headers=headers, timeout=30)
+            content = response.content
+            if insert and response.ok and recorder.inserts[-1]["query"].get(
+                    "enableObjectRetention", "").lower() == "true":
+                # GCS keeps the location asked for and enables object retention; the emulator
+                # does neither (tests/schemas/README.md), so the shim does it here.
+                name, location = recorder.inserts[-1]["body"]["name"], \
+                    recorder.inserts[-1]["body"].get("location", "US")
+                requests.patch(f"{recorder.upstream}/storage/v1/b/{name}",
+                               json={"location": location.upper()}, timeout=30)
+                recorder.retention_buckets.add(name)
+            bucket = path.split("/b/")[-1] if "/b/" in path and "/o" not in path else None
+            if bucket in recorder.retention_buckets and response.ok and content:
+                resource = json.loads(content)
+                resource["objectRetention"] = {"mode": "Enabled"}
+                content = json.dumps(resource).encode()
             self.send_response(response.status_code)
             for key, value in response.headers.items():
                 if key.lower() not in ("content-length", "transfer-encoding", "connection",
                                        "content-encoding"):
                     self.send_header(key, value)
-            self.send_header("Content-Length", str(len(response.content)))
+            self.send_header("Content-Length", str(len(content)))
             self.end_headers()
-            self.wfile.write(response.content)
+            self.wfile.write(content)
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
 
@@ -132,7 +172,7 @@ class Buckets:
 
 
 def write_config(tmp_path: Path, s3_bucket: str, gcs_bucket: str, s3_url: str, gcs_url: str,
-                 *, pii_days: int = 29) -> tuple[Config, Path]:
+                 *, pii_days: int = 29, object_lock: str | None = None) -> tuple[Config, Path]:
     key = tmp_path / "eu.key"
     key.write_text(generate_domain_key() + "\n")
     data = {
@@ -146,6 +186,7 @@ def write_config(tmp_path: Path, s3_bucket: str, gcs_bucket: str, s3_url: str, g
             "aws_region": S3_REGION, "s3_bucket": s3_bucket,
             "gcp_location": GCS_LOCATION, "gcs_bucket": gcs_bucket,
             "key": {"id": "eu-test-1", "secret": {"file": str(key)}},
+            **({"object_lock": {"mode": object_lock}} if object_lock else {}),
         }},
     }
     path = tmp_path / "regionvault.yaml"
@@ -424,3 +465,167 @@ def test_the_cli_refuses_a_bucket_it_cannot_provision(tmp_path: Path, buckets: B
     assert f"error: refused: s3://{buckets.s3} is versioned and retention.pii_days is 1" \
         in result.stderr
     assert f"gs://{buckets.gcs}: lifecycle rules written" in result.stdout
+
+
+# --- object lock -----------------------------------------------------------------------------
+
+
+@dataclass
+class Locked:
+    """A lock domain's configuration and what a test looks at."""
+
+    s3: str
+    gcs: str
+    config: Config
+    config_file: Path
+    s3_client: Any
+    gcs_client: Any
+
+    def ctx(self) -> DomainContext:
+        return DomainContext(self.config, EU)
+
+
+def lock_domain(tmp_path: Path, moto_server: ServerProcess, recorder: Recorder, s3_client: Any,
+                gcs_client: Any, *, s3_bucket: str | None = None, gcs_bucket: str | None = None,
+                mode: str = "governance", pii_days: int = 29) -> Locked:
+    """A domain configured with ``object_lock``; buckets not given do not exist yet."""
+    s3_name, gcs_name = s3_bucket or new_bucket_name(), gcs_bucket or new_bucket_name()
+    config, path = write_config(tmp_path, s3_name, gcs_name, moto_server.url, recorder.url,
+                                pii_days=pii_days, object_lock=mode)
+    return Locked(s3_name, gcs_name, config, path, s3_client, gcs_client)
+
+
+def test_provision_creates_missing_buckets_able_to_lock_and_check_reports_them(
+        tmp_path: Path, moto_server: ServerProcess, s3_client: Any, gcs_client: Any,
+        gcs_recorder: Recorder) -> None:
+    domain = lock_domain(tmp_path, moto_server, gcs_recorder, s3_client, gcs_client,
+                         mode="compliance")
+    # configured, and no bucket yet: check cannot even find them
+    s3_outcome, gcs_outcome = provision(domain.ctx())
+
+    assert s3_outcome.lock is not None and s3_outcome.lock.created
+    assert s3_outcome.lock.refused is None
+    assert s3_outcome.versioned  # Object Lock makes the bucket versioned: versioned rules
+    config = s3_client.get_object_lock_configuration(Bucket=domain.s3)["ObjectLockConfiguration"]
+    assert config == {"ObjectLockEnabled": "Enabled"}  # and no default retention rule
+    assert s3_client.get_bucket_versioning(Bucket=domain.s3)["Status"] == "Enabled"
+    location = s3_client.get_bucket_location(Bucket=domain.s3)["LocationConstraint"]
+    assert location == S3_REGION
+    rules = by_id(S3Lifecycle(domain.s3, S3_REGION, client=s3_client).raw_rules())
+    assert set(rules) == {RULE_PII, RULE_PII_NONCURRENT, RULE_NONCURRENT, RULE_ABORT_UPLOADS}
+    assert rules[RULE_NONCURRENT] == {
+        "ID": RULE_NONCURRENT, "Status": "Enabled", "Filter": {"Prefix": "eu/"},
+        "NoncurrentVersionExpiration": {"NoncurrentDays": 1}}
+
+    # GCS: created with object retention, the request as the API defines it
+    assert gcs_outcome.lock is not None and gcs_outcome.lock.created
+    (insert,) = gcs_recorder.inserts_of(domain.gcs)
+    jsonschema.validate(insert, {"$schema": RETENTION_SCHEMA["$schema"],
+                                 "$defs": RETENTION_SCHEMA["$defs"],
+                                 "$ref": "#/$defs/bucketInsert"})
+    assert insert["body"] == {"name": domain.gcs, "location": GCS_LOCATION}
+
+    assert check_rules(domain.ctx()) == []
+    assert check_locks(domain.ctx()) == []
+    settings = domain.ctx().gcs.lock_settings()
+    assert settings.lock_enabled  # as the shim reports it, in GCS's form:
+    bucket = gcs_client.get_bucket(domain.gcs)  # (straight from the emulator: not there)
+    assert "objectRetention" not in bucket._properties
+
+    again = provision(domain.ctx())
+    assert [(o.changed, o.lock.created, o.lock.changed) for o in again if o.lock] == [
+        (False, False, False), (False, False, False)]
+
+
+def test_provision_enables_object_lock_on_an_existing_s3_bucket(buckets: Buckets,
+                                                                tmp_path: Path,
+                                                                moto_server: ServerProcess,
+                                                                gcs_recorder: Recorder) -> None:
+    domain = lock_domain(tmp_path, moto_server, gcs_recorder, buckets.s3_client,
+                         buckets.gcs_client, s3_bucket=buckets.s3, gcs_bucket=buckets.gcs)
+    (finding,) = [f for f in check_locks(domain.ctx()) if f.store == "s3"]
+    assert (finding.rule, finding.problem) == (LOCK_SETTING, Problem.OBJECT_LOCK)
+    assert finding.message.startswith(
+        f"s3://{buckets.s3}: object lock (governance mode) is configured for domain eu but the "
+        "bucket cannot lock objects")
+
+    s3_outcome, _ = provision(domain.ctx())
+    assert s3_outcome.lock is not None
+    assert (s3_outcome.lock.created, s3_outcome.lock.changed) == (False, True)
+    assert s3_outcome.lock.settings is not None and s3_outcome.lock.settings.lock_enabled
+    assert s3_outcome.versioned
+    assert [f for f in check_locks(domain.ctx()) if f.store == "s3"] == []
+    assert [f for f in check_rules(domain.ctx()) if f.store == "s3"] == []
+
+
+def test_an_existing_gcs_bucket_without_object_retention_is_refused(
+        buckets: Buckets, tmp_path: Path, moto_server: ServerProcess,
+        gcs_recorder: Recorder) -> None:
+    domain = lock_domain(tmp_path, moto_server, gcs_recorder, buckets.s3_client,
+                         buckets.gcs_client, s3_bucket=buckets.s3, gcs_bucket=buckets.gcs)
+    _, gcs_outcome = provision(domain.ctx())
+    assert gcs_outcome.lock is not None and gcs_outcome.lock.refused is not None
+    assert gcs_outcome.lock.refused.startswith(
+        f"gs://{buckets.gcs} cannot lock objects: object retention is not enabled on it")
+    assert gcs_outcome.refused is None and gcs_outcome.changed  # its rules are still written
+    assert [f.store for f in check_locks(domain.ctx())] == ["gcs"]
+
+
+def test_a_default_retention_rule_is_reported_and_removed(buckets: Buckets) -> None:
+    """Even where the domain configures no lock: it would lock the manifests too, for a period
+    regionvault does not choose."""
+    buckets.s3_client.put_bucket_versioning(Bucket=buckets.s3,
+                                            VersioningConfiguration={"Status": "Enabled"})
+    buckets.s3_client.put_object_lock_configuration(Bucket=buckets.s3, ObjectLockConfiguration={
+        "ObjectLockEnabled": "Enabled",
+        "Rule": {"DefaultRetention": {"Mode": "COMPLIANCE", "Days": 400}}})
+    (finding,) = check_locks(buckets.ctx())
+    assert "default retention rule (COMPLIANCE 400 days)" in finding.message
+
+    s3_outcome, gcs_outcome = provision(buckets.ctx())
+    assert s3_outcome.lock is not None and s3_outcome.lock.changed
+    assert gcs_outcome.lock is None  # nothing configured, nothing to report
+    config = buckets.s3_client.get_object_lock_configuration(
+        Bucket=buckets.s3)["ObjectLockConfiguration"]
+    assert "Rule" not in config
+    assert check_locks(buckets.ctx()) == []
+
+
+def test_a_lock_that_would_leave_no_backstop_is_refused_before_anything_is_written(
+        buckets: Buckets, tmp_path: Path, moto_server: ServerProcess,
+        gcs_recorder: Recorder) -> None:
+    domain = lock_domain(tmp_path, moto_server, gcs_recorder, buckets.s3_client,
+                         buckets.gcs_client, s3_bucket=buckets.s3, gcs_bucket=buckets.gcs,
+                         pii_days=1)
+    s3_outcome, _ = provision(domain.ctx())
+    assert s3_outcome.refused is not None and "retention.pii_days is 1" in s3_outcome.refused
+    assert "Status" not in buckets.s3_client.get_bucket_versioning(Bucket=buckets.s3)
+
+
+def test_the_cli_provisions_and_checks_the_lock(
+        tmp_path: Path, moto_server: ServerProcess, s3_client: Any, gcs_client: Any,
+        gcs_recorder: Recorder) -> None:
+    domain = lock_domain(tmp_path, moto_server, gcs_recorder, s3_client, gcs_client)
+    provisioned = regionvault(domain.config_file, "provision", "--domain", "eu")
+    assert provisioned.returncode == 0, provisioned.stderr
+    assert f"s3://{domain.s3}: bucket created with object lock (object lock on, versioned; " \
+        "backups locked in governance mode until their expiry)" in provisioned.stdout
+    assert f"gs://{domain.gcs}: bucket created with object lock" in provisioned.stdout
+
+    ok = regionvault(domain.config_file, "check", "--domain", "eu")
+    assert ok.returncode == 0, ok.stderr
+    assert f"s3://{domain.s3}: object lock on, versioned; backups locked in governance mode" \
+        in ok.stdout
+
+    # configured, and the bucket cannot lock (another bucket of the domain, made by hand)
+    plain = new_bucket_name()
+    s3_client.create_bucket(Bucket=plain,
+                            CreateBucketConfiguration={"LocationConstraint": S3_REGION})
+    (tmp_path / "other").mkdir()
+    other = lock_domain(tmp_path / "other", moto_server, gcs_recorder, s3_client, gcs_client,
+                        s3_bucket=plain, gcs_bucket=domain.gcs)
+    missing = regionvault(other.config_file, "check", "--domain", "eu")
+    assert missing.returncode == 3
+    assert f"error: s3://{plain}: object lock (governance mode) is configured for domain eu " \
+        "but the bucket cannot lock objects" in missing.stderr
+    assert f"s3://{plain}: object lock off; backups locked in governance mode" in missing.stdout
