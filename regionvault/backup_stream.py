@@ -70,7 +70,7 @@ class BackupWriter:
     one stream chunk, whatever the size of the dump.
     """
 
-    def __init__(self, out: BinaryIO, key: bytes, context: bytes, *,
+    def __init__(self, out: BinaryIO, key: bytes | bytearray, context: bytes, *,
                  threads: int | None = None) -> None:
         self._plain = StreamDigest(crc=False)
         self._cipher = StreamDigest()
@@ -117,7 +117,7 @@ class _DigestingReader:
         return data
 
 
-def authenticate(fh: BinaryIO, key: bytes, context: bytes,
+def authenticate(fh: BinaryIO, key: bytes | bytearray, context: bytes,
                  progress: Callable[[int], None] = lambda _: None) -> StreamDigest:
     """Check every chunk of an object under ``key`` (``IntegrityError`` at the first bad one)
     and return the digest of the ciphertext read. Nothing is decompressed or kept."""

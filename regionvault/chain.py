@@ -33,11 +33,13 @@ from regionvault.errors import (
     IntegrityError,
     ManifestForged,
     NotFound,
+    ObjectLocked,
     StepOrderError,
     TransientStoreError,
+    WrongKeyError,
 )
 from regionvault.expiry import sweep_domain
-from regionvault.keyring import WrappedKey, new_data_key
+from regionvault.keyring import Wrapping, new_data_key, zeroise
 from regionvault.lease import UNOWNED, Ownership
 from regionvault.manifest import (
     BackupRef,
@@ -49,6 +51,7 @@ from regionvault.manifest import (
 )
 from regionvault.manifest_store import (
     check_copy,
+    data_key_context,
     keys_of,
     read_manifest,
     resolve,
@@ -56,6 +59,7 @@ from regionvault.manifest_store import (
     stream_context,
     write_manifest,
 )
+from regionvault.object_lock import retain_until
 from regionvault.progress import Progress, ProgressReport, no_progress
 from regionvault.sources import open_source
 from regionvault.stores.base import ObjectStore
@@ -123,21 +127,25 @@ def dump(ctx: DomainContext, backup_id: str, progress: Progress = no_progress,
         pass
     started = ctx.clock()
     data_key = new_data_key()
-    wrapped = ctx.keyring.wrap(data_key, stream_context(ref, "data-key"))
-    source = open_source(ref.domain, src)
-    spool.drop_stale_partials(backup_id, owner.token)
+    try:
+        # wrapped by every key-encryption key of the domain (KMS and the local escrow)
+        wrappings = ctx.keyring.wrap(data_key, data_key_context(ref))
+        source = open_source(ref.domain, src)
+        spool.drop_stale_partials(backup_id, owner.token)
 
-    with spool.atomic_write(backup_id, sp.BACKUP_FILE, owner.token) as fh:
-        writer = BackupWriter(fh, data_key, stream_context(ref, "backup-stream"))
+        with spool.atomic_write(backup_id, sp.BACKUP_FILE, owner.token) as fh:
+            writer = BackupWriter(fh, data_key, stream_context(ref, "backup-stream"))
 
-        def write(chunk: bytes) -> None:
-            writer.write(chunk)
-            progress(ProgressReport(backup_id, Step.DUMP.value, writer.plaintext_size))
+            def write(chunk: bytes) -> None:
+                writer.write(chunk)
+                progress(ProgressReport(backup_id, Step.DUMP.value, writer.plaintext_size))
 
-        info = source.dump(write)
-        facts = writer.close()
-    meta = DumpMeta(key_id=wrapped.key_id, wrapped_key=wrapped.encoded(), started_at=started,
-                    facts=facts, row_counts=dict(info.row_counts))
+            info = source.dump(write)
+            facts = writer.close()
+    finally:
+        zeroise(data_key)
+    meta = DumpMeta(wrappings=wrappings, started_at=started, facts=facts,
+                    row_counts=dict(info.row_counts))
     spool.write_bytes(backup_id, sp.DUMP_META, meta.to_json(), owner.token)
     return StepOutcome(backup_id, Step.DUMP,
                        f"{facts.plaintext_size} bytes dumped, {facts.ciphertext_size} bytes "
@@ -147,17 +155,16 @@ def dump(ctx: DomainContext, backup_id: str, progress: Progress = no_progress,
 @dataclass(frozen=True)
 class DumpMeta:
     """What ``dump`` leaves beside the object for ``encrypt`` (``dump.json``; no secret: the
-    data key is wrapped by the domain key)."""
+    data key is only there wrapped by the domain's keys)."""
 
-    key_id: str
-    wrapped_key: str
+    wrappings: tuple[Wrapping, ...]
     started_at: datetime
     facts: StreamFacts
     row_counts: dict[str, int]
 
     def to_json(self) -> bytes:
         return json.dumps({
-            "key_id": self.key_id, "wrapped_key": self.wrapped_key,
+            "wrappings": [w.model_dump() for w in self.wrappings],
             "started_at": self.started_at.isoformat(),
             "facts": dataclasses.asdict(self.facts), "row_counts": self.row_counts,
         }).encode()
@@ -165,7 +172,7 @@ class DumpMeta:
     @classmethod
     def from_json(cls, data: bytes) -> DumpMeta:
         raw = json.loads(data)
-        return cls(key_id=raw["key_id"], wrapped_key=raw["wrapped_key"],
+        return cls(wrappings=tuple(Wrapping.model_validate(w) for w in raw["wrappings"]),
                    started_at=datetime.fromisoformat(raw["started_at"]),
                    facts=StreamFacts(**raw["facts"]),
                    row_counts={str(k): int(v) for k, v in raw["row_counts"].items()})
@@ -206,8 +213,11 @@ def encrypt(ctx: DomainContext, backup_id: str, progress: Progress = no_progress
         meta = DumpMeta.from_json(spool.read_bytes(backup_id, sp.DUMP_META))
     except (ValueError, KeyError, TypeError) as exc:  # not JSON, or another version's
         raise _dump_again(ctx, ref, owner, f"its dump.json cannot be read ({exc!r})") from None
-    data_key = ctx.keyring.unwrap(WrappedKey.decode(meta.key_id, meta.wrapped_key),
-                                  stream_context(ref, "data-key"))
+    try:
+        # every wrapping must open to the same key: the escrow is proven before it is relied on
+        data_key = ctx.keyring.open_all(meta.wrappings, data_key_context(ref))
+    except WrongKeyError as exc:  # e.g. its key was retired while the dump waited
+        raise _dump_again(ctx, ref, owner, f"its data key cannot be opened ({exc})") from None
     facts = meta.facts
     try:
         with spool.path(backup_id, sp.BACKUP_FILE).open("rb") as fh:
@@ -222,6 +232,8 @@ def encrypt(ctx: DomainContext, backup_id: str, progress: Progress = no_progress
                 f"{facts.ciphertext_size} bytes with SHA-256 {facts.ciphertext_sha256[:16]}...")
     except IntegrityError as exc:
         raise _dump_again(ctx, ref, owner, f"it failed its checks ({exc})") from None
+    finally:
+        zeroise(data_key)
 
     now = ctx.clock()
     dcfg = ctx.dcfg
@@ -230,8 +242,7 @@ def encrypt(ctx: DomainContext, backup_id: str, progress: Progress = no_progress
         backup_id=backup_id, domain=ref.domain, source=ref.source, source_kind=src.kind,
         data_class=src.data_class, created_at=meta.started_at,
         expires_at=expiry_for(meta.started_at, ctx.config.retention.period_for(src.data_class)),
-        key_id=meta.key_id, wrapped_data_key=meta.wrapped_key,
-        stream_format=STREAM_FORMAT, compression=COMPRESSION,
+        wrappings=meta.wrappings, stream_format=STREAM_FORMAT, compression=COMPRESSION,
         plaintext_size=facts.plaintext_size, plaintext_sha256=facts.plaintext_sha256,
         ciphertext_size=facts.ciphertext_size, ciphertext_sha256=facts.ciphertext_sha256,
         ciphertext_crc32c=facts.ciphertext_crc32c, object_key=okey,
@@ -303,7 +314,7 @@ def upload(ctx: DomainContext, backup_id: str, progress: Progress = no_progress,
         # Nothing here aborts uploads: a live duplicate never reaches this line.
         owner.confirm()
         ctx.s3.put_file(okey, str(ctx.spool.path(backup_id, sp.BACKUP_FILE)),
-                        crc32c=local.ciphertext_crc32c)
+                        crc32c=local.ciphertext_crc32c, retain_until=_lock_until(ctx, local))
     progress(ProgressReport(backup_id, Step.UPLOAD.value, local.ciphertext_size,
                             local.ciphertext_size, "s3"))
     uploaded = sign(ctx, local.with_step(Step.UPLOAD, ctx.clock(), ctx.url("s3", okey)))
@@ -362,6 +373,15 @@ def replicate(ctx: DomainContext, backup_id: str,
                        bytes=manifest.ciphertext_size)
 
 
+def _lock_until(ctx: DomainContext, manifest: Manifest) -> datetime | None:
+    """Until when the domain locks the backup's objects (None: no object lock): the moment the
+    expiry sweep is due to remove it, never later, so a lock never keeps a pii backup past
+    29 days and erasure (which destroys keys, not bytes) works on locked objects."""
+    if ctx.dcfg.object_lock is None:
+        return None
+    return retain_until(manifest.created_at, manifest.data_class, ctx.config.retention)
+
+
 def _send_replica(ctx: DomainContext, backup_id: str, okey: str, manifest: Manifest) -> str:
     """Upload the object to GCS from the spool's copy when it still holds it, else stream it
     from S3; return which ("spool" or "s3").
@@ -372,7 +392,8 @@ def _send_replica(ctx: DomainContext, backup_id: str, okey: str, manifest: Manif
     local = ctx.spool.path(backup_id, sp.BACKUP_FILE)
     if local.is_file() and local.stat().st_size == manifest.ciphertext_size:
         try:
-            ctx.gcs.put_file(okey, str(local), crc32c=manifest.ciphertext_crc32c)
+            ctx.gcs.put_file(okey, str(local), crc32c=manifest.ciphertext_crc32c,
+                             retain_until=_lock_until(ctx, manifest))
             return "spool"
         except ChecksumMismatch as exc:
             log.warning("backup %s: the spool copy did not match its manifest (%s); "
@@ -382,7 +403,8 @@ def _send_replica(ctx: DomainContext, backup_id: str, okey: str, manifest: Manif
     body = ctx.s3.open_read(okey)
     try:
         ctx.gcs.put_stream(okey, body, manifest.ciphertext_size,
-                           crc32c=manifest.ciphertext_crc32c)
+                           crc32c=manifest.ciphertext_crc32c,
+                           retain_until=_lock_until(ctx, manifest))
     finally:
         body.close()
     return "s3"
@@ -473,11 +495,16 @@ def discard(ctx: DomainContext, backup_id: str) -> StepOutcome:
                 f"backup {backup_id} is already verified: it is not discarded (expiry removes "
                 "verified backups)", rerun_step="")
     aborted = sum(store.abort_incomplete_uploads(okey) for store in (ctx.s3, ctx.gcs))
+    locked = []
     for store in (ctx.s3, ctx.gcs):
-        store.delete(okey)
+        try:
+            store.delete(okey)
+        except ObjectLocked as exc:  # its lock ends when expiry is due: expiry removes it
+            locked.append(str(exc))
         store.delete(mkey)
     spool_files = len(list(ctx.spool.dir_for(backup_id).rglob("*")))
     ctx.spool.clean(backup_id)
+    kept = f"; kept until their lock ends: {'; '.join(locked)}" if locked else ""
     return StepOutcome(backup_id, Step.EXPIRE,
                        f"discarded: {aborted} open uploads aborted, {spool_files} spool files "
-                       "removed, objects and manifests deleted")
+                       f"removed, objects and manifests deleted{kept}")

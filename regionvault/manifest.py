@@ -39,7 +39,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal, Protocol, cast
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from regionvault.config import SOURCE_NAME_RE, DataClass
 from regionvault.domains import Domain
@@ -50,9 +50,13 @@ from regionvault.errors import (
     UnauthenticatedManifest,
     WrongKeyError,
 )
-from regionvault.keyring import KeyWrapper
+from regionvault.keyring import Keyring, Wrapping
 
-MANIFEST_VERSION = 2
+#: version 3 keeps every wrapping of the data key (``wrappings``) and an erasure record;
+#: version 2 kept one local wrapping (``key_id``, ``wrapped_data_key``) and is still read
+MANIFEST_VERSION = 3
+#: versions that carry a MAC
+AUTHENTICATED_VERSIONS = (2, 3)
 #: manifests without a MAC, written before version 2; readable only as unauthenticated legacy
 LEGACY_MANIFEST_VERSION = 1
 MAC_ALG: Literal["HMAC-SHA256"] = "HMAC-SHA256"
@@ -147,6 +151,16 @@ class ManifestMac(BaseModel):
     value: str
 
 
+class Erasure(BaseModel):
+    """The record of a crypto-shredded backup: who erased it, when and why (no data)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    erased_at: datetime
+    by: str
+    reason: str
+
+
 class Manifest(BaseModel):
     """Versioned JSON beside each backup object, in both stores.
 
@@ -164,8 +178,10 @@ class Manifest(BaseModel):
     data_class: DataClass
     created_at: datetime
     expires_at: datetime
-    key_id: str
-    wrapped_data_key: str
+    #: the data key, wrapped by every key-encryption key of the domain (empty once erased)
+    wrappings: tuple[Wrapping, ...] = ()
+    #: set by ``regionvault erase``: the wrappings are destroyed and the objects deleted
+    erasure: Erasure | None = None
     stream_format: str = "RVS1"
     compression: str = "zstd"
     plaintext_size: int
@@ -182,9 +198,31 @@ class Manifest(BaseModel):
     #: set by ``sign_manifest``; None on a manifest being built and on a legacy (version 1) one
     mac: ManifestMac | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_wrapping_before_v3(cls, data: Any) -> Any:
+        """Versions 1 and 2 kept one local wrapping as ``key_id`` + ``wrapped_data_key``."""
+        if isinstance(data, dict) and "wrapped_data_key" in data:
+            data = dict(data)
+            wrapped, key_id = data.pop("wrapped_data_key"), data.pop("key_id", None)
+            data["wrappings"] = [{"wrapper": "local", "key_id": key_id, "blob": wrapped}]
+        return data
+
     @property
     def verified(self) -> bool:
-        return Step.VERIFY in self.steps
+        """Verified in both stores and not erased: a backup that restores."""
+        return Step.VERIFY in self.steps and self.erasure is None
+
+    @property
+    def erased(self) -> bool:
+        return self.erasure is not None
+
+    def key_ids(self) -> tuple[str, ...]:
+        """The key-encryption keys this manifest needs: its wrappings' keys and its MAC's."""
+        ids = [w.key_id for w in self.wrappings]
+        if self.mac is not None:
+            ids.append(self.mac.key_id)
+        return tuple(dict.fromkeys(ids))
 
     @property
     def legacy(self) -> bool:
@@ -198,7 +236,9 @@ class Manifest(BaseModel):
         return self.model_copy(update={"steps": steps, "mac": None})
 
     def state(self) -> str:
-        """The furthest step reached, e.g. ``verified`` or ``uploaded``."""
+        """The furthest step reached, e.g. ``verified`` or ``uploaded``; or ``erased``."""
+        if self.erasure is not None:
+            return "erased"
         names = {
             Step.DUMP: "dumped", Step.ENCRYPT: "encrypted", Step.UPLOAD: "uploaded",
             Step.REPLICATE: "replicated", Step.VERIFY: "verified", Step.EXPIRE: "verified",
@@ -223,12 +263,13 @@ class HoldsKeyring(Protocol):
     """Anything that carries a domain's keyring (a ``DomainContext``)."""
 
     @property
-    def keyring(self) -> KeyWrapper: ...
+    def keyring(self) -> Keyring: ...
 
 
-def _keyring_of(keys: KeyWrapper | HoldsKeyring) -> KeyWrapper:
-    held = getattr(keys, "keyring", None)
-    return cast(KeyWrapper, held if held is not None else keys)
+def _keyring_of(keys: Keyring | HoldsKeyring) -> Keyring:
+    if isinstance(keys, Keyring):
+        return keys
+    return cast(HoldsKeyring, keys).keyring
 
 
 def canonical_form(fields: Mapping[str, Any]) -> bytes:
@@ -237,8 +278,9 @@ def canonical_form(fields: Mapping[str, Any]) -> bytes:
                       allow_nan=False).encode("ascii")
 
 
-def sign_manifest(keys: KeyWrapper | HoldsKeyring, manifest: Manifest) -> Manifest:
-    """``manifest`` as version 2, with a MAC under the domain's current key."""
+def sign_manifest(keys: Keyring | HoldsKeyring, manifest: Manifest) -> Manifest:
+    """``manifest`` as the current version, with a MAC under the domain's current local key
+    (a version-2 manifest rewritten by a step or a rewrap becomes version 3)."""
     if manifest.legacy:  # never launder an unauthenticated manifest into a trusted one
         raise UnauthenticatedManifest(
             f"the legacy (version 1) manifest of backup {manifest.backup_id} is never "
@@ -249,7 +291,7 @@ def sign_manifest(keys: KeyWrapper | HoldsKeyring, manifest: Manifest) -> Manife
             f"the manifest of backup {manifest.backup_id} belongs to domain "
             f"{manifest.domain.value!r} and is not signed with the keys of domain "
             f"{keyring.domain.value!r}")
-    unsigned = manifest.model_copy(update={"mac": None})
+    unsigned = manifest.model_copy(update={"mac": None, "version": MANIFEST_VERSION})
     key_id, mac = keyring.manifest_mac(canonical_form(unsigned.signed_fields()))
     return unsigned.model_copy(update={"mac": ManifestMac(key_id=key_id, value=mac.hex())})
 
@@ -270,7 +312,7 @@ def _forged(where: str, why: str,
         "backup of the source")
 
 
-def parse_manifest(keys: KeyWrapper | HoldsKeyring, data: bytes, where: str, *,
+def parse_manifest(keys: Keyring | HoldsKeyring, data: bytes, where: str, *,
                    key: str | None = None, allow_legacy: bool = False) -> Manifest:
     """The manifest in ``data``, read only if its MAC checks out under the domain's keys.
 
@@ -299,12 +341,13 @@ def parse_manifest(keys: KeyWrapper | HoldsKeyring, data: bytes, where: str, *,
                 f"the {where} is a version-1 manifest without a MAC, so verify and retention "
                 "do not trust it; restore can still read it, and a new backup of the source "
                 "replaces it (expiry removes it by the store's own timestamp)")
-    elif version == MANIFEST_VERSION:
-        manifest = _authenticated(keyring, raw, where)
+    elif version in AUTHENTICATED_VERSIONS:
+        manifest = _authenticated(keyring, raw, where, version)
     else:
         raise IntegrityError(
-            f"the {where} has version {version!r}; this regionvault reads version "
-            f"{MANIFEST_VERSION} (and {LEGACY_MANIFEST_VERSION} as unauthenticated legacy)")
+            f"the {where} has version {version!r}; this regionvault reads versions "
+            f"{', '.join(map(str, AUTHENTICATED_VERSIONS))} (and {LEGACY_MANIFEST_VERSION} "
+            "as unauthenticated legacy)")
     if manifest.domain is not keyring.domain:
         raise _forged(where, f"describes a backup of domain {manifest.domain.value!r}, not "
                              f"{keyring.domain.value!r}")
@@ -317,11 +360,11 @@ def parse_manifest(keys: KeyWrapper | HoldsKeyring, data: bytes, where: str, *,
     return manifest
 
 
-def _authenticated(keyring: KeyWrapper, raw: dict[str, Any], where: str) -> Manifest:
+def _authenticated(keyring: Keyring, raw: dict[str, Any], where: str, version: int) -> Manifest:
     fields = dict(raw)
     stored_mac = fields.pop("mac", None)
     if stored_mac is None:
-        raise _forged(where, f"claims version {MANIFEST_VERSION} but carries no MAC")
+        raise _forged(where, f"claims version {version} but carries no MAC")
     try:
         mac = ManifestMac.model_validate(stored_mac)
         value = bytes.fromhex(mac.value)

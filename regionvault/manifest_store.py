@@ -19,7 +19,7 @@ from regionvault.checksums import StreamDigest
 from regionvault.config import SourceConfig
 from regionvault.context import DomainContext
 from regionvault.errors import IntegrityError, ManifestForged, NotFound, ResidencyError
-from regionvault.keyring import wrap_context
+from regionvault.keyring import WrapContext, wrap_context
 from regionvault.manifest import (
     MANIFEST_SUFFIX,
     BackupRef,
@@ -50,6 +50,11 @@ def resolve(ctx: DomainContext, backup_id: str) -> tuple[BackupRef, SourceConfig
 
 def stream_context(ref: BackupRef, purpose: str) -> bytes:
     return wrap_context(ref.domain, ref.backup_id, purpose)
+
+
+def data_key_context(ref: BackupRef) -> WrapContext:
+    """What every wrapping of a backup's data key is bound to."""
+    return WrapContext(ref.domain, ref.backup_id, "data-key")
 
 
 def keys_of(ref: BackupRef, src: SourceConfig) -> tuple[str, str]:

@@ -36,6 +36,7 @@ from regionvault.catalogue import listing, listing_in
 from regionvault.checksums import StreamDigest
 from regionvault.context import DomainContext
 from regionvault.errors import (
+    BackupErased,
     ConfigError,
     IntegrityError,
     ManifestForged,
@@ -43,9 +44,16 @@ from regionvault.errors import (
     StoreError,
     WrongKeyError,
 )
-from regionvault.keyring import WrappedKey
+from regionvault.keyring import zeroise
 from regionvault.manifest import Manifest, backup_started
-from regionvault.manifest_store import READ_SIZE, keys_of, read_manifest, resolve, stream_context
+from regionvault.manifest_store import (
+    READ_SIZE,
+    data_key_context,
+    keys_of,
+    read_manifest,
+    resolve,
+    stream_context,
+)
 from regionvault.pipeline import Stage
 from regionvault.progress import Progress, ProgressReport, no_progress
 from regionvault.sources.postgres import restore_dump, user_relations
@@ -101,8 +109,8 @@ class _BlockReader:
         return out
 
 
-def _decode(blocks: Iterator[bytes], data_key: bytes, context: bytes, digest: StreamDigest,
-            fail: Callable[[str], IntegrityError]) -> Iterator[bytes]:
+def _decode(blocks: Iterator[bytes], data_key: bytes | bytearray, context: bytes,
+            digest: StreamDigest, fail: Callable[[str], IntegrityError]) -> Iterator[bytes]:
     """Authenticated, decrypted and decompressed ``blocks``: the dump, hashed as it goes.
 
     Errors of the stages before it (a store error while downloading) pass through here too,
@@ -183,6 +191,15 @@ def select_backup(ctx: DomainContext, source: str, at: datetime, *,
     return chosen
 
 
+def erased_error(manifest: Manifest) -> BackupErased:
+    assert manifest.erasure is not None
+    record = manifest.erasure
+    return BackupErased(
+        f"backup {manifest.backup_id} was erased on "
+        f"{record.erased_at.isoformat(timespec='seconds')} by {record.by} "
+        f"({record.reason}): its data key is destroyed and nothing can restore it")
+
+
 def check_target(target_dsn: str, *, clean: bool) -> None:
     """Refuse a target that already holds tables unless told to replace its contents."""
     relations = user_relations(target_dsn)
@@ -217,6 +234,8 @@ def _restore_from(ctx: DomainContext, backup_id: str, target_dsn: str, role: str
     started = time.monotonic()
     store = ctx.store(role)
     manifest = load_manifest(ctx, backup_id, role)
+    if manifest.erasure is not None:
+        raise erased_error(manifest)
     warning = legacy_warning(manifest, role)
     if warning:
         log.warning("%s", warning)
@@ -239,8 +258,8 @@ def _restore_from(ctx: DomainContext, backup_id: str, target_dsn: str, role: str
                    f"(size {info.size} vs {manifest.ciphertext_size}, CRC32C {info.crc32c} "
                    f"vs {manifest.ciphertext_crc32c})")
     try:
-        data_key = ctx.keyring.unwrap(WrappedKey.decode(manifest.key_id, manifest.wrapped_data_key),
-                                      stream_context(ref, "data-key"))
+        # the first wrapping that opens: KMS, or the local escrow when KMS is away
+        data_key = ctx.keyring.unwrap(manifest.wrappings, data_key_context(ref))
     except WrongKeyError as exc:
         raise WrongKeyError(
             f"backup {backup_id} from {role} cannot be decrypted: {exc}") from None
@@ -262,6 +281,7 @@ def _restore_from(ctx: DomainContext, backup_id: str, target_dsn: str, role: str
     raw = store.open_read(okey)
     # Closed in reverse order: each stage's thread is joined before what it reads is closed.
     with ExitStack() as stages:
+        stages.callback(zeroise, data_key)
         stages.callback(raw.close)
         blocks = stages.enter_context(
             Stage(_download(raw, cipher), name=f"restore-download-{role}", depth=QUEUE_DEPTH))

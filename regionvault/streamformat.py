@@ -36,7 +36,7 @@ _MAX_CONTEXT = 1024
 class EncryptingWriter:
     """A write-only binary stream that encrypts into ``sink``; ``close`` seals the last chunk."""
 
-    def __init__(self, sink: BinaryIO, key: bytes, context: bytes,
+    def __init__(self, sink: BinaryIO, key: bytes | bytearray, context: bytes,
                  chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
         if len(context) > _MAX_CONTEXT:
             raise ValueError("stream context is too long")
@@ -112,7 +112,8 @@ def read_header(src: BinaryIO) -> tuple[int, bytes, bytes, bytes]:
     return chunk_size, prefix, context, fixed + context
 
 
-def decrypt_chunks(src: BinaryIO, key: bytes, expected_context: bytes) -> Iterator[bytes]:
+def decrypt_chunks(src: BinaryIO, key: bytes | bytearray,
+                   expected_context: bytes) -> Iterator[bytes]:
     """Yield authenticated plaintext chunks; raise IntegrityError at the first bad byte.
 
     Nothing is yielded from a chunk before its tag has been checked. A stream that ends
@@ -148,7 +149,7 @@ def decrypt_chunks(src: BinaryIO, key: bytes, expected_context: bytes) -> Iterat
 class DecryptingReader:
     """A read-only binary stream over ``decrypt_chunks`` (for consumers that call ``read``)."""
 
-    def __init__(self, src: BinaryIO, key: bytes, expected_context: bytes) -> None:
+    def __init__(self, src: BinaryIO, key: bytes | bytearray, expected_context: bytes) -> None:
         self._chunks = decrypt_chunks(src, key, expected_context)
         self._buffer = b""
         self._done = False

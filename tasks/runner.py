@@ -29,6 +29,7 @@ from regionvault.chain import StepOutcome
 from regionvault.config import TaskRetryConfig
 from regionvault.context import DomainContext
 from regionvault.errors import (
+    KeyServiceUnavailable,
     LeaseLost,
     ResidencyError,
     StepOrderError,
@@ -49,7 +50,8 @@ log = logging.getLogger("regionvault.tasks")
 
 #: errors worth another try: the cause may pass (network, 5xx, throttling, a restarting
 #: source, the broker or journal briefly away)
-TRANSIENT = (TransientStoreError, TransientSourceError, redis.RedisError, OperationalError)
+TRANSIENT = (TransientStoreError, TransientSourceError, KeyServiceUnavailable, redis.RedisError,
+             OperationalError)
 
 #: Options shared by every step task. Retries are decided in ``run_step`` (one layer only);
 #: acks_late + reject_on_worker_lost bring a step whose pool process died straight back.

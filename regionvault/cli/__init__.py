@@ -16,12 +16,12 @@ from pathlib import Path
 
 import typer
 
-from regionvault.cli import backups, compliance, operations, provision, restores, stack
+from regionvault.cli import backups, compliance, keys, operations, provision, restores, stack
 from regionvault.cli.common import app
 from regionvault.dispatch import Connect
 
-__all__ = ["app", "backups", "compliance", "export_config", "main", "operations", "provision",
-           "restores", "stack"]
+__all__ = ["app", "backups", "compliance", "export_config", "keys", "main", "operations",
+           "provision", "restores", "stack"]
 
 
 def export_config(argv: Sequence[str]) -> None:

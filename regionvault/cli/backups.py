@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from regionvault.cli.common import (
@@ -103,8 +104,8 @@ def check(
     missing or weaker)."""
 
     def run() -> None:
+        from regionvault.cli.keys import report_keys
         from regionvault.cli.provision import EXIT_NOT_COMPLIANT, report_rules
-        from regionvault.keyring import LocalKeyring
         from regionvault.sources import open_source
 
         cfg = config_from(config)
@@ -112,14 +113,14 @@ def check(
         rules_ok = True
         for d in domains:
             ctx = context_for(cfg, d)
-            LocalKeyring.from_config(d, ctx.dcfg)
+            keys_ok = report_keys(ctx)
             for src in ctx.dcfg.sources:
                 open_source(d, src)  # reads the DSN: a missing secret fails here
             ctx.ensure_resident("s3")
             ctx.ensure_resident("gcs")
             out.print(f"domain {d.value}: keys, {len(ctx.dcfg.sources)} source DSNs and both "
                       "buckets ok")
-            rules_ok = report_rules(ctx) and rules_ok
+            rules_ok = report_rules(ctx) and rules_ok and keys_ok
         if not rules_ok:
             raise typer.Exit(EXIT_NOT_COMPLIANT)
 
@@ -131,6 +132,9 @@ def check(
 
 def _manifest_row(m: Manifest) -> list[str]:
     state = f"{m.state()} (legacy, no MAC)" if m.legacy else m.state()
+    if m.erasure is not None:
+        state = (f"[bold]erased[/] {m.erasure.erased_at:%Y-%m-%d} by {escape(m.erasure.by)}: "
+                 f"{escape(m.erasure.reason)}")
     return [m.backup_id, m.domain.value, m.source, m.data_class.value, state,
             f"{m.ciphertext_size:,}", m.created_at.strftime("%Y-%m-%d %H:%M:%SZ"),
             m.expires_at.strftime("%Y-%m-%d")]
@@ -199,7 +203,16 @@ def show(backup_id: str, config: ConfigOption = None) -> None:
                 continue
             legacy = " (legacy version-1 manifest, no MAC)" if manifest.legacy else ""
             out.print(f"[bold]{store}[/]: {manifest.state()}{legacy}")
-            out.print_json(manifest.model_dump_json(exclude={"wrapped_data_key"}))
+            if manifest.erasure is not None:
+                record = manifest.erasure
+                out.print(f"[bold]{store}[/]: ERASED on "
+                          f"{record.erased_at.isoformat(timespec='seconds')} by "
+                          f"{escape(record.by)}: {escape(record.reason)}", highlight=False)
+            # the wrapped keys are no secret, but their blobs help nobody reading this
+            shown = manifest.model_dump(mode="json")
+            shown["wrappings"] = [{"wrapper": w.wrapper, "key_id": w.key_id}
+                                  for w in manifest.wrappings]
+            out.print_json(data=shown)
 
     guarded(run)
 

@@ -13,7 +13,10 @@ import yaml
 from psycopg import sql
 
 from regionvault.domains import DOMAIN_TABLE, Domain
-from regionvault.keyring import generate_domain_key
+
+#: domains of the sample configuration whose data keys AWS KMS wraps (with the local escrow);
+#: the others use local keys only, as small installs do
+KMS_DOMAINS: tuple[Domain, ...] = (Domain.EU,)
 
 
 @dataclass(frozen=True)
@@ -56,17 +59,10 @@ def database_name(domain: Domain, source: str) -> str:
     return f"{domain.value}_{source.replace('-', '_')}"
 
 
-def write_domain_keys(keys_dir: Path) -> dict[Domain, Path]:
-    """One key file per domain (kept if present), readable by its owner only."""
+def keyring_files(keys_dir: Path) -> dict[Domain, Path]:
+    """Where each domain's keyring file lives (written by ``regionvault keys init``)."""
     keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    paths = {}
-    for domain in Domain:
-        path = keys_dir / f"{domain.value}.key"
-        if not path.exists():
-            path.touch(mode=0o600)
-            path.write_text(generate_domain_key() + "\n")
-        paths[domain] = path
-    return paths
+    return {domain: keys_dir / f"{domain.value}.keyring.json" for domain in Domain}
 
 
 def _source_entry(src: SampleSource, dsn_file: Path) -> dict[str, Any]:
@@ -79,7 +75,7 @@ def _source_entry(src: SampleSource, dsn_file: Path) -> dict[str, Any]:
 
 def sample_config(*, data_dir: Path, sources: tuple[SampleSource, ...],
                   dsn_files: dict[tuple[Domain, str], Path],
-                  key_files: dict[Domain, Path], scratch_dsn_file: Path,
+                  keyring_files: dict[Domain, Path], scratch_dsn_file: Path,
                   restore_target_files: dict[Domain, Path]) -> dict[str, Any]:
     """A development configuration: three domains, the sample sources, local endpoints.
 
@@ -94,7 +90,9 @@ def sample_config(*, data_dir: Path, sources: tuple[SampleSource, ...],
             "s3_bucket": f"rv-dev-{domain.value}-primary",
             "gcp_location": regions.gcp_location,
             "gcs_bucket": f"rv-dev-{domain.value}-replica",
-            "key": {"id": f"{domain.value}-dev-1", "secret": {"file": str(key_files[domain])}},
+            "keyring": {"file": str(keyring_files[domain]),
+                        "wrappers": ["aws-kms", "local"] if domain in KMS_DOMAINS
+                        else ["local"]},
             "schedule": "0 2 * * *",
             "sources": [_source_entry(src, dsn_files[(domain, src.name)]) for src in sources],
             "drill": {"schedule": "0 4 * * 0", "scratch_dsn": {"file": str(scratch_dsn_file)}},

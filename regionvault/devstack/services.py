@@ -46,6 +46,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Protocol, TypeVar
 
+from regionvault.childenv import child_environment
 from regionvault.errors import RegionvaultError
 
 #: the only address any service binds to
@@ -233,10 +234,12 @@ def start_process(
 ) -> ManagedProcess:
     """Start ``argv`` in a new session with stdout and stderr appended to ``log_path``.
 
-    ``env`` holds variables set on top of the inherited environment. ``user`` runs the process
-    as that system user (we must be root); its primary group is used and root's supplementary
-    groups are dropped, so the server keeps no root group membership. ``stop_signal`` and
-    ``signal_group`` say how ``stop()`` asks it to exit gracefully.
+    ``env`` holds variables set on top of an allowlisted environment
+    (``regionvault.childenv``): a server never sees our secrets or settings, and a caller that
+    starts regionvault itself (a Celery worker) passes in ``env`` all that it needs. ``user``
+    runs the process as that system user (we must be root); its primary group is used and
+    root's supplementary groups are dropped, so the server keeps no root group membership.
+    ``stop_signal`` and ``signal_group`` say how ``stop()`` asks it to exit gracefully.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     # Append, with a header line: a restarted service keeps the history of its earlier runs.
@@ -244,7 +247,7 @@ def start_process(
     log_file.write(f"=== regionvault devstack: starting {name}: {_quote(argv)}\n".encode())
     log_file.flush()
 
-    full_env = None if env is None else {**os.environ, **env}
+    full_env = child_environment(os.environ, env)
     user_kwargs: dict[str, Any] = {}
     if user is not None:
         entry = pwd.getpwnam(user)
@@ -581,7 +584,8 @@ def _pg_run_as() -> str | None:
     except KeyError:
         argv = ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
                 PG_SYSTEM_USER]  # fmt: skip
-        result = subprocess.run(argv, capture_output=True, text=True, check=False)
+        result = subprocess.run(argv, capture_output=True, text=True, check=False,
+                                env=child_environment(os.environ))
         # exit status 9: another process created it in the meantime, which is just as good
         if result.returncode not in (0, 9):
             raise ServiceStartError(
@@ -713,6 +717,7 @@ def _initdb(bin_dir: Path, data_dir: Path, *, log_path: Path, user: str | None) 
                 stderr=subprocess.STDOUT,
                 timeout=120,
                 check=False,
+                env=child_environment(os.environ),
                 **user_kwargs,
             )
         except (OSError, subprocess.TimeoutExpired) as err:
@@ -750,10 +755,12 @@ class S3Service:
     an outage must create their buckets again.
     """
 
-    def __init__(self, *, port: int, workdir: Path, process: ManagedProcess) -> None:
+    def __init__(self, *, port: int, workdir: Path, process: ManagedProcess,
+                 name: str = "s3") -> None:
         self.port = port
         self.workdir = workdir
         self.process = process
+        self.name = name
 
     @property
     def endpoint(self) -> str:
@@ -767,10 +774,26 @@ class S3Service:
         self.stop()
         # The listening socket is gone with the process; werkzeug sets SO_REUSEADDR, so
         # connections left in TIME_WAIT do not keep the new server from binding.
-        self.process = _launch_moto(self.port, self.workdir, timeout=timeout)
+        self.process = _launch_moto(self.port, self.workdir, timeout=timeout, name=self.name)
 
     def __repr__(self) -> str:
         return f"S3Service(endpoint={self.endpoint!r}, process={self.process!r})"
+
+
+class KMSService(S3Service):
+    """AWS KMS (a moto_server of its own, so that KMS can be stopped while S3 runs on).
+    In memory like S3: a restart loses every key, as a lost KMS would."""
+
+    def __repr__(self) -> str:
+        return f"KMSService(endpoint={self.endpoint!r}, process={self.process!r})"
+
+
+def start_kms(workdir: Path, *, timeout: float = DEFAULT_START_TIMEOUT) -> KMSService:
+    """Start a moto_server for KMS; its log is ``workdir/kms.log``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    return KMSService(port=port, workdir=workdir, name="kms",
+                      process=_launch_moto(port, workdir, timeout=timeout, name="kms"))
 
 
 def start_s3(workdir: Path, *, timeout: float = DEFAULT_START_TIMEOUT) -> S3Service:
@@ -782,7 +805,8 @@ def start_s3(workdir: Path, *, timeout: float = DEFAULT_START_TIMEOUT) -> S3Serv
     )
 
 
-def _launch_moto(port: int, workdir: Path, *, timeout: float) -> ManagedProcess:
+def _launch_moto(port: int, workdir: Path, *, timeout: float,
+                 name: str = "s3") -> ManagedProcess:
     argv: list[str | os.PathLike[str]] = [
         _python_script("moto_server", package="moto[server]"),
         "-H",
@@ -791,9 +815,9 @@ def _launch_moto(port: int, workdir: Path, *, timeout: float) -> ManagedProcess:
         str(port),
     ]
     process = start_process(
-        "s3",
+        name,
         argv,
-        log_path=workdir / "s3.log",
+        log_path=workdir / f"{name}.log",
         cwd=workdir,
         env=_PYTHON_SERVER_ENV,
     )

@@ -12,6 +12,7 @@ is part of the core, which imports no Celery.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -20,7 +21,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from regionvault.config import Config, load_config
 from regionvault.devstack import sample
 from regionvault.devstack.services import (
     GCSService,
+    KMSService,
     ManagedProcess,
     PostgresService,
     RedisService,
@@ -41,6 +43,7 @@ from regionvault.devstack.services import (
     ServiceStartError,
     free_port,
     start_gcs,
+    start_kms,
     start_postgres,
     start_process,
     start_redis,
@@ -49,6 +52,22 @@ from regionvault.devstack.services import (
 from regionvault.domains import Domain, queue_name
 from regionvault.provision import provision_bucket
 from regionvault.stores.lifecycle import GCSLifecycle, S3Lifecycle
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in this process's environment for the block (boto3 reads credentials
+    there), as they were afterwards."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -88,6 +107,7 @@ class DevStack:
     postgres: PostgresService | None = field(default=None, init=False)
     s3: S3Service | None = field(default=None, init=False)
     gcs: GCSService | None = field(default=None, init=False)
+    kms: KMSService | None = field(default=None, init=False)
     worker_processes: dict[Domain, ManagedProcess] = field(default_factory=dict, init=False)
     #: where each domain worker's Prometheus exporter listens
     metrics_ports: dict[Domain, int] = field(default_factory=dict, init=False)
@@ -108,6 +128,8 @@ class DevStack:
             self.env["REGIONVAULT_CONFIG"] = str(config_path)
             self.config = load_config(config_path, env=self.env)
             self._create_buckets(self.config)
+            if self.config_file is None:
+                self._init_keyrings(self.config)
             self._write_env_file()
             if self.workers:
                 for domain in self.config.domains:
@@ -131,7 +153,10 @@ class DevStack:
         self.s3 = self.group.add(start_s3(self.data_dir / "s3"))
         self.say("starting GCS emulator")
         self.gcs = self.group.add(start_gcs(self.data_dir / "gcs"))
+        self.say("starting KMS emulator (moto)")
+        self.kms = self.group.add(start_kms(self.data_dir / "kms"))
         self.env.update({
+            "REGIONVAULT_KMS_ENDPOINT": self.kms.endpoint,
             "REGIONVAULT_BROKER_URL": self.redis.url,
             "REGIONVAULT_S3_ENDPOINT": self.s3.endpoint,
             "REGIONVAULT_GCS_ENDPOINT": self.gcs.endpoint,
@@ -161,11 +186,13 @@ class DevStack:
             self.postgres.create_database(name)
             targets[domain] = self._secret_file(secrets_dir / f"{domain.value}-restore-target.dsn",
                                                 self.postgres.dsn(name))
-        key_files = sample.write_domain_keys(self.data_dir / "keys")
+        keyrings = sample.keyring_files(self.data_dir / "keys")
+        for old in keyrings.values():  # the emulators start empty: so do the keys
+            old.unlink(missing_ok=True)
         path = self.data_dir / "regionvault.yaml"
         data = sample.sample_config(
             data_dir=self.data_dir, sources=self.sources, dsn_files=dsn_files,
-            key_files=key_files, scratch_dsn_file=scratch, restore_target_files=targets)
+            keyring_files=keyrings, scratch_dsn_file=scratch, restore_target_files=targets)
         sample.write_yaml(path, _merged(data, self.config_overrides))
         return path
 
@@ -200,6 +227,30 @@ class DevStack:
                                           client=gcs), domain, config)
             self.say(f"buckets of {domain.value}: s3://{dcfg.s3_bucket} ({dcfg.aws_region}), "
                      f"gs://{dcfg.gcs_bucket} ({dcfg.gcp_location})")
+
+    def _init_keyrings(self, config: Config) -> None:
+        """Each domain's first keys, as ``regionvault keys init`` makes them (a KMS key in
+        the domain's region for the domains of ``sample.KMS_DOMAINS``)."""
+        from regionvault import keys
+
+        with _environment(DEV_AWS_ENV):
+            for domain in config.domains:
+                doc = keys.init(config, domain)
+                self.say(f"keys of {domain.value}: "
+                         + ", ".join(f"{k.wrapper} {k.id}" for k in doc.keys))
+
+    def restart_kms(self) -> None:
+        """Start the KMS emulator again on its port. moto keeps nothing, so every KMS key is
+        lost, as when a region's KMS is gone for good: each KMS domain gets a new KMS key
+        (``keys rotate --wrapper aws-kms``); its older backups open through the escrow."""
+        from regionvault import keys
+
+        assert self.kms is not None and self.config is not None
+        self.kms.restart()
+        with _environment(DEV_AWS_ENV):
+            for domain, dcfg in self.config.domains.items():
+                if dcfg.keyring is not None and "aws-kms" in dcfg.keyring.wrappers:
+                    keys.rotate(self.config, domain, ["aws-kms"])
 
     def restart_s3(self) -> None:
         """Start the S3 emulator again on its port; moto keeps nothing, so the buckets are

@@ -86,8 +86,20 @@ def test_auto_restores_from_gcs_when_s3_is_stopped(
 
 def test_dr_restore_brings_back_every_eu_source_from_gcs_alone(
         outage_stack: DevStack, eu_backups: dict[str, str]) -> None:
+    """AWS gone: S3 and KMS both stopped. EU's data keys are wrapped by KMS and by the local
+    escrow key; the escrow opens every backup from the GCS copy."""
     assert outage_stack.postgres is not None
     assert outage_stack.s3 is not None and not outage_stack.s3.process.alive()
+    assert outage_stack.kms is not None
+    ctx = context(outage_stack, Domain.EU)
+    for backup_id in eu_backups.values():
+        ref = BackupRef.parse(backup_id)
+        _, mkey = manifest_store.keys_of(ref, ctx.config.source("eu", ref.source))
+        manifest = manifest_store.read_manifest(ctx, ctx.gcs, mkey)
+        assert manifest is not None
+        assert sorted(w.wrapper for w in manifest.wrappings) == ["aws-kms", "local"]
+    outage_stack.kms.stop()
+    assert not outage_stack.kms.process.alive()
     for source in eu_backups:
         outage_stack.postgres.drop_database(f"dr_{source}")
     result = regionvault_cli(outage_stack, "dr-restore", "--domain", "eu", "--from", "gcs",

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from regionvault import manifest_store
 from regionvault.devstack import sample
@@ -57,8 +54,9 @@ EDITS: dict[str, Edit] = {
     "steps": lambda d: d["steps"].pop("verify"),
     "row_counts": _bump_rows,
     "expires_at": _set("expires_at", "2099-01-01T00:00:00Z"),
-    "key_id": _set("key_id", "us-dev-0"),
-    "wrapped_data_key": _set("wrapped_data_key", base64.b64encode(b"x" * 60).decode()),
+    "wrapping-key": lambda d: d["wrappings"][0].__setitem__("key_id", "us-dev-0"),
+    "wrapping-blob": lambda d: d["wrappings"][0].__setitem__(
+        "blob", base64.b64encode(b"x" * 60).decode()),
 }
 
 
@@ -144,7 +142,7 @@ def target(stack: DevStack) -> Iterator[str]:
 def test_restore_refuses_a_forged_manifest_and_auto_uses_the_intact_copy(
         stack: DevStack, backup: str, target: str) -> None:
     ctx = context(stack, DOMAIN)
-    with forged(stack, backup, EDITS["wrapped_data_key"]) as mkey:
+    with forged(stack, backup, EDITS["wrapping-blob"]) as mkey:
         with pytest.raises(ManifestForged, match="fails its MAC") as error:
             restore(ctx, backup, target, from_store="s3")
         assert mkey in str(error.value)
@@ -157,37 +155,31 @@ def test_restore_refuses_a_forged_manifest_and_auto_uses_the_intact_copy(
 
 
 def test_a_manifest_from_before_key_rotation_still_verifies(
-        stack: DevStack, backup: str, tmp_path: Path) -> None:
-    """Rotation: a new current key, the old one under previous_keys. The untouched manifest,
-    signed with the old key, verifies; verify then signs it with the new key."""
-    data = yaml.safe_load(Path(stack.env["REGIONVAULT_CONFIG"]).read_text())
-    domain = data["domains"][DOMAIN.value]
-    old = domain["key"]
-    new_file = tmp_path / "us-dev-2.key"
-    new_file.write_text(base64.b64encode(os.urandom(32)).decode())
-    new_file.chmod(0o600)
-    domain["key"] = {"id": "us-dev-2", "secret": {"file": str(new_file)}}
-    domain["previous_keys"] = [old]
-    rotated = tmp_path / "rotated.yaml"
-    rotated.write_text(yaml.safe_dump(data))
-
+        stack: DevStack, backup: str) -> None:
+    """Rotation (``keys rotate``): a new current key, the old one kept. The untouched
+    manifest, signed with the old key, verifies; verify then signs it with the new key."""
     bucket, _, mkey = _keys(stack, backup)
     s3 = s3_client(stack, config_of(stack).domain(DOMAIN).aws_region)
     ctx = context(stack, DOMAIN)
     gcs_before = ctx.gcs.get_bytes(mkey)
     s3_before = s3.get_object(Bucket=bucket, Key=mkey)["Body"].read()
-    assert json.loads(s3_before)["mac"]["key_id"] == old["id"]
+    old_id = json.loads(s3_before)["mac"]["key_id"]
+    rotated = regionvault_cli(stack, "keys", "rotate", "--domain", DOMAIN.value)
+    assert rotated.returncode == 0, rotated.stderr
+    new_id = context(stack, DOMAIN).keyring.local.current_key_id
+    assert new_id != old_id and new_id in rotated.stdout
     try:
-        result = regionvault_cli(stack, "verify", backup, "--config", str(rotated))
+        result = regionvault_cli(stack, "verify", backup)
         assert result.returncode == 0, result.stderr
         resigned = json.loads(s3.get_object(Bucket=bucket, Key=mkey)["Body"].read())
-        assert resigned["mac"]["key_id"] == "us-dev-2"
-        assert resigned["key_id"] == old["id"]  # the data key stays wrapped by the old key
-        # the new signature verifies under the rotated configuration, edits are still found
-        assert regionvault_cli(stack, "verify", backup, "--config", str(rotated)).returncode == 0
+        assert resigned["mac"]["key_id"] == new_id
+        # the data key stays wrapped by the old key until 'keys rewrap'
+        assert [w["key_id"] for w in resigned["wrappings"]] == [old_id]
+        # the new signature verifies, and edits are still found
+        assert regionvault_cli(stack, "verify", backup).returncode == 0
         with forged(stack, backup, EDITS["created_at"]):
-            refused = regionvault_cli(stack, "verify", backup, "--config", str(rotated))
+            refused = regionvault_cli(stack, "verify", backup)
         assert refused.returncode != 0 and "fails its MAC" in refused.stderr
-    finally:  # the workers still hold only the old key
+    finally:  # put the manifests back as they were (the old key is still held)
         s3.put_object(Bucket=bucket, Key=mkey, Body=s3_before)
         ctx.gcs.put_bytes(mkey, gcs_before)

@@ -12,7 +12,7 @@ from regionvault.config import parse_config
 from regionvault.context import DomainContext
 from regionvault.devstack.stack import DevStack
 from regionvault.domains import Domain
-from regionvault.keyring import LocalKeyring
+from regionvault.keyring import Keyring
 from regionvault.restore import restore
 from regionvault.sources.postgres import row_counts, scalar
 from regionvault.stores.memory import MemoryStore
@@ -41,7 +41,7 @@ def fixture_context(tmp_path: Path) -> DomainContext:
         if path.suffix != ".md":
             for store in (s3, gcs):
                 store.put_bytes(PREFIX + path.name, path.read_bytes())
-    keyring = LocalKeyring(Domain.EU, {"eu-2026": b"\x5f" * 32}, current="eu-2026")
+    keyring = Keyring.local_only(Domain.EU, {"eu-2026": b"\x5f" * 32}, current="eu-2026")
     return DomainContext(config, Domain.EU, s3=s3, gcs=gcs, keyring=keyring,
                          clock=lambda: datetime(2026, 12, 1, tzinfo=UTC))
 

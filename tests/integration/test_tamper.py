@@ -15,7 +15,7 @@ from regionvault.devstack import sample
 from regionvault.devstack.stack import DevStack
 from regionvault.domains import Domain
 from regionvault.errors import IntegrityError, ManifestForged, WrongKeyError
-from regionvault.keyring import LocalKeyring, WrappedKey
+from regionvault.keyring import Keyring
 from regionvault.manifest import BackupRef
 from regionvault.restore import load_manifest, restore
 from tests.integration.helpers import config_of, context, run_chain, s3_client
@@ -93,10 +93,10 @@ def test_damage_that_keeps_the_store_checksum_is_caught_by_the_stream(
 
 def _context_with_key_of(config: Config, domain: Domain, key_domain: Domain) -> DomainContext:
     """The domain's context, but holding another domain's key material under its own key id."""
-    foreign = LocalKeyring.from_config(key_domain, config.domain(key_domain))
-    own_id = config.domain(domain).key.id
-    keyring = LocalKeyring(domain, {own_id: foreign._keys[config.domain(key_domain).key.id]},
-                           current=own_id)
+    foreign = DomainContext(config, key_domain).keyring.local
+    own_id = DomainContext(config, domain).keyring.local.current_key_id
+    keyring = Keyring.local_only(domain, {own_id: foreign.key(foreign.current_key_id)},
+                                 current=own_id)
     return DomainContext(config, domain, keyring=keyring)
 
 
@@ -113,8 +113,8 @@ def test_wrong_domain_key_cannot_restore(stack: DevStack, target: str) -> None:
     assert "is not the one that signed it" in message
     manifest = load_manifest(context(stack, Domain.AU), backup_id, "gcs")  # the right keys
     with pytest.raises(WrongKeyError) as unwrap_error:
-        wrong.keyring.unwrap(WrappedKey.decode(manifest.key_id, manifest.wrapped_data_key),
-                             manifest_store.stream_context(BackupRef.parse(backup_id), "data-key"))
+        wrong.keyring.unwrap(manifest.wrappings,
+                             manifest_store.data_key_context(BackupRef.parse(backup_id)))
     assert "cannot open this data key" in str(unwrap_error.value)
     assert stack.postgres is not None
     # nothing was restored

@@ -31,7 +31,7 @@ from regionvault.errors import (
     StepOrderError,
     UnknownSourceError,
 )
-from regionvault.keyring import LocalKeyring, WrappedKey
+from regionvault.keyring import Keyring
 from regionvault.lease import Ownership
 from regionvault.manifest import BackupRef, Manifest, Step, parse_manifest
 from regionvault.sources import DumpInfo
@@ -121,7 +121,7 @@ def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Rig:
     clock = Clock(T0)
     s3 = S3Role("rv-eu-primary", "eu-central-1")
     gcs = GCSRole("rv-eu-replica", "europe-west4")
-    keyring = LocalKeyring(Domain.EU, {KEY_ID: os.urandom(32)}, current=KEY_ID)
+    keyring = Keyring.local_only(Domain.EU, {KEY_ID: os.urandom(32)}, current=KEY_ID)
     ctx = DomainContext(config, Domain.EU, clock=clock, s3=s3, gcs=gcs, keyring=keyring)
     built = Rig(ctx=ctx, s3=s3, gcs=gcs, clock=clock, spool_root=config.spool_for(Domain.EU))
 
@@ -148,9 +148,7 @@ def restore_bytes(store: MemoryStore, backup_id: str, rig: Rig) -> bytes:
     """Decrypt and decompress a stored copy by hand, from its manifest and the domain key."""
     ref = BackupRef.parse(backup_id)
     manifest = stored_manifest(store, backup_id, rig)
-    data_key = rig.ctx.keyring.unwrap(
-        WrappedKey.decode(manifest.key_id, manifest.wrapped_data_key),
-        manifest_store.stream_context(ref, "data-key"))
+    data_key = rig.ctx.keyring.unwrap(manifest.wrappings, manifest_store.data_key_context(ref))
     okey, _ = keys_of(backup_id, rig)
     compressed = b"".join(decrypt_chunks(store.open_read(okey), data_key,
                                          manifest_store.stream_context(ref, "backup-stream")))
@@ -191,7 +189,7 @@ def test_chain_reaches_verified_and_both_copies_restore(rig: Rig) -> None:
         assert manifest.state() == "verified"
         assert manifest.plaintext_size == len(PAYLOAD)
         assert manifest.plaintext_sha256 == hashlib.sha256(PAYLOAD).hexdigest()
-        assert manifest.key_id == KEY_ID
+        assert [w.key_id for w in manifest.wrappings] == [KEY_ID]
         assert restore_bytes(store, backup_id, rig) == PAYLOAD
     assert rig.spool_files() == []
     assert rig.opened == ["accounts"]

@@ -35,7 +35,7 @@ from regionvault.domains import Domain
 from regionvault.errors import TransientStoreError
 from regionvault.expiry import MemorySweepLedger, record_sweep, run_sweep, sweep_domain
 from regionvault.integrity import MemoryReadLedger, run_sample
-from regionvault.keyring import LocalKeyring
+from regionvault.keyring import Keyring
 from regionvault.manifest import BackupRef, parse_manifest
 from regionvault.provision import RULE_ABORT_UPLOADS, RULE_PII, required_rules
 from regionvault.stores.lifecycle import BucketState, FoundRule, RuleKind
@@ -134,7 +134,7 @@ def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Rig:
     clock, store_clock = Clock(T0), Clock(T0)
     s3 = S3Role("rv-eu-primary", "eu-central-1", clock=store_clock)
     gcs = GCSRole("rv-eu-replica", "europe-west4", clock=store_clock)
-    keyring = LocalKeyring(Domain.EU, {KEY_ID: os.urandom(32)}, current=KEY_ID)
+    keyring = Keyring.local_only(Domain.EU, {KEY_ID: os.urandom(32)}, current=KEY_ID)
     ctx = DomainContext(config, Domain.EU, clock=clock, s3=s3, gcs=gcs, keyring=keyring)
 
     def open_source(domain: Domain, src: SourceConfig) -> FakeSource:
@@ -315,7 +315,9 @@ def test_a_key_id_in_use_that_the_keyring_does_not_hold_is_named(rig: Rig) -> No
     _, mkey = rig.keys(backup_id)
     manifest = parse_manifest(rig.ctx, rig.s3.get_bytes(mkey), mkey, key=mkey)
     manifest_store.write_manifest(rig.ctx, rig.s3, mkey,
-                                  manifest.model_copy(update={"key_id": "eu-2019"}))
+                                  manifest.model_copy(update={"wrappings": (
+                                      manifest.wrappings[0].model_copy(
+                                          update={"key_id": "eu-2019"}),)}))
     rig.loops(T0 + HOUR)
 
     report = rig.report(T0 + 2 * HOUR)
@@ -325,7 +327,8 @@ def test_a_key_id_in_use_that_the_keyring_does_not_hold_is_named(rig: Rig) -> No
     assert finding.subject == "eu-2019"
     assert finding.message == (
         "s3://rv-eu-primary: 1 backup uses key 'eu-2019' (data-key), which the keyring of "
-        "domain eu does not hold; configure it under previous_keys, or it cannot be restored")
+        "domain eu does not hold; put it back in the keyring (previous_keys, or the keyring "
+        "file), or, if another wrapping still opens it, run 'regionvault keys rewrap'")
     held = {k.key_id: k.held for k in report.stores["s3"].key_ids}
     assert held == {"eu-2019": False, KEY_ID: True}
     assert {k.key_id for k in report.stores["gcs"].key_ids} == {KEY_ID}

@@ -47,7 +47,7 @@ from regionvault.domains import Domain
 from regionvault.errors import SourceError, StoreError, TransientStoreError
 from regionvault.expiry import sweep_domain
 from regionvault.journal import Journal
-from regionvault.keyring import LocalKeyring
+from regionvault.keyring import Keyring
 from regionvault.lease import MemoryLeaseStore
 from regionvault.manifest import STEPS, Step
 from regionvault.provision import required_rules
@@ -126,7 +126,7 @@ class World:
         self.s3_inner = S3Role("rv-eu-primary", "eu-central-1", clock=self.clock)
         self.gcs_inner = GCSRole("rv-eu-replica", "europe-west4", clock=self.clock)
         self.s3 = Reachable(self.s3_inner)
-        self.keyring = LocalKeyring(Domain.EU, {"eu-2026": os.urandom(32)}, current="eu-2026")
+        self.keyring = Keyring.local_only(Domain.EU, {"eu-2026": os.urandom(32)}, current="eu-2026")
         self.journal = Journal.from_url(self.redis_url)
         self.journal.client.flushdb()
         self.leases = MemoryLeaseStore(lambda: self.now.timestamp())

@@ -311,3 +311,139 @@ def test_unknown_domain_name() -> None:
     config = parse(config_data())
     with pytest.raises(UnknownDomainError, match="'xx'"):
         config.domain("xx")
+
+
+# --- domain keys: static keys or a managed keyring (issue 11) --------------------------------
+
+
+def _key(key_id: str, env: str) -> dict[str, Any]:
+    return {"id": key_id, "secret": {"env": env}}
+
+
+def _previous_repeats_current(d: dict[str, Any]) -> None:
+    d["domains"]["eu"]["previous_keys"] = [_key("eu-2025", "RV_OLD"), _key("eu-2026", "RV_OLD2")]
+
+
+def _previous_repeat_each_other(d: dict[str, Any]) -> None:
+    d["domains"]["eu"]["previous_keys"] = [_key("eu-2024", "RV_A"), _key("eu-2025", "RV_B"),
+                                           _key("eu-2024", "RV_C")]
+
+
+def _keyring(wrappers: list[str] | None = None) -> dict[str, Any]:
+    found: dict[str, Any] = {"file": "/var/lib/regionvault/eu.keyring.json"}
+    if wrappers is not None:
+        found["wrappers"] = wrappers
+    return found
+
+
+def _key_and_keyring(d: dict[str, Any]) -> None:
+    d["domains"]["eu"]["keyring"] = _keyring()
+
+
+def _neither_key_nor_keyring(d: dict[str, Any]) -> None:
+    del d["domains"]["eu"]["key"]
+
+
+def _keyring_with_previous_keys(d: dict[str, Any]) -> None:
+    del d["domains"]["eu"]["key"]
+    d["domains"]["eu"]["keyring"] = _keyring()
+    d["domains"]["eu"]["previous_keys"] = [_key("eu-2025", "RV_OLD")]
+
+
+def _keyring_wrappers(wrappers: list[str]) -> Edit:
+    def edit(d: dict[str, Any]) -> None:
+        del d["domains"]["eu"]["key"]
+        d["domains"]["eu"]["keyring"] = _keyring(wrappers)
+    return edit
+
+
+def _http_kms(d: dict[str, Any]) -> None:
+    d["kms"] = {"endpoint_url": "http://127.0.0.1:5000"}
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        pytest.param(_previous_repeats_current,
+                     ["domains.eu", "key ids must be unique, repeated: eu-2026"],
+                     id="previous-repeats-current"),
+        pytest.param(_previous_repeat_each_other,
+                     ["domains.eu", "key ids must be unique, repeated: eu-2024 "],
+                     id="previous-repeat-each-other"),
+        pytest.param(_key_and_keyring, ["domains.eu", "exactly one of 'key'", "'keyring'"],
+                     id="key-and-keyring"),
+        pytest.param(_neither_key_nor_keyring, ["domains.eu", "exactly one of 'key'"],
+                     id="neither-key-nor-keyring"),
+        pytest.param(_keyring_with_previous_keys,
+                     ["domains.eu", "previous_keys belongs with 'key'"],
+                     id="keyring-with-previous-keys"),
+        pytest.param(_keyring_wrappers(["aws-kms"]),
+                     ["domains.eu.keyring.wrappers", "must include 'local'"],
+                     id="wrappers-without-local"),
+        pytest.param(_keyring_wrappers([]),
+                     ["domains.eu.keyring.wrappers", "must include 'local'"],
+                     id="no-wrappers"),
+        pytest.param(_keyring_wrappers(["local", "aws-kms", "local"]),
+                     ["domains.eu.keyring.wrappers", "repeated: local"],
+                     id="wrapper-twice"),
+        pytest.param(_keyring_wrappers(["local", "gcp-kms"]),
+                     ["domains.eu.keyring.wrappers"], id="unknown-wrapper"),
+        pytest.param(_http_kms, ["kms.endpoint_url", "development: true"], id="http-kms"),
+    ],
+)
+def test_invalid_key_configuration_is_rejected(edit: Edit, expected: list[str]) -> None:
+    data = config_data()
+    edit(data)
+    with pytest.raises(ConfigError) as info:
+        parse(data)
+    message = str(info.value)
+    assert message.startswith("configuration test is invalid")
+    for part in expected:
+        assert part in message
+
+
+def test_duplicate_key_id_message_names_only_the_repeated_ids() -> None:
+    data = config_data("eu")
+    _previous_repeats_current(data)
+    with pytest.raises(ConfigError) as info:
+        parse(data)
+    message = str(info.value)
+    assert "repeated: eu-2026 (" in message
+    assert "eu-2025" not in message  # the distinct previous key is not blamed
+    assert "give the new key a new id" in message
+
+
+def test_static_keys_with_distinct_ids_are_accepted_current_first() -> None:
+    data = config_data("eu")
+    data["domains"]["eu"]["previous_keys"] = [_key("eu-2025", "RV_OLD"),
+                                              _key("eu-2024", "RV_OLDER")]
+    eu = parse(data).domain("eu")
+    assert [k.id for k in eu.all_keys()] == ["eu-2026", "eu-2025", "eu-2024"]
+    assert eu.keyring is None
+
+
+@pytest.mark.parametrize(
+    ("wrappers", "expected"),
+    [
+        pytest.param(None, ("local",), id="default-local"),
+        pytest.param(["local"], ("local",), id="local"),
+        pytest.param(["aws-kms", "local"], ("aws-kms", "local"), id="kms-and-escrow"),
+    ],
+)
+def test_a_managed_keyring_is_accepted(wrappers: list[str] | None,
+                                       expected: tuple[str, ...]) -> None:
+    data = config_data("eu")
+    del data["domains"]["eu"]["key"]
+    data["domains"]["eu"]["keyring"] = _keyring(wrappers)
+    eu = parse(data).domain("eu")
+    assert eu.keyring is not None
+    assert eu.keyring.file == Path("/var/lib/regionvault/eu.keyring.json")
+    assert eu.keyring.wrappers == expected
+    assert eu.key is None and eu.all_keys() == ()
+
+
+def test_kms_endpoint_over_http_is_accepted_in_development() -> None:
+    data = config_data()
+    _http_kms(data)
+    data["development"] = True
+    assert parse(data).kms.endpoint_url == "http://127.0.0.1:5000"

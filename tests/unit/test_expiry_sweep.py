@@ -30,7 +30,7 @@ from regionvault.expiry import (
     run_sweep,
     sweep_domain,
 )
-from regionvault.keyring import LocalKeyring
+from regionvault.keyring import Keyring
 from regionvault.manifest import BackupRef, Step
 from regionvault.stores.memory import MemoryStore
 from tests.unit import config_data, source_data
@@ -51,7 +51,7 @@ class Rig:
     clock: Clock
     #: the stores' clock (their ``modified``)
     store_clock: Clock
-    keyring: LocalKeyring
+    keyring: Keyring
     tmp_path: Path
 
     def at(self, when: datetime) -> None:
@@ -90,7 +90,7 @@ def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Rig:
     clock, store_clock = Clock(T0), Clock(T0)
     s3 = S3Role("rv-eu-primary", "eu-central-1", clock=store_clock)
     gcs = GCSRole("rv-eu-replica", "europe-west4", clock=store_clock)
-    keyring = LocalKeyring(Domain.EU, {KEY_ID: os.urandom(32)}, current=KEY_ID)
+    keyring = Keyring.local_only(Domain.EU, {KEY_ID: os.urandom(32)}, current=KEY_ID)
     ctx = DomainContext(config, Domain.EU, clock=clock, s3=s3, gcs=gcs, keyring=keyring)
 
     def open_source(domain: Domain, src: SourceConfig) -> FakeSource:

@@ -31,7 +31,7 @@ from regionvault.integrity import (
     run_sample,
     sampling_interval,
 )
-from regionvault.keyring import LocalKeyring
+from regionvault.keyring import Keyring
 from regionvault.manifest import BackupRef
 from tests.unit import config_data
 from tests.unit.test_chain import (
@@ -278,7 +278,7 @@ def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Rig:
     clock = Clock(T0)
     s3 = S3Role("rv-eu-primary", "eu-central-1", clock=clock)
     gcs = GCSRole("rv-eu-replica", "europe-west4", clock=clock)
-    keyring = LocalKeyring(Domain.EU, {KEY_ID: b"k" * 32}, current=KEY_ID)
+    keyring = Keyring.local_only(Domain.EU, {KEY_ID: b"k" * 32}, current=KEY_ID)
     ctx = DomainContext(config, Domain.EU, clock=clock, s3=s3, gcs=gcs, keyring=keyring)
     built = Rig(ctx=ctx, s3=s3, gcs=gcs, clock=clock, spool_root=config.spool_for(Domain.EU))
 

@@ -11,7 +11,7 @@ import pytest
 from regionvault.config import DataClass
 from regionvault.domains import Domain
 from regionvault.errors import ConfigError, IntegrityError, ManifestForged
-from regionvault.keyring import LocalKeyring
+from regionvault.keyring import Keyring
 from regionvault.manifest import (
     MANIFEST_VERSION,
     BackupRef,
@@ -29,7 +29,7 @@ from regionvault.manifest import (
 
 WHEN = datetime(2026, 11, 28, 2, 0, 5, tzinfo=UTC)
 BACKUP_ID = "eu.accounts.20261128T020005Z.1a2b3c4d"
-KEYS = LocalKeyring(Domain.EU, {"eu-2026": os.urandom(32)}, current="eu-2026")
+KEYS = Keyring.local_only(Domain.EU, {"eu-2026": os.urandom(32)}, current="eu-2026")
 
 
 def test_new_backup_id_round_trips_through_parse() -> None:
@@ -107,7 +107,7 @@ def test_manifest_json_round_trip() -> None:
     again = parse_manifest(KEYS, manifest.to_json(), "test")
     assert again == manifest
     assert again.steps[Step.ENCRYPT].detail == "700 bytes"
-    assert json.loads(manifest.to_json())["version"] == MANIFEST_VERSION == 2
+    assert json.loads(manifest.to_json())["version"] == MANIFEST_VERSION == 3
 
 
 def test_with_step_does_not_change_the_original() -> None:
@@ -119,8 +119,8 @@ def test_with_step_does_not_change_the_original() -> None:
 
 def test_parse_rejects_another_version() -> None:
     data = json.loads(sign_manifest(KEYS, make_manifest()).to_json())
-    data["version"] = 3
-    with pytest.raises(IntegrityError, match="version 3") as info:
+    data["version"] = 4
+    with pytest.raises(IntegrityError, match="version 4") as info:
         parse_manifest(KEYS, json.dumps(data).encode(), "s3 manifest s3://rv-eu-primary/x")
     assert "s3 manifest s3://rv-eu-primary/x" in str(info.value)
 

@@ -21,7 +21,7 @@ from regionvault.config import SourceConfig
 from regionvault.context import DomainContext
 from regionvault.domains import Domain
 from regionvault.errors import IntegrityError, ManifestForged, UnauthenticatedManifest
-from regionvault.keyring import LocalKeyring
+from regionvault.keyring import Keyring
 from regionvault.restore import legacy_warning, load_manifest, select_backup
 from tests.unit.test_chain import (
     KEY_ID,
@@ -47,7 +47,7 @@ def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Rig:
     clock = Clock(T0)
     s3 = S3Role("rv-eu-primary", "eu-central-1", clock=clock)
     gcs = GCSRole("rv-eu-replica", "europe-west4", clock=clock)
-    keyring = LocalKeyring(Domain.EU, {KEY_ID: b"k" * 32}, current=KEY_ID)
+    keyring = Keyring.local_only(Domain.EU, {KEY_ID: b"k" * 32}, current=KEY_ID)
     ctx = DomainContext(config, Domain.EU, clock=clock, s3=s3, gcs=gcs, keyring=keyring)
     built = Rig(ctx=ctx, s3=s3, gcs=gcs, clock=clock, spool_root=config.spool_for(Domain.EU))
 
@@ -228,9 +228,9 @@ def test_rotation_keeps_older_manifests_verifiable_and_signs_with_the_new_key(
     backup_id = backup_at(rig, T0)
     _, mkey = keys_of(backup_id, rig)
     old = rig.ctx.keyring
-    assert isinstance(old, LocalKeyring)
+    assert isinstance(old, Keyring)
     rotated = DomainContext(rig.ctx.config, Domain.EU, clock=rig.clock, s3=rig.s3, gcs=rig.gcs,
-                            keyring=LocalKeyring(Domain.EU, {"eu-2027": b"n" * 32,
+                            keyring=Keyring.local_only(Domain.EU, {"eu-2027": b"n" * 32,
                                                              KEY_ID: b"k" * 32},
                                                  current="eu-2027"))
     before = manifest_store.read_manifest(rotated, rig.s3, mkey)
@@ -239,13 +239,14 @@ def test_rotation_keeps_older_manifests_verifiable_and_signs_with_the_new_key(
     for store in (rig.s3, rig.gcs):
         after = manifest_store.read_manifest(rotated, store, mkey)
         assert after is not None and after.mac is not None and after.mac.key_id == "eu-2027"
-        assert after.key_id == KEY_ID  # the data key stays wrapped by the key that wrapped it
+        # the data key stays wrapped by the key that wrapped it (until 'keys rewrap')
+        assert [w.key_id for w in after.wrappings] == [KEY_ID]
     # without the old key, what it signed cannot be checked, and the message says so
     forgetful = DomainContext(rig.ctx.config, Domain.EU, clock=rig.clock, s3=rig.s3,
                               gcs=rig.gcs,
-                              keyring=LocalKeyring(Domain.EU, {"eu-2028": b"x" * 32},
+                              keyring=Keyring.local_only(Domain.EU, {"eu-2028": b"x" * 32},
                                                    current="eu-2028"))
-    with pytest.raises(ManifestForged, match="previous_keys"):
+    with pytest.raises(ManifestForged, match="does not hold key"):
         manifest_store.read_manifest(forgetful, rig.s3, mkey)
 
 

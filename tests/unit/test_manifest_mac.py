@@ -23,7 +23,7 @@ from regionvault.errors import (
     UnauthenticatedManifest,
     WrongKeyError,
 )
-from regionvault.keyring import MANIFEST_MAC_LABEL, LocalKeyring, manifest_mac_key
+from regionvault.keyring import MANIFEST_MAC_LABEL, Keyring, manifest_mac_key
 from regionvault.manifest import (
     MAC_ALG,
     MANIFEST_VERSION,
@@ -42,9 +42,9 @@ WHERE = "s3 manifest s3://rv-eu-primary/" + manifest_key(Domain.EU, DataClass.PI
 KEY = manifest_key(Domain.EU, DataClass.PII, "accounts", BACKUP_ID)
 
 
-def keyring(**keys: bytes) -> LocalKeyring:
+def keyring(**keys: bytes) -> Keyring:
     """An eu keyring whose current key is the first one named."""
-    return LocalKeyring(Domain.EU, dict(keys), current=next(iter(keys)))
+    return Keyring.local_only(Domain.EU, dict(keys), current=next(iter(keys)))
 
 
 def full_manifest() -> Manifest:
@@ -55,7 +55,7 @@ def full_manifest() -> Manifest:
     return manifest
 
 
-def stored(keys: LocalKeyring, manifest: Manifest | None = None) -> dict[str, Any]:
+def stored(keys: Keyring, manifest: Manifest | None = None) -> dict[str, Any]:
     """The stored JSON of a signed manifest, as an object to edit."""
     data: dict[str, Any] = json.loads(sign_manifest(keys, manifest or full_manifest()).to_json())
     return data
@@ -72,7 +72,7 @@ def test_round_trip_and_the_mac_format() -> None:
     keys = keyring(**{"eu-2026": os.urandom(32)})
     signed = sign_manifest(keys, full_manifest())
     data = json.loads(signed.to_json())
-    assert data["version"] == MANIFEST_VERSION == 2
+    assert data["version"] == MANIFEST_VERSION == 3
     assert set(data["mac"]) == {"key_id", "alg", "value"}
     assert data["mac"]["key_id"] == "eu-2026" and data["mac"]["alg"] == MAC_ALG == "HMAC-SHA256"
     assert len(bytes.fromhex(data["mac"]["value"])) == 32
@@ -180,8 +180,13 @@ def _edits() -> list[Any]:
         pytest.param(count, id="row_counts"),
         pytest.param(edit("row_counts", {}), id="row_counts-emptied"),
         pytest.param(edit("expires_at", later), id="expires_at"),
-        pytest.param(edit("key_id", "eu-2019"), id="key_id"),
-        pytest.param(edit("wrapped_data_key", "b3RoZXI="), id="wrapped_data_key"),
+        pytest.param(lambda d: d["wrappings"][0].__setitem__("key_id", "eu-2019"),
+                     id="wrappings-key_id"),
+        pytest.param(lambda d: d["wrappings"][0].__setitem__("blob", "b3RoZXI="),
+                     id="wrappings-blob"),
+        pytest.param(edit("wrappings", []), id="wrappings-removed"),
+        pytest.param(edit("erasure", {"erased_at": "2026-11-29T00:00:00Z", "by": "x",
+                                      "reason": "forged"}), id="erasure-added"),
         pytest.param(edit("backup_id", "eu.accounts.20261128T020005Z.00000000"), id="backup_id"),
         pytest.param(edit("source", "billing"), id="source"),
         pytest.param(edit("domain", "us"), id="domain"),
@@ -299,8 +304,8 @@ def test_a_manifest_signed_before_rotation_verifies_after_it() -> None:
 def test_a_manifest_signed_by_another_domains_key_is_forged(same_bytes: bool) -> None:
     eu_key = os.urandom(32)
     us_key = eu_key if same_bytes else os.urandom(32)
-    us = LocalKeyring(Domain.US, {"k1": us_key}, current="k1")
-    eu = LocalKeyring(Domain.EU, {"k1": eu_key}, current="k1")
+    us = Keyring.local_only(Domain.US, {"k1": us_key}, current="k1")
+    eu = Keyring.local_only(Domain.EU, {"k1": eu_key}, current="k1")
     # a manifest claiming to be eu's, signed with us's key under the same key id
     fields = full_manifest().signed_fields()
     key_id, mac = us.manifest_mac(canonical_form(fields))
@@ -313,7 +318,7 @@ def test_a_manifest_signed_by_another_domains_key_is_forged(same_bytes: bool) ->
 
 
 def test_a_domain_signs_only_its_own_manifests() -> None:
-    us = LocalKeyring(Domain.US, {"k1": os.urandom(32)}, current="k1")
+    us = Keyring.local_only(Domain.US, {"k1": os.urandom(32)}, current="k1")
     with pytest.raises(IntegrityError, match="domain 'eu'"):
         sign_manifest(us, full_manifest())
 

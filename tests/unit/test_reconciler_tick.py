@@ -20,7 +20,7 @@ from regionvault.context import DomainContext
 from regionvault.domains import Domain
 from regionvault.errors import TransientStoreError
 from regionvault.journal import BackupState, Journal, StepState
-from regionvault.keyring import LocalKeyring
+from regionvault.keyring import Keyring
 from regionvault.lease import MemoryLeaseStore
 from regionvault.manifest import Step
 from regionvault.reconcile import Reconciler
@@ -49,7 +49,7 @@ class World:
         self.now = NOW
         self.s3 = S3Role("rv-eu-primary", "eu-central-1", clock=lambda: self.now)
         self.gcs = GCSRole("rv-eu-replica", "europe-west4", clock=lambda: self.now)
-        keyring = LocalKeyring(Domain.EU, {"eu-2026": os.urandom(32)}, current="eu-2026")
+        keyring = Keyring.local_only(Domain.EU, {"eu-2026": os.urandom(32)}, current="eu-2026")
         self.ctx = DomainContext(self.config, Domain.EU, clock=lambda: self.now, s3=self.s3,
                                  gcs=self.gcs, keyring=keyring)
         self.journal = Journal.from_url(redis_url)

@@ -93,7 +93,7 @@ def _sample_files(tmp_path: Path) -> dict[str, Any]:
     return {
         "dsn_files": {(d, s.name): tmp_path / f"{d.value}-{s.name}.dsn"
                       for d in Domain for s in sample.SAMPLE_SOURCES},
-        "key_files": {d: tmp_path / f"{d.value}.key" for d in Domain},
+        "keyring_files": {d: tmp_path / f"{d.value}.keyring.json" for d in Domain},
         "scratch_dsn_file": tmp_path / "scratch.dsn",
         "restore_target_files": {d: tmp_path / f"{d.value}-target.dsn" for d in Domain},
     }
