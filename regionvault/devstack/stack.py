@@ -55,7 +55,7 @@ from regionvault.stores.lifecycle import GCSLifecycle, S3Lifecycle
 
 
 @contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
+def environment(values: dict[str, str]) -> Iterator[None]:
     """``values`` in this process's environment for the block (boto3 reads credentials
     there), as they were afterwards."""
     saved = {k: os.environ.get(k) for k in values}
@@ -233,7 +233,7 @@ class DevStack:
         the domain's region for the domains of ``sample.KMS_DOMAINS``)."""
         from regionvault import keys
 
-        with _environment(DEV_AWS_ENV):
+        with environment(DEV_AWS_ENV):
             for domain in config.domains:
                 doc = keys.init(config, domain)
                 self.say(f"keys of {domain.value}: "
@@ -247,7 +247,7 @@ class DevStack:
 
         assert self.kms is not None and self.config is not None
         self.kms.restart()
-        with _environment(DEV_AWS_ENV):
+        with environment(DEV_AWS_ENV):
             for domain, dcfg in self.config.domains.items():
                 if dcfg.keyring is not None and "aws-kms" in dcfg.keyring.wrappers:
                     keys.rotate(self.config, domain, ["aws-kms"])

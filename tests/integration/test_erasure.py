@@ -11,14 +11,13 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
-import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from regionvault import manifest_store
-from regionvault.devstack.stack import DEV_AWS_ENV, DevStack
+from regionvault.devstack.stack import DEV_AWS_ENV, DevStack, environment
 from regionvault.domains import Domain
 from regionvault.errors import IntegrityError, KeyServiceUnavailable, WrongKeyError
 from regionvault.keyring import Wrapping, read_keyring_document
@@ -55,17 +54,9 @@ def _lock_object(stack: DevStack, backup_id: str) -> None:
 
 @pytest.fixture(scope="module")
 def erase_stack() -> Iterator[DevStack]:
-    with running_stack("rv-test-erase-") as dev:
-        saved = {k: os.environ.get(k) for k in DEV_AWS_ENV}
-        os.environ.update(DEV_AWS_ENV)
-        try:
-            yield dev
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+    # the in-process reads below use moto's credentials
+    with running_stack("rv-test-erase-") as dev, environment(DEV_AWS_ENV):
+        yield dev
 
 
 def _backup(stack: DevStack, domain: Domain, source: str) -> str:

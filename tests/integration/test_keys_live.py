@@ -19,7 +19,7 @@ import pytest
 
 from regionvault import manifest_store
 from regionvault.devstack import sample
-from regionvault.devstack.stack import DEV_AWS_ENV, DevStack
+from regionvault.devstack.stack import DEV_AWS_ENV, DevStack, environment
 from regionvault.domains import Domain
 from regionvault.errors import KeyServiceUnavailable
 from regionvault.keyring import read_keyring_document
@@ -36,17 +36,9 @@ EU = Domain.EU
 
 @pytest.fixture(scope="module")
 def keys_stack() -> Iterator[DevStack]:
-    with running_stack("rv-test-keys-") as dev:
-        saved = {k: os.environ.get(k) for k in DEV_AWS_ENV}
-        os.environ.update(DEV_AWS_ENV)  # the in-process reads below use moto's credentials
-        try:
-            yield dev
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+    # the in-process reads below use moto's credentials
+    with running_stack("rv-test-keys-") as dev, environment(DEV_AWS_ENV):
+        yield dev
 
 
 def _backup(stack: DevStack, source: str) -> str:
