@@ -13,8 +13,8 @@ from tests.integration.helpers import config_of, context, object_names, run_step
 
 pytestmark = pytest.mark.stack
 
-STABLE = ("backup_id", "domain", "source", "data_class", "created_at", "key_id",
-          "wrapped_data_key", "plaintext_size", "plaintext_sha256", "ciphertext_size",
+STABLE = ("backup_id", "domain", "source", "data_class", "created_at", "wrappings",
+          "plaintext_size", "plaintext_sha256", "ciphertext_size",
           "ciphertext_sha256", "ciphertext_crc32c", "object_key")
 
 
