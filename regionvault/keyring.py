@@ -39,9 +39,9 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -51,7 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from regionvault.config import Config, DomainConfig, KeyRef, WrapperName
 from regionvault.domains import Domain
-from regionvault.errors import ConfigError, SecretError, WrongKeyError
+from regionvault.errors import ConfigError, KeyServiceUnavailable, SecretError, WrongKeyError
 
 KEY_BYTES = 32
 _NONCE_BYTES = 12
@@ -233,7 +233,9 @@ class Keyring:
     def local_only(cls, domain: Domain, keys: dict[str, bytes | bytearray],
                    current: str) -> Keyring:
         """A keyring of local keys only (the static configuration; tests)."""
-        local = LocalWrapper(domain, {k: bytearray(v) for k, v in keys.items()}, current)
+        # a bytearray is taken as it is, so that wiping the keyring wipes the caller's copy
+        held = {k: v if isinstance(v, bytearray) else bytearray(v) for k, v in keys.items()}
+        local = LocalWrapper(domain, held, current)
         return cls(domain, (local,), local)
 
     def __repr__(self) -> str:
@@ -269,8 +271,6 @@ class Keyring:
         key is passed over for the next wrapping; only when none opens is an error raised,
         naming why each failed. If every failure was a service being away, that is the
         error raised (worth another try)."""
-        from regionvault.errors import KeyServiceUnavailable
-
         if not wrappings:
             raise WrongKeyError(f"no wrapping of this data key is left (domain "
                                 f"{self.domain.value!r}): nothing can open it")
@@ -305,7 +305,7 @@ class Keyring:
         first = keys[0]
         try:
             for wrapping, other in zip(wrappings[1:], keys[1:], strict=True):
-                if not hmac.compare_digest(bytes(first), bytes(other)):
+                if not hmac.compare_digest(first, other):  # no bytes copy of either key
                     raise WrongKeyError(
                         f"the {wrapping.wrapper} wrapping under key {wrapping.key_id!r} opens "
                         "to another data key than the first wrapping")
@@ -506,9 +506,8 @@ def keyring_from_document(doc: KeyringDocument, wrappers: Sequence[str],
 
 
 def _static_keyring(domain: Domain, refs: Sequence[KeyRef]) -> Keyring:
-    keys = {ref.id: _decode_key(ref, domain) for ref in refs}
-    local = LocalWrapper(domain, keys, refs[0].id)
-    return Keyring(domain, (local,), local)
+    return Keyring.local_only(domain, {ref.id: _decode_key(ref, domain) for ref in refs},
+                              current=refs[0].id)
 
 
 def _decode_key(ref: KeyRef, domain: Domain) -> bytearray:
@@ -582,13 +581,3 @@ def keyring_document_for(config: Config, domain: Domain) -> tuple[Path, KeyringD
     if not path.exists():
         return path, None
     return path, read_keyring_document(path, domain, ())
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)
-
-
-def describe_key(entry: KeyEntry) -> dict[str, Any]:
-    """A key as ``keys list`` shows it: never its material."""
-    return {"id": entry.id, "wrapper": entry.wrapper, "current": entry.current,
-            "created_at": entry.created_at.isoformat()}

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import hmac
 import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -25,7 +26,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from regionvault.config import Config
-from regionvault.context import DomainContext
+from regionvault.context import DomainContext, utc_now
 from regionvault.domains import Domain
 from regionvault.errors import (
     ConfigError,
@@ -42,7 +43,6 @@ from regionvault.keyring import (
     generate_domain_key,
     keyring_document_for,
     keyring_lock,
-    now_utc,
     write_keyring_document,
     zeroise,
 )
@@ -96,7 +96,7 @@ def read_import(spec: str) -> KeyEntry:
         text = Path(path).read_text().strip()
     except OSError as exc:
         raise ConfigError(f"key file {path} cannot be read: {exc.strerror}") from None
-    return KeyEntry(id=key_id, wrapper="local", created_at=now_utc(), material=text)
+    return KeyEntry(id=key_id, wrapper="local", created_at=utc_now(), material=text)
 
 
 def init(config: Config, domain: Domain, *, imports: Sequence[KeyEntry] = ()) -> KeyringDocument:
@@ -106,7 +106,7 @@ def init(config: Config, domain: Domain, *, imports: Sequence[KeyEntry] = ()) ->
         if existing is not None or path.exists():
             raise ConfigError(f"the keyring file {path} of domain {domain.value!r} exists "
                               "already; use 'regionvault keys rotate'")
-        now = now_utc()
+        now = utc_now()
         fresh = tuple(_new_key(config, domain, w, now) for w in _wrappers(config, domain))
         doc = KeyringDocument(domain=domain, keys=(*imports, *fresh))
         write_keyring_document(path, doc)
@@ -129,7 +129,7 @@ def rotate(config: Config, domain: Domain,
         if doc is None:
             raise ConfigError(f"domain {domain.value!r} has no keyring file yet: run "
                               f"'regionvault keys init --domain {domain.value}'")
-        now = now_utc()
+        now = utc_now()
         fresh = {w: _new_key(config, domain, w, now) for w in chosen}
         kept = tuple(k.model_copy(update={"current": False}) if k.wrapper in fresh else k
                      for k in doc.keys)
@@ -241,7 +241,7 @@ def _rewrapped(ctx: DomainContext, manifest: Manifest) -> Manifest:
         wrappings = keyring.wrap(data_key, context)
         again = keyring.open_all(wrappings, context)
         try:
-            if bytes(again) != bytes(data_key):
+            if not hmac.compare_digest(again, data_key):  # no bytes copy of either key
                 raise WrongKeyError(f"the new wrappings of backup {manifest.backup_id} open to "
                                     "another key; nothing was written")
         finally:
@@ -317,7 +317,7 @@ def retire(ctx: DomainContext, key_id: str, *, kms_deletion_days: int = 7) -> st
                 f"KMS deletes it on {when:%Y-%m-%d}" if when is not None
                 else "KMS no longer knows it")
         kept = tuple(k for k in doc.keys if k.id != key_id)
-        retired = RetiredKey(id=key_id, wrapper=entry.wrapper, retired_at=now_utc())
+        retired = RetiredKey(id=key_id, wrapper=entry.wrapper, retired_at=utc_now())
         write_keyring_document(path, doc.model_copy(
             update={"keys": kept, "retired": (*doc.retired, retired)}))
     return done

@@ -14,13 +14,13 @@ from regionvault.cli.common import (
     config_from,
     context_for,
     err,
+    fail,
     guarded,
     operator,
     out,
 )
 from regionvault.context import DomainContext
 from regionvault.domains import parse_domain
-from regionvault.errors import RegionvaultError
 from regionvault.manifest import BackupRef
 
 keys_app = typer.Typer(no_args_is_help=True, help=(
@@ -133,7 +133,8 @@ def list_cmd(domain: DomainOption, config: ConfigOption = None) -> None:
 
         path, doc = keyring_document_for(config_from(config), parse_domain(domain))
         if doc is None:
-            raise typer.Exit(_missing(path))
+            raise fail(f"domain {domain} has no keyring file at {path}; create it with "
+                       f"'regionvault keys init --domain {domain}'", 2)
         table = Table("key id", "wrapper", "state", "created")
         for entry in doc.keys:
             table.add_row(entry.id, entry.wrapper, "current" if entry.current else "previous",
@@ -146,23 +147,19 @@ def list_cmd(domain: DomainOption, config: ConfigOption = None) -> None:
     guarded(run)
 
 
-def _missing(path: object) -> int:
-    err.print(f"[bold red]error:[/] no keyring file at {path}", highlight=False)
-    return 2
-
-
 def report_keys(ctx: DomainContext) -> bool:
     """For ``check``: the current keys, KMS reachable, and every key id the manifests use
     with whether it is held. False if a key in use is not held."""
+    from regionvault import keys
+    from regionvault.kms import AwsKmsWrapper
+
     keyring = ctx.keyring
     current = ", ".join(f"{w} {k}" for w, k in keyring.current_ids().items())
     out.print(f"domain {ctx.domain.value}: current keys: {current}", highlight=False)
     for wrapper in keyring.wrappers:
-        state = getattr(wrapper, "key_state", None)
-        if state is not None:
+        if isinstance(wrapper, AwsKmsWrapper):  # reachable, and the key still enabled?
             out.print(f"domain {ctx.domain.value}: KMS key {wrapper.current_key_id} is "
-                      f"{state(wrapper.current_key_id)}", highlight=False)
-    from regionvault import keys
+                      f"{wrapper.key_state(wrapper.current_key_id)}", highlight=False)
 
     ok = True
     for use in keys.key_usage(ctx):
@@ -200,4 +197,4 @@ def erase(
     guarded(run)
 
 
-__all__ = ["RegionvaultError", "erase", "keys_app", "report_keys"]
+__all__ = ["erase", "keys_app", "report_keys"]

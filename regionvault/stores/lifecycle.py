@@ -186,14 +186,13 @@ def merge_s3_rules(existing: Sequence[dict[str, Any]],
     return kept + [s3_rule_body(r) for r in rules]
 
 
-class S3Lifecycle:
-    """The lifecycle configuration of one S3 bucket."""
-
-    store = "s3"
+class _S3Bucket:
+    """One S3 bucket's client, its errors translated (what the lifecycle and the lock share)."""
 
     def __init__(self, bucket: str, region: str, *, endpoint_url: str | None = None,
                  client: Any = None) -> None:
         self.bucket = bucket
+        self.region = region
         self._client = client if client is not None else s3_store.make_s3_client(
             region, endpoint_url)
 
@@ -205,6 +204,12 @@ class S3Lifecycle:
             raise
         except (ClientError, BotoCoreError) as exc:
             raise s3_store.translate_error(exc, f"s3://{self.bucket}", action) from exc
+
+
+class S3Lifecycle(_S3Bucket):
+    """The lifecycle configuration of one S3 bucket."""
+
+    store = "s3"
 
     def _raw(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """The bucket's rules, and the other settings a put must carry over."""
@@ -317,7 +322,22 @@ def merge_gcs_rules(existing: Sequence[dict[str, Any]], rules: Sequence[Rule],
     return kept + [gcs_rule_body(r) for r in rules]
 
 
-class GCSLifecycle:
+class _GCSBucket:
+    """What the GCS lifecycle and lock share: their errors translated."""
+
+    bucket: str
+
+    @contextmanager
+    def _translated(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except RegionvaultError:
+            raise
+        except gcs_store._VENDOR_ERRORS as exc:
+            raise gcs_store.translate_error(exc, f"gs://{self.bucket}", action) from exc
+
+
+class GCSLifecycle(_GCSBucket):
     """The lifecycle configuration (and soft delete policy) of one GCS bucket.
 
     gcp-storage-emulator stores ``lifecycle``, ``versioning`` and ``softDeletePolicy`` as it is
@@ -335,15 +355,6 @@ class GCSLifecycle:
         self.our_prefixes = our_prefixes
         self._client = client if client is not None else gcs_store.make_gcs_client(
             project, endpoint_url, anonymous=anonymous)
-
-    @contextmanager
-    def _translated(self, action: str) -> Iterator[None]:
-        try:
-            yield
-        except RegionvaultError:
-            raise
-        except gcs_store._VENDOR_ERRORS as exc:
-            raise gcs_store.translate_error(exc, f"gs://{self.bucket}", action) from exc
 
     def _reload(self) -> Any:
         bucket = self._client.bucket(self.bucket)
@@ -419,27 +430,11 @@ class BucketLock(Protocol):
     def enable(self) -> None: ...
 
 
-class S3BucketLock:
+class S3BucketLock(_S3Bucket):
     """Object Lock on one S3 bucket."""
 
     store = "s3"
     enables_existing = True
-
-    def __init__(self, bucket: str, region: str, *, endpoint_url: str | None = None,
-                 client: Any = None) -> None:
-        self.bucket = bucket
-        self.region = region
-        self._client = client if client is not None else s3_store.make_s3_client(
-            region, endpoint_url)
-
-    @contextmanager
-    def _translated(self, action: str) -> Iterator[None]:
-        try:
-            yield
-        except RegionvaultError:
-            raise
-        except (ClientError, BotoCoreError) as exc:
-            raise s3_store.translate_error(exc, f"s3://{self.bucket}", action) from exc
 
     def create(self) -> None:
         # S3 takes us-east-1 as no location constraint at all (and refuses it named).
@@ -461,7 +456,7 @@ class S3BucketLock:
                 Bucket=self.bucket, ObjectLockConfiguration={"ObjectLockEnabled": "Enabled"})
 
 
-class GCSBucketLock:
+class GCSBucketLock(_GCSBucket):
     """Object retention on one GCS bucket: enabled only when regionvault creates the bucket."""
 
     store = "gcs"
@@ -476,15 +471,11 @@ class GCSBucketLock:
             project, endpoint_url, anonymous=anonymous)
 
     def create(self) -> None:
-        try:
-            # POST /storage/v1/b?enableObjectRetention=true with the name and location.
+        # POST /storage/v1/b?enableObjectRetention=true with the name and location.
+        with self._translated("create"):
             self._client.create_bucket(self.bucket, location=self.location,
                                        enable_object_retention=True,
                                        timeout=gcs_store.TIMEOUT, retry=None)
-        except RegionvaultError:
-            raise
-        except gcs_store._VENDOR_ERRORS as exc:
-            raise gcs_store.translate_error(exc, f"gs://{self.bucket}", "create") from exc
 
     def enable(self) -> None:
         raise NotImplementedError("regionvault enables GCS object retention only when it "

@@ -22,9 +22,10 @@ from regionvault.domains import Domain
 from regionvault.errors import IntegrityError, KeyServiceUnavailable, WrongKeyError
 from regionvault.keyring import Wrapping, read_keyring_document
 from regionvault.manifest import BackupRef, parse_manifest
+from regionvault.provision import bucket_lock
 from regionvault.streamformat import decrypt_chunks
 from tests.integration.conftest import running_stack
-from tests.integration.helpers import context, gcs_client, regionvault_cli, s3_client
+from tests.integration.helpers import config_of, context, gcs_client, regionvault_cli, s3_client
 
 pytestmark = pytest.mark.stack
 
@@ -35,12 +36,8 @@ LOCKED, UNLOCKED = Domain.EU, Domain.AU
 
 
 def _lock_bucket(stack: DevStack, domain: Domain) -> None:
-    ctx = context(stack, domain)
-    s3 = s3_client(stack, ctx.dcfg.aws_region)
-    s3.put_bucket_versioning(Bucket=ctx.dcfg.s3_bucket,
-                             VersioningConfiguration={"Status": "Enabled"})
-    s3.put_object_lock_configuration(Bucket=ctx.dcfg.s3_bucket,
-                                     ObjectLockConfiguration={"ObjectLockEnabled": "Enabled"})
+    """Versioning and Object Lock on the domain's S3 bucket, as ``provision`` enables them."""
+    bucket_lock(config_of(stack), domain, "s3").enable()
 
 
 def _lock_object(stack: DevStack, backup_id: str) -> None:

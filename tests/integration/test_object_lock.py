@@ -38,7 +38,12 @@ from regionvault.manifest import OBJECT_SUFFIX
 from regionvault.object_lock import retain_until
 from regionvault.provision import check_locks, provision
 from regionvault.stores.s3 import S3Store, make_s3_client
-from tests.stores.conftest import ServerProcess, new_bucket_name, start_moto
+from tests.stores.conftest import (
+    ServerProcess,
+    fake_aws_environment,
+    new_bucket_name,
+    start_moto,
+)
 from tests.unit import config_data
 from tests.unit.test_chain import KEY_ID, Clock, FakeSource, GCSRole
 
@@ -50,16 +55,7 @@ LOCK_SECONDS = 8
 
 @pytest.fixture(scope="module")
 def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    with pytest.MonkeyPatch.context() as mp:
-        # moto's fake credentials, and nothing from the developer's own AWS setup
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
-            mp.delenv(name, raising=False)
-        mp.setenv("AWS_CONFIG_FILE", os.devnull)
-        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
-        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
-        mp.setenv("NO_PROXY", "127.0.0.1,localhost")
+    with fake_aws_environment():
         server = start_moto(tmp_path_factory.mktemp("moto") / "moto.log")
         try:
             yield server

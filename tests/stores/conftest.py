@@ -22,6 +22,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -106,8 +107,8 @@ def start_moto(log: Path) -> ServerProcess:
     return start_server([str(_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], port, log)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _aws_test_environment() -> Iterator[None]:
+@contextmanager
+def fake_aws_environment() -> Iterator[pytest.MonkeyPatch]:
     """Fake credentials for moto, and nothing from the developer's own AWS setup."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AWS_ACCESS_KEY_ID", "testing")
@@ -118,6 +119,12 @@ def _aws_test_environment() -> Iterator[None]:
         mp.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
         mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
         mp.setenv("NO_PROXY", "127.0.0.1,localhost")
+        yield mp
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _aws_test_environment() -> Iterator[None]:
+    with fake_aws_environment():
         yield
 
 
