@@ -9,11 +9,12 @@
 
 ARG PYTHON_VERSION=3.11
 ARG DEBIAN_RELEASE=trixie
-# The PostgreSQL client tools' major version. pg_dump refuses to dump a server whose major
-# version is newer than its own ("server version mismatch"), so this must be at least the
-# newest major among the sources: PostgreSQL 18 (docker-compose.yml runs postgres:18). A newer
-# pg_dump still dumps older servers, so raise it when the first source moves to a new major.
-ARG PG_MAJOR=18
+# The PostgreSQL client tools of every major the fleet runs. Each source is dumped by the
+# pg_dump of its own server's major, and a restore uses the pg_restore that suits the target's
+# major (regionvault.sources.pgtools chooses among /usr/lib/postgresql/*/bin). pg_dump refuses
+# a server newer than itself, so the list must reach the newest major among the sources
+# (docker-compose.yml runs postgres:18); add a major when the fleet gains one.
+ARG PG_MAJORS="14 15 16 17 18"
 
 # --- build: install regionvault and its dependencies into a virtual environment ---------------
 FROM python:${PYTHON_VERSION}-slim-${DEBIAN_RELEASE} AS build
@@ -35,17 +36,20 @@ RUN /opt/regionvault/bin/pip install . \
 # --- runtime: Python, the PostgreSQL client, tini and the virtual environment ------------------
 FROM python:${PYTHON_VERSION}-slim-${DEBIAN_RELEASE} AS runtime
 
-ARG PG_MAJOR
+ARG PG_MAJORS
 # postgresql-common ships the PGDG signing key and the script that adds the PGDG repository,
 # which carries every supported major for this Debian release (Debian itself ships only one).
+# mariadb-client brings mariadb-dump and mariadb for the mysql sources (MySQL and MariaDB).
 # tini is PID 1: it forwards SIGTERM to Celery (not to its pool children, so the worker's own
 # soft shutdown decides what happens to a running step) and reaps pg_dump's zombies.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates postgresql-common tini \
     && /usr/share/postgresql-common/pgdg/apt.postgresql.org.sh -y \
-    && apt-get install -y --no-install-recommends postgresql-client-${PG_MAJOR} \
+    && apt-get install -y --no-install-recommends mariadb-client \
+       $(for major in ${PG_MAJORS}; do echo postgresql-client-$major; done) \
     && rm -rf /var/lib/apt/lists/* \
-    && /usr/lib/postgresql/${PG_MAJOR}/bin/pg_dump --version
+    && for major in ${PG_MAJORS}; do /usr/lib/postgresql/$major/bin/pg_dump --version; done \
+    && mariadb-dump --version
 
 # A fixed, numeric, non-root user: Kubernetes' runAsNonRoot can only verify a numeric USER.
 RUN groupadd --system --gid 10001 regionvault \
@@ -61,8 +65,7 @@ COPY --from=build /opt/regionvault /opt/regionvault
 ENV PATH=/opt/regionvault/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    REGIONVAULT_CONFIG=/etc/regionvault/config.yaml \
-    REGIONVAULT_PG_BIN=/usr/lib/postgresql/${PG_MAJOR}/bin
+    REGIONVAULT_CONFIG=/etc/regionvault/config.yaml
 
 USER 10001:10001
 WORKDIR /var/lib/regionvault

