@@ -1,4 +1,5 @@
-"""Object stores: the seam between regionvault and S3/GCS (see ``base.ObjectStore``)."""
+"""Object stores: the seam between regionvault and S3, GCS and Cloud Files (see
+``base.ObjectStore``)."""
 
 from regionvault.stores.base import ObjectInfo, ObjectStore
 

@@ -1,6 +1,7 @@
 """The object-store interface, with its contract.
 
-Every implementation (``s3.S3Store``, ``gcs.GCSStore``, ``memory.MemoryStore``) passes the same
+Every implementation (``s3.S3Store``, ``gcs.GCSStore``, ``swift.SwiftStore``,
+``memory.MemoryStore``) passes the same
 conformance suite in ``tests/stores/test_conformance.py``.
 
 Checksums: regionvault identifies content by CRC32C (which S3 and GCS both compute and report
@@ -67,7 +68,8 @@ class ObjectStore(Protocol):
 
     Contract (every implementation MUST):
 
-    - ``name`` is ``"s3"``, ``"gcs"`` or ``"memory"``; ``bucket`` is the bucket name. Both
+    - ``name`` is ``"s3"``, ``"gcs"``, ``"swift"`` or ``"memory"``; ``bucket`` is the bucket
+      (container) name. Both
       appear in error messages so a person knows which copy is at fault.
     - ``check_residency(allowed)``: raise ``ResidencyError`` unless the bucket's real location
       (asked of the store, never assumed from configuration) is one of ``allowed``

@@ -1,12 +1,15 @@
 """Fixtures for the object-store conformance suite.
 
-S3 and GCS are real servers on real sockets: moto's HTTP server and gcp-storage-emulator, each
-started once per session on a free port. Each test gets a fresh bucket, so tests do not see
-each other's objects.
+S3, GCS and Swift are real servers on real sockets: moto's HTTP server, gcp-storage-emulator and
+a Swift cluster (Debian's swift packages, with the identity service that stands in for Rackspace
+Identity: ``regionvault.devstack.swift``), each started once per session on free ports. Each test
+gets a fresh bucket (container), so tests do not see each other's objects.
 
-``locked_backend`` gives the same three stores built with a lock mode, on buckets able to lock
-objects (S3 created with Object Lock; GCS asked for object retention, which the emulator
+``locked_backend`` gives the memory, S3 and GCS stores built with a lock mode, on buckets able to
+lock objects (S3 created with Object Lock; GCS asked for object retention, which the emulator
 ignores: ``enforces_locks`` is False there and the requests are checked against the API schema).
+Not Swift: Cloud Files cannot lock objects, so a Swift store is one that refuses a locked write
+(``refusing_backend``).
 """
 
 from __future__ import annotations
@@ -33,11 +36,13 @@ import requests
 from botocore.exceptions import ClientError
 
 from regionvault.checksums import crc32c_of_bytes
+from regionvault.devstack.swift import SwiftService, start_swift
 from regionvault.errors import TransientStoreError
 from regionvault.stores.base import ObjectStore
 from regionvault.stores.gcs import GCSStore, make_gcs_client
 from regionvault.stores.memory import MemoryStore
 from regionvault.stores.s3 import S3Store, make_s3_client
+from regionvault.stores.swift import SwiftStore
 
 MiB = 1024 * 1024
 S3_REGION = "eu-central-1"
@@ -45,6 +50,9 @@ GCS_LOCATION = "europe-west4"
 GCS_PROJECT = "regionvault-test"
 S3_PART_SIZE = 5 * MiB  # the smallest S3 allows, so a multipart test needs only ~11 MiB
 GCS_CHUNK_SIZE = 256 * 1024  # the smallest GCS allows
+#: the Cloud Files region of the Swift backend's containers (the catalog's "SYD" endpoint)
+SWIFT_REGION = "syd"
+SWIFT_SEGMENT_SIZE = S3_PART_SIZE  # LARGE is then a Static Large Object of three segments
 
 _BIN = Path(sys.executable).parent
 _STARTUP_TIMEOUT = 30.0
@@ -337,7 +345,62 @@ def gcs_backend(gcs_server: ServerProcess, gcs_client: Any) -> Backend:
     )
 
 
-@pytest.fixture(params=["memory", "s3", "gcs"])
+@pytest.fixture(scope="session")
+def swift_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SwiftService]:
+    server = start_swift(tmp_path_factory.mktemp("swift"))
+    yield server
+    server.stop()
+
+
+def swift_store(server: SwiftService, container: str, **options: Any) -> SwiftStore:
+    """A store on ``container`` in ``SWIFT_REGION``, as the dev stack configures one."""
+    options.setdefault("segment_size", SWIFT_SEGMENT_SIZE)
+    return SwiftStore(container, SWIFT_REGION, auth_url=server.identity_url, user=server.user,
+                      key=server.key, insecure_http_ok=True, **options)
+
+
+def swift_segment_uploads(server: SwiftService, container: str, prefix: str) -> set[str]:
+    """The upload ids of the segments stored under ``prefix`` (``<key>/slo-<id>/<n>`` in
+    ``<container>_segments``), asked of Swift directly."""
+    response = requests.get(
+        f"{server.storage_url(SWIFT_REGION)}/{container}_segments",
+        params={"format": "json", "prefix": prefix},
+        headers={"X-Auth-Token": server.token()}, timeout=10)
+    if response.status_code == 404:
+        return set()
+    response.raise_for_status()
+    return {item["name"].rsplit("/", 2)[1] for item in response.json()}
+
+
+@pytest.fixture
+def swift_backend(swift_server: SwiftService) -> Backend:
+    container = new_bucket_name()
+    swift_server.create_container(SWIFT_REGION, container)
+    store = swift_store(swift_server, container)
+
+    def leave_open_upload(key: str) -> None:
+        # What a writer killed after its first segment leaves: a segment, no manifest.
+        swift_server.create_container(SWIFT_REGION, store.segments_container)
+        response = requests.put(
+            f"{swift_server.storage_url(SWIFT_REGION)}/{store.segments_container}/"
+            f"{key}/slo-{uuid.uuid4().hex[:24]}/00000001",
+            data=b"partial", headers={"X-Auth-Token": swift_server.token()}, timeout=10)
+        assert response.status_code == 201, response.text
+
+    return Backend(
+        name="swift",
+        store=store,
+        region=SWIFT_REGION,
+        missing_bucket_store=swift_store(swift_server, new_bucket_name()),
+        # Segments of an upload no manifest names are Swift's open uploads; in these tests no
+        # object under the prefix is large, so every segment upload found is one.
+        open_uploads=lambda prefix: len(swift_segment_uploads(swift_server, container, prefix)),
+        leave_open_upload=leave_open_upload,
+        lists_uploads=True,
+    )
+
+
+@pytest.fixture(params=["memory", "s3", "gcs", "swift"])
 def backend(request: pytest.FixtureRequest) -> Backend:
     # Looked up by name so that the servers start only when a test needs them.
     found: Backend = request.getfixturevalue(f"{request.param}_backend")
@@ -451,6 +514,8 @@ def locked_gcs_backend(gcs_server: ServerProcess, gcs_client: Any) -> Backend:
 
 @pytest.fixture(params=["memory", "s3", "gcs"])
 def locked_backend(request: pytest.FixtureRequest) -> Backend:
+    """The stores that lock objects. Not Swift: Cloud Files cannot lock objects, so a Swift
+    store built with a lock mode refuses a locked write instead (``refusing_backend``)."""
     found: Backend = request.getfixturevalue(f"locked_{request.param}_backend")
     return found
 
@@ -464,9 +529,10 @@ def enforcing_backend(request: pytest.FixtureRequest) -> Backend:
     return found
 
 
-@pytest.fixture(params=["memory", "s3"])
+@pytest.fixture(params=["memory", "s3", "swift"])
 def refusing_backend(request: pytest.FixtureRequest) -> Backend:
-    """Unlocked stores whose server refuses a locked write (not gcp-storage-emulator, which
-    accepts a retention on any bucket where real GCS refuses)."""
+    """Unlocked stores that refuse a locked write: S3 and the memory store on a bucket without
+    Object Lock, and Swift, which cannot lock at all (not gcp-storage-emulator, which accepts a
+    retention on any bucket where real GCS refuses)."""
     found: Backend = request.getfixturevalue(f"{request.param}_backend")
     return found

@@ -1,4 +1,5 @@
-"""One conformance suite for every ObjectStore: memory, S3 (moto server), GCS (emulator).
+"""One conformance suite for every ObjectStore: memory, S3 (moto server), GCS (emulator),
+Swift (a real Swift cluster; its own tests are in test_swift.py).
 
 ``TestObjectStoreContract`` is the contract written in ``regionvault.stores.base`` as tests; it
 runs once per store through the parametrised ``backend`` fixture. ``TestResume`` runs on the
@@ -116,7 +117,7 @@ class TestObjectStoreContract:
 
     def test_is_an_object_store(self, store: ObjectStore) -> None:
         assert isinstance(store, ObjectStore)
-        assert store.name in {"s3", "gcs", "memory"}
+        assert store.name in {"s3", "gcs", "swift", "memory"}
 
     def test_put_file_round_trip(self, store: ObjectStore, tmp_path: Path) -> None:
         data = payload(SMALL)
