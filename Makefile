@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-faults lint typecheck check dev clean browser bench bench-fleet
+.PHONY: demo test test-faults lint typecheck check dev clean browser servers bench bench-fleet
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -14,15 +14,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	@touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) servers
 	$(BIN)/regionvault demo
 
-dev: $(STAMP)
+dev: $(STAMP) servers
 	$(BIN)/regionvault dev
 
 # The whole suite, with a representative subset of the fault cells (tests/faults); the full
 # fault matrix is `make test-faults`.
-test: $(STAMP) browser lint typecheck
+test: $(STAMP) browser servers lint typecheck
 	$(BIN)/pytest -m "not faults_extended"
 
 # Every fault cell: each step x {whole worker killed, pool process killed, delivered twice},
@@ -43,6 +43,23 @@ bench-fleet: $(STAMP)
 browser:
 	@test -x /usr/bin/chromium || DEBIAN_FRONTEND=noninteractive apt-get install -y chromium \
 		|| { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
+
+# The servers of the other source and store kinds, from Debian's packages, each started by the
+# tests and the dev stack on free ports (never the machine's own MariaDB on 3306): MariaDB,
+# OpenStack Swift with memcached for its tempauth tokens (Rackspace Cloud Files), and the Bigtable
+# emulator (Google's apt repository).
+servers:
+	@missing=""; \
+	command -v mariadbd >/dev/null || test -x /usr/sbin/mariadbd || missing="$$missing mariadb-server"; \
+	test -x /usr/bin/swift-proxy-server || missing="$$missing swift swift-proxy swift-account swift-container swift-object"; \
+	command -v memcached >/dev/null || missing="$$missing memcached"; \
+	test -x /usr/lib/google-cloud-sdk/platform/bigtable-emulator/cbtemulator || command -v cbtemulator >/dev/null \
+		|| missing="$$missing google-cloud-cli-bigtable-emulator"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing \
+		|| { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; }; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -58,7 +58,7 @@ def next_step(facts: BackupFacts) -> Step | None:
 
 def gather_facts(ctx: DomainContext, backup_id: str, manifest_path: str | None = None
                  ) -> BackupFacts:
-    """Look at the spool and the S3 manifest of one backup (no data is read)."""
+    """Look at the spool and the primary store's manifest of one backup (no data is read)."""
     from regionvault.manifest_store import read_manifest, resolve
 
     ref, src = resolve(ctx, backup_id)
@@ -66,7 +66,7 @@ def gather_facts(ctx: DomainContext, backup_id: str, manifest_path: str | None =
     steps: frozenset[Step] | None = None
     unknown = False
     try:
-        manifest = read_manifest(ctx, ctx.s3, key)
+        manifest = read_manifest(ctx, ctx.primary(src), key)
         if manifest is not None:
             steps = frozenset(manifest.steps)
     except (StoreError, IntegrityError):  # down, or a manifest that cannot be trusted

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from regionvault.config import SourceConfig
 from regionvault.context import DomainContext
 from regionvault.errors import IntegrityError, NotFound, TransientStoreError
 from regionvault.manifest import Manifest, key_prefix
@@ -36,16 +37,32 @@ class Listing:
 
 
 def listing(ctx: DomainContext, source: str | None = None) -> Listing:
-    """The catalogue of a domain (or one source), from S3, or GCS if S3 is down."""
-    try:
-        return listing_in(ctx, "s3", source)
-    except TransientStoreError:
-        return listing_in(ctx, "gcs", source)
+    """The catalogue of a domain (or one source): each source's backups from its primary
+    store, or from its replica when the primary is down."""
+    parts: list[Listing] = []
+    for src in _sources(ctx, source):
+        placement = ctx.placement(src)
+        try:
+            parts.append(_listing_of(ctx, placement.primary, [src]))
+        except TransientStoreError:
+            parts.append(_listing_of(ctx, placement.replica, [src]))
+    return Listing(
+        store=",".join(dict.fromkeys(p.store for p in parts)),
+        untrusted=[u for p in parts for u in p.untrusted],
+        manifests=sorted((m for p in parts for m in p.manifests),
+                         key=lambda m: (m.created_at, m.backup_id)))
+
+
+def _sources(ctx: DomainContext, source: str | None) -> list[SourceConfig]:
+    return [ctx.config.source(ctx.domain, source)] if source else list(ctx.dcfg.sources)
 
 
 def listing_in(ctx: DomainContext, role: str, source: str | None = None) -> Listing:
     """The catalogue from one store only (disaster recovery reads GCS and never touches S3)."""
-    sources = [ctx.config.source(ctx.domain, source)] if source else list(ctx.dcfg.sources)
+    return _listing_of(ctx, role, _sources(ctx, source))
+
+
+def _listing_of(ctx: DomainContext, role: str, sources: list[SourceConfig]) -> Listing:
     store = ctx.store(role)
     manifests: list[Manifest] = []
     untrusted: list[UntrustedManifest] = []
@@ -77,7 +94,8 @@ def find_copies(ctx: DomainContext, backup_id: str) -> dict[str, Manifest | Untr
     ref, src = resolve(ctx, backup_id)
     _, mkey = keys_of(ref, src)
     copies: dict[str, Manifest | UntrustedManifest] = {}
-    for name in ("s3", "gcs"):
+    names = ctx.placement(src).names
+    for name in names:
         try:
             manifest = read_manifest(ctx, ctx.store(name), mkey, allow_legacy=True)
         except TransientStoreError:
@@ -88,8 +106,8 @@ def find_copies(ctx: DomainContext, backup_id: str) -> dict[str, Manifest | Untr
         if manifest is not None:
             copies[name] = manifest
     if not copies:
-        raise NotFound(f"backup {backup_id} has no manifest in {ctx.url('s3')} or "
-                       f"{ctx.url('gcs')}")
+        raise NotFound(f"backup {backup_id} has no manifest in {ctx.url(names[0])} or "
+                       f"{ctx.url(names[1])}")
     return copies
 
 

@@ -27,6 +27,7 @@ from regionvault.backup_stream import (
     StreamFacts,
     authenticate,
 )
+from regionvault.config import SourceConfig, StorePair
 from regionvault.context import DomainContext
 from regionvault.errors import (
     ChecksumMismatch,
@@ -34,6 +35,7 @@ from regionvault.errors import (
     ManifestForged,
     NotFound,
     ObjectLocked,
+    SpoolFull,
     StepOrderError,
     TransientStoreError,
     WrongKeyError,
@@ -121,7 +123,7 @@ def dump(ctx: DomainContext, backup_id: str, progress: Progress = no_progress,
     # After verify the spool is empty again: the stores tell whether this backup went further.
     # S3 being down does not stop a dump: upload waits for it, and the snapshot is taken now.
     try:
-        if read_manifest(ctx, ctx.s3, keys_of(ref, src)[1]) is not None:
+        if read_manifest(ctx, ctx.primary(src), keys_of(ref, src)[1]) is not None:
             return StepOutcome(backup_id, Step.DUMP, "already uploaded", skipped=True)
     except TransientStoreError:
         pass
@@ -142,10 +144,13 @@ def dump(ctx: DomainContext, backup_id: str, progress: Progress = no_progress,
 
             info = source.dump(write)
             facts = writer.close()
+    except SpoolFull as exc:
+        raise exc.during(Step.DUMP.value) from None
     finally:
         zeroise(data_key)
     meta = DumpMeta(wrappings=wrappings, started_at=started, facts=facts,
-                    row_counts=dict(info.row_counts))
+                    row_counts=dict(info.row_counts), server_version=info.server_version,
+                    tool_version=info.tool_version)
     spool.write_bytes(backup_id, sp.DUMP_META, meta.to_json(), owner.token)
     return StepOutcome(backup_id, Step.DUMP,
                        f"{facts.plaintext_size} bytes dumped, {facts.ciphertext_size} bytes "
@@ -161,12 +166,15 @@ class DumpMeta:
     started_at: datetime
     facts: StreamFacts
     row_counts: dict[str, int]
+    server_version: str = ""
+    tool_version: str = ""
 
     def to_json(self) -> bytes:
         return json.dumps({
             "wrappings": [w.model_dump() for w in self.wrappings],
             "started_at": self.started_at.isoformat(),
             "facts": dataclasses.asdict(self.facts), "row_counts": self.row_counts,
+            "server_version": self.server_version, "tool_version": self.tool_version,
         }).encode()
 
     @classmethod
@@ -175,7 +183,10 @@ class DumpMeta:
         return cls(wrappings=tuple(Wrapping.model_validate(w) for w in raw["wrappings"]),
                    started_at=datetime.fromisoformat(raw["started_at"]),
                    facts=StreamFacts(**raw["facts"]),
-                   row_counts={str(k): int(v) for k, v in raw["row_counts"].items()})
+                   row_counts={str(k): int(v) for k, v in raw["row_counts"].items()},
+                   # absent from a dump.json written before the versions were recorded
+                   server_version=str(raw.get("server_version", "")),
+                   tool_version=str(raw.get("tool_version", "")))
 
 
 # --- 2. encrypt ------------------------------------------------------------------------------
@@ -202,7 +213,7 @@ def encrypt(ctx: DomainContext, backup_id: str, progress: Progress = no_progress
         return StepOutcome(backup_id, Step.ENCRYPT, "already encrypted", skipped=True)
     if not spool.has_dump(backup_id):
         okey, mkey = keys_of(ref, src)
-        if read_manifest(ctx, ctx.s3, mkey) is not None:
+        if read_manifest(ctx, ctx.primary(src), mkey) is not None:
             return StepOutcome(backup_id, Step.ENCRYPT, "already uploaded", skipped=True)
         raise StepOrderError(
             f"backup {backup_id} has no complete dump in the spool of domain "
@@ -237,6 +248,7 @@ def encrypt(ctx: DomainContext, backup_id: str, progress: Progress = no_progress
 
     now = ctx.clock()
     dcfg = ctx.dcfg
+    placement = ctx.placement(src)
     okey, _ = keys_of(ref, src)
     manifest = Manifest(
         backup_id=backup_id, domain=ref.domain, source=ref.source, source_kind=src.kind,
@@ -247,6 +259,9 @@ def encrypt(ctx: DomainContext, backup_id: str, progress: Progress = no_progress
         ciphertext_size=facts.ciphertext_size, ciphertext_sha256=facts.ciphertext_sha256,
         ciphertext_crc32c=facts.ciphertext_crc32c, object_key=okey,
         row_counts=meta.row_counts, s3_bucket=dcfg.s3_bucket, gcs_bucket=dcfg.gcs_bucket,
+        swift_container=dcfg.swift.container if dcfg.swift is not None else None,
+        primary_store=placement.primary, replica_store=placement.replica,
+        server_version=meta.server_version, tool_version=meta.tool_version,
     ).with_step(Step.DUMP, meta.started_at, f"{facts.plaintext_size} bytes").with_step(
         Step.ENCRYPT, now, f"{facts.ciphertext_size} bytes")
     spool.write_bytes(backup_id, sp.MANIFEST_FILE, sign(ctx, manifest), owner.token)
@@ -297,43 +312,49 @@ def _earlier_step_missing(ctx: DomainContext, ref: BackupRef, wanted: str) -> St
 
 def upload(ctx: DomainContext, backup_id: str, progress: Progress = no_progress,
            owner: Ownership = UNOWNED) -> StepOutcome:
-    """Upload the encrypted file and its manifest to the domain's S3 bucket."""
+    """Upload the encrypted file and its manifest to the source's primary store (S3, or
+    Cloud Files for a source placed there)."""
     ref, src = resolve(ctx, backup_id)
     okey, mkey = keys_of(ref, src)
-    remote = read_manifest(ctx, ctx.s3, mkey)
-    if remote is not None and Step.UPLOAD in remote.steps and _object_matches(ctx.s3, okey, remote):
-        return StepOutcome(backup_id, Step.UPLOAD, f"already in {ctx.url('s3', okey)}",
+    name = ctx.placement(src).primary
+    primary = ctx.store(name)
+    remote = read_manifest(ctx, primary, mkey)
+    if (remote is not None and Step.UPLOAD in remote.steps
+            and _object_matches(primary, okey, remote)):
+        return StepOutcome(backup_id, Step.UPLOAD, f"already in {ctx.url(name, okey)}",
                            skipped=True)
     local = _spool_manifest(ctx, backup_id)
     if local is None or not ctx.spool.exists(backup_id, sp.BACKUP_FILE):
         raise _earlier_step_missing(ctx, ref, "be uploaded")
-    ctx.ensure_resident("s3")
-    if not _object_matches(ctx.s3, okey, local):
+    ctx.ensure_resident(name)
+    if not _object_matches(primary, okey, local):
         # Only the owner of the backup's lease gets here, so an open multipart upload under
         # this key is one a dead owner left: put_file resumes it from the parts it holds.
         # Nothing here aborts uploads: a live duplicate never reaches this line.
         owner.confirm()
-        ctx.s3.put_file(okey, str(ctx.spool.path(backup_id, sp.BACKUP_FILE)),
-                        crc32c=local.ciphertext_crc32c, retain_until=_lock_until(ctx, local))
+        primary.put_file(okey, str(ctx.spool.path(backup_id, sp.BACKUP_FILE)),
+                         crc32c=local.ciphertext_crc32c, retain_until=_lock_until(ctx, local))
     progress(ProgressReport(backup_id, Step.UPLOAD.value, local.ciphertext_size,
-                            local.ciphertext_size, "s3"))
-    uploaded = sign(ctx, local.with_step(Step.UPLOAD, ctx.clock(), ctx.url("s3", okey)))
+                            local.ciphertext_size, name))
+    uploaded = sign(ctx, local.with_step(Step.UPLOAD, ctx.clock(), ctx.url(name, okey)))
     owner.confirm()
-    ctx.s3.put_bytes(mkey, uploaded)
+    primary.put_bytes(mkey, uploaded)
     ctx.spool.write_bytes(backup_id, sp.MANIFEST_FILE, uploaded, owner.token)
-    return StepOutcome(backup_id, Step.UPLOAD, ctx.url("s3", okey),
+    return StepOutcome(backup_id, Step.UPLOAD, ctx.url(name, okey),
                        bytes=local.ciphertext_size)
 
 
 # --- 4. replicate ----------------------------------------------------------------------------
 
 
-def _uploaded_manifest(ctx: DomainContext, ref: BackupRef, mkey: str, wanted: str) -> Manifest:
-    manifest = read_manifest(ctx, ctx.s3, mkey)
+def _uploaded_manifest(ctx: DomainContext, ref: BackupRef, src: SourceConfig, mkey: str,
+                       wanted: str) -> Manifest:
+    name = ctx.placement(src).primary
+    manifest = read_manifest(ctx, ctx.store(name), mkey)
     if manifest is None or Step.UPLOAD not in manifest.steps:
         raise StepOrderError(
             f"backup {ref.backup_id} cannot {wanted}: it has no manifest in "
-            f"{ctx.url('s3')}; run step 'upload' again",
+            f"{ctx.url(name)}; run step 'upload' again",
             rerun_step=Step.UPLOAD.value,
         )
     return manifest
@@ -341,34 +362,38 @@ def _uploaded_manifest(ctx: DomainContext, ref: BackupRef, mkey: str, wanted: st
 
 def replicate(ctx: DomainContext, backup_id: str,
               progress: Progress = no_progress, owner: Ownership = UNOWNED) -> StepOutcome:
-    """Copy the object into the domain's GCS bucket, then the manifest.
+    """Copy the object into the source's replica store (GCS), then the manifest.
 
     The bytes come from the spool when it still holds the object (no third transfer of C),
-    otherwise they stream from S3 (no local copy); both are checked against the manifest."""
+    otherwise they stream from the primary (no local copy); both are checked against the
+    manifest."""
     ref, src = resolve(ctx, backup_id)
     okey, mkey = keys_of(ref, src)
-    where = ctx.url("gcs", okey)
-    replica = read_manifest(ctx, ctx.gcs, mkey)
-    if (replica is not None and Step.REPLICATE in replica.steps
-            and _object_matches(ctx.gcs, okey, replica)):
+    placement = ctx.placement(src)
+    primary, replica = ctx.store(placement.primary), ctx.store(placement.replica)
+    where = ctx.url(placement.replica, okey)
+    copied = read_manifest(ctx, replica, mkey)
+    if (copied is not None and Step.REPLICATE in copied.steps
+            and _object_matches(replica, okey, copied)):
         return StepOutcome(backup_id, Step.REPLICATE, f"already in {where}", skipped=True)
-    manifest = _uploaded_manifest(ctx, ref, mkey, "be replicated")
-    if not _object_matches(ctx.s3, okey, manifest):
+    manifest = _uploaded_manifest(ctx, ref, src, mkey, "be replicated")
+    if not _object_matches(primary, okey, manifest):
         raise StepOrderError(
-            f"backup {backup_id}: the S3 copy {ctx.url('s3', okey)} does not match its "
-            "manifest; run step 'upload' again",
+            f"backup {backup_id}: the {placement.primary} copy "
+            f"{ctx.url(placement.primary, okey)} does not match its manifest; run step "
+            "'upload' again",
             rerun_step=Step.UPLOAD.value,
         )
-    ctx.ensure_resident("gcs")
+    ctx.ensure_resident(placement.replica)
     source = "already there"
-    if not _object_matches(ctx.gcs, okey, manifest):
-        source = _send_replica(ctx, backup_id, okey, manifest)
+    if not _object_matches(replica, okey, manifest):
+        source = _send_replica(ctx, backup_id, okey, manifest, placement)
     progress(ProgressReport(backup_id, Step.REPLICATE.value, manifest.ciphertext_size,
-                            manifest.ciphertext_size, "gcs"))
+                            manifest.ciphertext_size, placement.replica))
     replicated = sign(ctx, manifest.with_step(Step.REPLICATE, ctx.clock(), where))
     owner.confirm()
-    ctx.gcs.put_bytes(mkey, replicated)
-    ctx.s3.put_bytes(mkey, replicated)
+    replica.put_bytes(mkey, replicated)
+    primary.put_bytes(mkey, replicated)
     return StepOutcome(backup_id, Step.REPLICATE, f"{where} (from {source})",
                        bytes=manifest.ciphertext_size)
 
@@ -382,32 +407,34 @@ def _lock_until(ctx: DomainContext, manifest: Manifest) -> datetime | None:
     return retain_until(manifest.created_at, manifest.data_class, ctx.config.retention)
 
 
-def _send_replica(ctx: DomainContext, backup_id: str, okey: str, manifest: Manifest) -> str:
-    """Upload the object to GCS from the spool's copy when it still holds it, else stream it
-    from S3; return which ("spool" or "s3").
+def _send_replica(ctx: DomainContext, backup_id: str, okey: str, manifest: Manifest,
+                  placement: StorePair) -> str:
+    """Upload the object to the replica from the spool's copy when it still holds it, else
+    stream it from the primary; return which ("spool" or the primary's name).
 
     Either way the upload is checked against the manifest's CRC32C and nothing is committed
-    if the bytes differ, so a spool copy that went bad on disk costs a second try from S3,
-    never a wrong replica."""
+    if the bytes differ, so a spool copy that went bad on disk costs a second try from the
+    primary, never a wrong replica."""
+    replica = ctx.store(placement.replica)
     local = ctx.spool.path(backup_id, sp.BACKUP_FILE)
     if local.is_file() and local.stat().st_size == manifest.ciphertext_size:
         try:
-            ctx.gcs.put_file(okey, str(local), crc32c=manifest.ciphertext_crc32c,
+            replica.put_file(okey, str(local), crc32c=manifest.ciphertext_crc32c,
                              retain_until=_lock_until(ctx, manifest))
             return "spool"
         except ChecksumMismatch as exc:
             log.warning("backup %s: the spool copy did not match its manifest (%s); "
-                        "replicating from S3 instead", backup_id, exc)
+                        "replicating from %s instead", backup_id, exc, placement.primary)
         except FileNotFoundError:
-            pass  # the spool went away under us (a lost disk): S3 holds the same bytes
-    body = ctx.s3.open_read(okey)
+            pass  # the spool went away under us (a lost disk): the primary holds the same bytes
+    body = ctx.store(placement.primary).open_read(okey)
     try:
-        ctx.gcs.put_stream(okey, body, manifest.ciphertext_size,
+        replica.put_stream(okey, body, manifest.ciphertext_size,
                            crc32c=manifest.ciphertext_crc32c,
                            retain_until=_lock_until(ctx, manifest))
     finally:
         body.close()
-    return "s3"
+    return placement.primary
 
 
 # --- 5. verify -------------------------------------------------------------------------------
@@ -425,28 +452,31 @@ def verify(ctx: DomainContext, backup_id: str, *, deep: bool = False,
     backup verified."""
     ref, src = resolve(ctx, backup_id)
     okey, mkey = keys_of(ref, src)
+    placement = ctx.placement(src)
+    primary, replica = ctx.store(placement.primary), ctx.store(placement.replica)
     try:
-        manifest = _uploaded_manifest(ctx, ref, mkey, "be verified")
-        replica = read_manifest(ctx, ctx.gcs, mkey)
+        manifest = _uploaded_manifest(ctx, ref, src, mkey, "be verified")
+        copied = read_manifest(ctx, replica, mkey)
     except IntegrityError as exc:  # forged, legacy or malformed: never marked verified
         raise _failed_verification(backup_id, exc) from None
     if Step.REPLICATE not in manifest.steps:
         raise StepOrderError(
-            f"backup {backup_id} cannot be verified: it has not been replicated to GCS; "
-            "run step 'replicate' again",
+            f"backup {backup_id} cannot be verified: it has not been replicated to "
+            f"{placement.replica}; run step 'replicate' again",
             rerun_step=Step.REPLICATE.value,
         )
-    problems = check_copy(ctx, "s3", okey, manifest, deep=deep)
-    problems += check_copy(ctx, "gcs", okey, manifest, deep=deep)
-    if replica is None or replica.ciphertext_sha256 != manifest.ciphertext_sha256:
-        problems.append(f"the gcs manifest {ctx.url('gcs', mkey)} is missing or differs")
+    problems = check_copy(ctx, placement.primary, okey, manifest, deep=deep)
+    problems += check_copy(ctx, placement.replica, okey, manifest, deep=deep)
+    if copied is None or copied.ciphertext_sha256 != manifest.ciphertext_sha256:
+        problems.append(f"the {placement.replica} manifest {ctx.url(placement.replica, mkey)} "
+                        "is missing or differs")
     if problems:
         raise IntegrityError(f"backup {backup_id} failed verification: " + "; ".join(problems))
     how = "deep (SHA-256 of both copies)" if deep else "store checksums of both copies"
     verified = sign(ctx, manifest.with_step(Step.VERIFY, ctx.clock(), how))
     owner.confirm()
-    ctx.gcs.put_bytes(mkey, verified)
-    ctx.s3.put_bytes(mkey, verified)
+    replica.put_bytes(mkey, verified)
+    primary.put_bytes(mkey, verified)
     ctx.spool.clean(backup_id)
     return StepOutcome(backup_id, Step.VERIFY, how,
                        bytes=2 * manifest.ciphertext_size if deep else 0,
@@ -457,21 +487,25 @@ def verify(ctx: DomainContext, backup_id: str, *, deep: bool = False,
 
 
 def expire(ctx: DomainContext, backup_id: str, owner: Ownership = UNOWNED) -> StepOutcome:
-    """Expire the source's backups in both clouds, then record the step on this backup.
+    """Expire the source's backups in every store of the domain, then record the step on
+    this backup.
 
     The same sweep as the domain's own expiry loop (``regionvault.expiry``, on beat), limited
     to this source's prefixes: expiry never depends on this step, the step only hurries it."""
     ref, src = resolve(ctx, backup_id)
+    placement = ctx.placement(src)
     now = ctx.clock()
     report = sweep_domain(ctx, now, source=ref.source)
     # counted in the primary copy (the replica's counts say the same of the same backups);
     # in the replica when the primary could not be listed
-    counted = report.stores["s3"] if report.stores["s3"].listed else report.stores["gcs"]
+    first = report.stores[placement.primary]
+    counted = first if first.listed else report.stores[placement.replica]
     detail = f"removed {counted.removed_total}, kept {counted.kept}"
     if not report.complete:  # a store that is down is the loop's to catch up on
         detail += f" ({report.summary()})"
     _, mkey = keys_of(ref, src)
-    for store in (ctx.gcs, ctx.s3):
+    for name in (placement.replica, placement.primary):
+        store = ctx.store(name)
         manifest = read_manifest(ctx, store, mkey)
         if manifest is not None:
             owner.confirm()
@@ -488,15 +522,16 @@ def discard(ctx: DomainContext, backup_id: str) -> StepOutcome:
     here (expiry removes backups)."""
     ref, src = resolve(ctx, backup_id)
     okey, mkey = keys_of(ref, src)
-    for store in (ctx.s3, ctx.gcs):
+    stores = ctx.stores()
+    for store in stores:
         manifest = read_manifest(ctx, store, mkey)
         if manifest is not None and manifest.verified:
             raise StepOrderError(
                 f"backup {backup_id} is already verified: it is not discarded (expiry removes "
                 "verified backups)", rerun_step="")
-    aborted = sum(store.abort_incomplete_uploads(okey) for store in (ctx.s3, ctx.gcs))
+    aborted = sum(store.abort_incomplete_uploads(okey) for store in stores)
     locked = []
-    for store in (ctx.s3, ctx.gcs):
+    for store in stores:
         try:
             store.delete(okey)
         except ObjectLocked as exc:  # its lock ends when expiry is due: expiry removes it

@@ -46,6 +46,7 @@ ENV_OVERRIDES = {
     "REGIONVAULT_S3_ENDPOINT": "s3.endpoint_url",
     "REGIONVAULT_GCS_ENDPOINT": "gcs.endpoint_url",
     "REGIONVAULT_KMS_ENDPOINT": "kms.endpoint_url",
+    "REGIONVAULT_SWIFT_AUTH_URL": "swift.auth_url",
     "REGIONVAULT_SPOOL_DIR": "spool_dir",
 }
 
@@ -151,12 +152,50 @@ class CheckQuery(_Frozen):
     expect: str
 
 
+#: the kinds of source (``regionvault.sources``); the DSN's form depends on the kind:
+#: postgres ``postgresql://user:pw@host:port/db`` (any libpq DSN), mysql
+#: ``mysql://user:pw@host:port/db``, bigtable ``bigtable://project/instance``
+SourceKind = Literal["postgres", "mysql", "bigtable"]
+
+#: the kinds of object store (``regionvault.stores``)
+StoreName = Literal["s3", "gcs", "swift"]
+
+#: Bigtable table ids (the admin API's rule)
+BIGTABLE_TABLE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,49}")
+
+
+class StorePair(_Frozen):
+    """Where a source's backups go: ``primary`` receives the object from the spool (upload),
+    ``replica`` copies it from the primary (replicate). Two different stores, both in the
+    domain: for example ``{primary: swift, replica: gcs}`` for the Journeys sources that
+    live with Rackspace."""
+
+    primary: StoreName = "s3"
+    replica: StoreName = "gcs"
+
+    @model_validator(mode="after")
+    def _two_stores(self) -> StorePair:
+        if self.primary == self.replica:
+            raise ValueError(
+                f"primary and replica must be two different stores (both are "
+                f"{self.primary!r}): a backup is kept in two clouds")
+        return self
+
+    @property
+    def names(self) -> tuple[str, str]:
+        return (self.primary, self.replica)
+
+
 class SourceConfig(_Frozen):
     name: str
-    kind: Literal["postgres"] = "postgres"
+    kind: SourceKind = "postgres"
     dsn: SecretRef
     data_class: DataClass
-    #: run by restore drills on the restored copy
+    #: bigtable: the tables to back up (empty: every table of the instance)
+    tables: tuple[str, ...] = ()
+    #: this source's stores, when they differ from the domain's ``stores``
+    stores: StorePair | None = None
+    #: run by restore drills on the restored copy (postgres and mysql)
     check: CheckQuery | None = None
     #: recovery point objective: older than this, the newest verified backup is late
     rpo_hours: int | None = Field(default=None, ge=1)
@@ -170,6 +209,21 @@ class SourceConfig(_Frozen):
                 "(lower-case letters, digits and '-', no '/' or '.')"
             )
         return value
+
+    @model_validator(mode="after")
+    def _kind_settings(self) -> SourceConfig:
+        if self.tables and self.kind != "bigtable":
+            raise ValueError(f"source {self.name!r}: 'tables' is for bigtable sources; a "
+                             f"{self.kind} source backs up its whole database")
+        bad = [t for t in self.tables if not BIGTABLE_TABLE_RE.fullmatch(t)]
+        if bad:
+            raise ValueError(f"source {self.name!r}: {bad[0]!r} is not a Bigtable table id "
+                             "(letters, digits, '_', '.', '-', not starting with '.' or "
+                             "'-'; at most 50)")
+        if self.check is not None and self.kind == "bigtable":
+            raise ValueError(f"source {self.name!r}: a bigtable source has no SQL to run a "
+                             "'check' query; drills compare its row counts")
+        return self
 
 
 class DrillConfig(_Frozen):
@@ -195,11 +249,39 @@ def _cron(value: str) -> str:
     return value
 
 
+class SwiftDomainConfig(_Frozen):
+    """The domain's Rackspace Cloud Files container (the ``swift`` store).
+
+    ``region`` is a Cloud Files region code: SYD (au), DFW, ORD, IAD (us). LON lies in the
+    UK, not the EU: an eu domain may use it only with ``adequacy: true``, which records the
+    platform team's decision to rely on the EU's adequacy decision for the UK. The region is
+    also checked at run time against the identity service's catalogue (residency).
+    """
+
+    region: str
+    container: str = Field(pattern=r"^[^/]{1,256}$")
+    #: the Rackspace account's user name (not secret) and its API key (a secret reference)
+    user: str = Field(min_length=1)
+    api_key: SecretRef
+    #: the tenant (account number) when the identity service needs one
+    tenant: str | None = None
+    adequacy: bool = False
+
+    @field_validator("region")
+    @classmethod
+    def _code(cls, value: str) -> str:
+        return value.strip().upper()
+
+
 class DomainConfig(_Frozen):
     aws_region: str
     s3_bucket: str
     gcp_location: str
     gcs_bucket: str
+    #: Rackspace Cloud Files, for sources (or a domain) that use the ``swift`` store
+    swift: SwiftDomainConfig | None = None
+    #: where the domain's backups go unless a source says otherwise
+    stores: StorePair = StorePair()
     #: static local keys (development, small installs): read at start; rotating them is a
     #: configuration change and a restart. Exactly one of ``key`` and ``keyring``.
     key: KeyRef | None = None
@@ -246,6 +328,41 @@ class DomainConfig(_Frozen):
                 f"key ids must be unique, repeated: {', '.join(repeated)} (a key id names "
                 "one key in every manifest; give the new key a new id)")
         return self
+
+    @model_validator(mode="after")
+    def _stores_configured(self) -> DomainConfig:
+        if self.swift is None:
+            users = ["the domain"] if "swift" in self.stores.names else []
+            users += [f"source {s.name!r}" for s in self.sources
+                      if s.stores is not None and "swift" in s.stores.names]
+            if users:
+                raise ValueError(
+                    f"{', '.join(users)} use(s) the swift store, but the domain has no "
+                    "'swift' section (region, container, user, api_key)")
+        return self
+
+    @model_validator(mode="after")
+    def _locks_where_stores_lock(self) -> DomainConfig:
+        # Cloud Files cannot lock objects: with an object lock every upload to it would be
+        # refused, so the combination is refused here, before a backup ever runs
+        if self.object_lock is not None and self.swift is not None:
+            users = {*self.stores.names, *(n for s in self.sources if s.stores
+                                          for n in s.stores.names)}
+            if "swift" in users:
+                raise ValueError(
+                    "object_lock cannot hold for the swift store: Rackspace Cloud Files "
+                    "cannot lock objects; remove object_lock, or keep the locked sources "
+                    "on s3 and gcs")
+        return self
+
+    def stores_for(self, source: SourceConfig) -> StorePair:
+        """The primary and replica stores of ``source``'s backups."""
+        return source.stores or self.stores
+
+    def store_names(self) -> tuple[str, ...]:
+        """Every store the domain has: s3 and gcs, and swift when it is configured. Loops
+        over a domain's backups (expiry, integrity, reconcile) visit all of them."""
+        return ("s3", "gcs", "swift") if self.swift is not None else ("s3", "gcs")
 
     def source(self, name: str, domain: Domain) -> SourceConfig:
         for src in self.sources:
@@ -341,6 +458,15 @@ class GCSConfig(_Frozen):
     chunk_size_mib: int = Field(default=16, ge=1)
 
 
+class SwiftConfig(_Frozen):
+    """Rackspace Cloud Files (OpenStack Swift): the identity service every domain's
+    ``swift`` store authenticates against (its catalogue names each region's endpoint)."""
+
+    auth_url: str = "https://identity.api.rackspacecloud.com/v2.0"
+    #: objects above this go up as static large objects of segments of this size
+    segment_size_mib: int = Field(default=100, ge=1, le=5120)
+
+
 class KMSConfig(_Frozen):
     """AWS KMS, for domains whose keyring uses the ``aws-kms`` wrapper; the region is the
     domain's own ``aws_region``."""
@@ -408,6 +534,7 @@ class Config(_Frozen):
     step_timeout_seconds: int = Field(default=4 * 3600, ge=60)
     s3: S3Config = S3Config()
     gcs: GCSConfig = GCSConfig()
+    swift: SwiftConfig = SwiftConfig()
     kms: KMSConfig = KMSConfig()
     retention: RetentionConfig = RetentionConfig()
     retries: TaskRetryConfig = TaskRetryConfig()
@@ -428,7 +555,8 @@ class Config(_Frozen):
         if not self.development:
             for field, url in (("s3.endpoint_url", self.s3.endpoint_url),
                                ("gcs.endpoint_url", self.gcs.endpoint_url),
-                               ("kms.endpoint_url", self.kms.endpoint_url)):
+                               ("kms.endpoint_url", self.kms.endpoint_url),
+                               ("swift.auth_url", self.swift.auth_url)):
                 if url is not None and not url.startswith("https://"):
                     raise ValueError(
                         f"{field} must be an https:// URL (got {url!r}); "
@@ -466,6 +594,27 @@ def _check_regions(domain: Domain, dcfg: DomainConfig) -> None:
             f"domains.{domain.value}.gcp_location {dcfg.gcp_location!r} is outside domain "
             f"{domain.value!r} (allowed: {', '.join(sorted(table.allowed_gcp_locations))})"
         )
+    if dcfg.swift is not None:
+        _check_swift_region(domain, dcfg.swift)
+
+
+def _check_swift_region(domain: Domain, swift: SwiftDomainConfig) -> None:
+    table = DOMAIN_TABLE[domain]
+    region = swift.region.lower()
+    if region in table.allowed_swift_regions:
+        return
+    if region in table.adequacy_swift_regions:
+        if swift.adequacy:
+            return
+        raise ValueError(
+            f"domains.{domain.value}.swift.region {swift.region} lies outside domain "
+            f"{domain.value!r}: Cloud Files {swift.region} is in the UK, not the EU; set "
+            "'adequacy: true' in that swift section only if your data protection officer "
+            "relies on the EU's adequacy decision for the UK")
+    allowed = sorted(r.upper() for r in table.allowed_swift_regions) or ["none"]
+    raise ValueError(
+        f"domains.{domain.value}.swift.region {swift.region} is outside domain "
+        f"{domain.value!r} (Cloud Files regions allowed: {', '.join(allowed)})")
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: str) -> None:
@@ -519,9 +668,14 @@ def load_config(path: str | Path | None = None, *, env: Mapping[str, str] | None
     """Read, parse and validate the configuration file."""
     file = config_path(path)
     try:
-        text = file.read_text()
+        text = file.read_bytes().decode("utf-8")
     except OSError as exc:
         raise ConfigError(f"configuration file {file} cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[:exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"configuration file {file} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} "
+            f"on line {line}); save it as UTF-8") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

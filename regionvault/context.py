@@ -10,8 +10,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 
-from regionvault.config import Config, DomainConfig
+from regionvault.config import Config, DomainConfig, SourceConfig, StorePair
 from regionvault.domains import Domain
+from regionvault.errors import ConfigError
 from regionvault.keyring import Keyring, KeyringSource, KeyWrapper
 from regionvault.spool import Spool
 from regionvault.stores.base import ObjectStore
@@ -85,6 +86,40 @@ class DomainContext:
                         chunk_size=self.config.gcs.chunk_size_mib * MIB,
                         lock_mode=self.lock_mode)
 
+    @cached_property
+    def swift(self) -> ObjectStore:
+        from regionvault.stores.swift import SwiftStore
+
+        swift = self.dcfg.swift
+        if swift is None:
+            raise ConfigError(f"domain {self.domain.value!r} has no 'swift' section: no "
+                              "Cloud Files container is configured")
+        return SwiftStore(
+            swift.container, swift.region, auth_url=self.config.swift.auth_url,
+            user=swift.user,
+            key=swift.api_key.read(f"the Cloud Files API key of domain {self.domain.value!r}"),
+            tenant=swift.tenant, segment_size=self.config.swift.segment_size_mib * MIB,
+            lock_mode=self.lock_mode, insecure_http_ok=self.config.development)
+
+    @property
+    def store_names(self) -> tuple[str, ...]:
+        """Every store of the domain (s3, gcs, and swift when configured)."""
+        return self.dcfg.store_names()
+
+    def stores(self) -> list[ObjectStore]:
+        """Every store of the domain, in ``store_names`` order."""
+        return [self.store(name) for name in self.store_names]
+
+    def placement(self, source: SourceConfig) -> StorePair:
+        """The names of the primary and the replica store of ``source``'s backups."""
+        return self.dcfg.stores_for(source)
+
+    def primary(self, source: SourceConfig) -> ObjectStore:
+        return self.store(self.placement(source).primary)
+
+    def replica(self, source: SourceConfig) -> ObjectStore:
+        return self.store(self.placement(source).replica)
+
     @property
     def lock_mode(self) -> str | None:
         """The domain's object lock mode ("governance", "compliance"), or None: no lock."""
@@ -110,27 +145,42 @@ class DomainContext:
         return Spool(self.config.spool_for(self.domain))
 
     def store(self, name: str) -> ObjectStore:
+        """The store called ``name`` ("s3", "gcs", "swift")."""
         if name == "s3":
             return self.s3
         if name == "gcs":
             return self.gcs
-        raise ValueError(f"unknown store {name!r} (stores: s3, gcs)")
+        if name == "swift" and self.dcfg.swift is not None:
+            return self.swift
+        raise ConfigError(f"domain {self.domain.value!r} has no store {name!r} (stores: "
+                          f"{', '.join(self.store_names)})")
 
-    def url(self, role: str, key: str = "") -> str:
-        """Where a copy lives, as people read it: ``s3://bucket/key`` or ``gs://bucket/key``."""
-        scheme = "gs" if role == "gcs" else role
-        bucket = self.store(role).bucket
+    def url(self, name: str, key: str = "") -> str:
+        """Where a copy lives, as people read it: ``s3://bucket/key``, ``gs://bucket/key``,
+        ``swift://container/key``."""
+        scheme = "gs" if name == "gcs" else name
+        bucket = self.store(name).bucket
         return f"{scheme}://{bucket}/{key}" if key else f"{scheme}://{bucket}"
 
-    def ensure_resident(self, role: str) -> None:
-        """Refuse to write unless the bucket of ``role`` ("s3" or "gcs") really lies in this
-        domain's configured region, as the cloud itself reports it."""
+    def region_of(self, name: str) -> str:
+        """The configured region of store ``name`` (lower-case)."""
+        if name == "s3":
+            return self.dcfg.aws_region.lower()
+        if name == "gcs":
+            return self.dcfg.gcp_location.lower()
+        if name == "swift" and self.dcfg.swift is not None:
+            return self.dcfg.swift.region.lower()
+        raise ConfigError(f"domain {self.domain.value!r} has no store {name!r}")
+
+    def ensure_resident(self, name: str) -> None:
+        """Refuse to write unless the bucket of store ``name`` really lies in this domain's
+        configured region, as the cloud itself reports it (for Cloud Files: as the identity
+        service's catalogue places the endpoint)."""
         # The configured region (already validated to lie inside the domain) is the only one
         # accepted: a bucket elsewhere in the same domain still means a misconfiguration.
-        store = self.store(role)
-        region = self.dcfg.aws_region if role == "s3" else self.dcfg.gcp_location
-        allowed = frozenset({region.lower()})
-        token = (role, store.bucket)
+        store = self.store(name)
+        allowed = frozenset({self.region_of(name)})
+        token = (name, store.bucket)
         with _residency_lock:
             if token in _residency_checked:
                 return

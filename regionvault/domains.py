@@ -26,6 +26,13 @@ class DomainRegions:
     gcp_location: str
     allowed_aws_regions: frozenset[str]
     allowed_gcp_locations: frozenset[str]
+    #: Rackspace Cloud Files regions inside the domain (lower-case region codes)
+    allowed_swift_regions: frozenset[str] = frozenset()
+    #: Cloud Files regions outside the domain that a domain may still use only by setting
+    #: ``swift.adequacy: true``: London is in the UK, not the EU, and EU data may go there
+    #: only under the EU's adequacy decision for the UK, which is a legal choice a platform
+    #: team makes explicitly, never a default
+    adequacy_swift_regions: frozenset[str] = frozenset()
 
 
 DOMAIN_TABLE: dict[Domain, DomainRegions] = {
@@ -37,6 +44,7 @@ DOMAIN_TABLE: dict[Domain, DomainRegions] = {
             {"us-central1", "us-east1", "us-east4", "us-east5", "us-south1", "us-west1",
              "us-west2", "us-west3", "us-west4"}
         ),
+        allowed_swift_regions=frozenset({"dfw", "ord", "iad"}),  # Dallas, Chicago, N. Virginia
     ),
     Domain.EU: DomainRegions(
         aws_region="eu-central-1",  # Frankfurt
@@ -50,12 +58,14 @@ DOMAIN_TABLE: dict[Domain, DomainRegions] = {
              "europe-west10", "europe-west12", "europe-north1", "europe-central2",
              "europe-southwest1"}
         ),
+        adequacy_swift_regions=frozenset({"lon"}),  # London: UK, EU adequacy decision
     ),
     Domain.AU: DomainRegions(
         aws_region="ap-southeast-2",  # Sydney
         gcp_location="australia-southeast2",  # Melbourne
         allowed_aws_regions=frozenset({"ap-southeast-2", "ap-southeast-4"}),
         allowed_gcp_locations=frozenset({"australia-southeast1", "australia-southeast2"}),
+        allowed_swift_regions=frozenset({"syd"}),  # Sydney
     ),
 }
 

@@ -66,8 +66,9 @@ def dr_restore(ctx: DomainContext, *, server_dsn: str, role: str = "gcs",
                clean: bool = False, parallel: int = 2,
                say: Say = lambda _: None) -> list[DrOutcome]:
     """Restore the newest verified backup of each source from ``role`` alone."""
-    if role not in ("s3", "gcs"):
-        raise ConfigError(f"disaster recovery reads from s3 or gcs, not {role!r}")
+    if role not in ctx.store_names:
+        raise ConfigError(f"disaster recovery reads from one of the domain's stores "
+                          f"({', '.join(ctx.store_names)}), not {role!r}")
     if "{source}" not in database_template:
         raise ConfigError("--database-template must contain {source}, so that every source "
                           "gets its own database")

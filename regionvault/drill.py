@@ -28,7 +28,7 @@ from regionvault.config import DomainConfig, SourceConfig
 from regionvault.context import DomainContext
 from regionvault.domains import Domain
 from regionvault.errors import IntegrityError, RegionvaultError, StoreError, TransientStoreError
-from regionvault.restore import STORES, RestoreResult, restore, select_backup
+from regionvault.restore import RestoreResult, restore, select_backup
 from regionvault.sources.postgres import (
     create_database,
     database_dsn,
@@ -111,12 +111,13 @@ def choose_sources(dcfg: DomainConfig, only: Sequence[str] | None, today: dateti
     return [sources[(start + i) % len(sources)] for i in range(sample)]
 
 
-def drill_store(previous: str | None, today: datetime) -> str:
-    """The store a source's drill restores from: the other one than its previous drill used,
-    so that both copies are proven restorable in turn; by the date's parity without one."""
-    if previous in STORES:
-        return STORES[1 - STORES.index(previous)]
-    return STORES[today.toordinal() % len(STORES)]
+def drill_store(names: tuple[str, str], previous: str | None, today: datetime) -> str:
+    """The store a source's drill restores from, of its two (``names``: primary, replica):
+    the other one than its previous drill used, so that both copies are proven restorable in
+    turn; by the date's parity without one."""
+    if previous in names:
+        return names[1 - names.index(previous)]
+    return names[today.toordinal() % len(names)]
 
 
 def previous_stores(ctx: DomainContext) -> dict[str, str]:
@@ -128,18 +129,20 @@ def previous_stores(ctx: DomainContext) -> dict[str, str]:
     found: dict[str, str] = {}
     for report in reports:  # newest first
         for entry in report.sources:
-            if entry.store in STORES:
+            if entry.store:
                 found.setdefault(entry.source, entry.store)
     return found
 
 
-def _restore_from(ctx: DomainContext, backup_id: str, target: str, store: str) -> RestoreResult:
+def _restore_from(ctx: DomainContext, src: SourceConfig, backup_id: str, target: str,
+                  store: str) -> RestoreResult:
     """Restore from ``store``; only if it cannot be reached, from the other one. A copy that
     is reached and fails its checks fails the drill: a fallback would hide it."""
     try:
         return restore(ctx, backup_id, target, from_store=store)
     except TransientStoreError as exc:
-        other = STORES[1 - STORES.index(store)]
+        names = ctx.placement(src).names
+        other = names[1 - names.index(store)]
         result = restore(ctx, backup_id, target, from_store=other)
         return dataclasses.replace(result, fallback_reason=f"{store} was not used: {exc}")
 
@@ -162,6 +165,13 @@ def _drill_source(ctx: DomainContext, src: SourceConfig, server_dsn: str,
     fields: dict[str, object] = {"source": src.name, "scratch_database": scratch}
     created = False
     try:
+        if src.kind != "postgres":
+            # the scratch server is a PostgreSQL server; a mysql or bigtable source needs a
+            # scratch server of its own kind, which drill configuration cannot name yet
+            raise RegionvaultError(
+                f"source {src.name!r} is a {src.kind} source: scheduled drills restore into "
+                "the domain's PostgreSQL scratch server only; drill it by hand with "
+                "'regionvault restore' into a scratch database of its kind")
         manifest = select_backup(ctx, src.name, started, role=None)
         backup_id = manifest.backup_id
         fields["backup_id"] = backup_id
@@ -169,7 +179,7 @@ def _drill_source(ctx: DomainContext, src: SourceConfig, server_dsn: str,
         created = True
         target = database_dsn(server_dsn, scratch)
         fields["store"] = store  # the report names the store tried, even if it fails
-        result = _restore_from(ctx, backup_id, target, store)
+        result = _restore_from(ctx, src, backup_id, target, store)
         found = row_counts(target)
         if result.warning:
             fields["warning"] = result.warning
@@ -219,7 +229,9 @@ def run_drill(ctx: DomainContext, sources: Sequence[str] | None = None) -> Drill
     chosen = choose_sources(ctx.dcfg, sources, started, ctx.domain)
     drill_id = f"{started.strftime('%Y%m%dT%H%M%SZ')}.{secrets.token_hex(4)}"
     previous = previous_stores(ctx)
-    results = [_drill_source(ctx, src, server_dsn, drill_store(previous.get(src.name), started))
+    results = [_drill_source(ctx, src, server_dsn,
+                             drill_store(ctx.placement(src).names, previous.get(src.name),
+                                         started))
                for src in chosen]
     report = DrillReport(drill_id=drill_id, domain=ctx.domain.value, started_at=started,
                          finished_at=ctx.clock(), passed=all(r.passed for r in results),
@@ -232,20 +244,20 @@ def write_report(ctx: DomainContext, report: DrillReport) -> None:
     """Both buckets of the domain; one unreachable cloud must not lose the report."""
     data = report.model_dump_json(indent=2).encode()
     errors = []
-    for role in ("s3", "gcs"):
+    for role in ctx.store_names:
         try:
             ctx.store(role).put_bytes(report.key, data)
         except StoreError as exc:
             errors.append(f"{role}: {exc}")
-    if len(errors) == 2:
+    if len(errors) == len(ctx.store_names):
         raise TransientStoreError(f"drill report {report.drill_id} could not be stored: "
                                   + "; ".join(errors))
 
 
 def list_reports(ctx: DomainContext, limit: int = 20) -> list[DrillReport]:
-    """The newest drill reports of a domain, newest first (from S3, else GCS)."""
+    """The newest drill reports of a domain, newest first (from S3, else GCS, else swift)."""
     prefix = f"{DRILL_PREFIX}{ctx.domain.value}/"
-    for role in ("s3", "gcs"):
+    for role in ctx.store_names:
         store = ctx.store(role)
         try:
             keys = sorted(store.list_keys(prefix), reverse=True)[:limit]

@@ -42,7 +42,7 @@ def erase(ctx: DomainContext, backup_id: str, *, reason: str, by: str) -> Erasur
     ref, src = resolve(ctx, backup_id)
     okey, mkey = keys_of(ref, src)
     copies: dict[str, Manifest] = {}
-    for store in (ctx.s3, ctx.gcs):
+    for store in ctx.stores():
         manifest = read_manifest(ctx, store, mkey)
         if manifest is not None:
             copies[store.name] = manifest
@@ -67,7 +67,7 @@ def erase(ctx: DomainContext, backup_id: str, *, reason: str, by: str) -> Erasur
         manifests[name] = "erasure record written" + (
             f", {dropped} older version(s) removed" if dropped else "")
     objects: dict[str, str] = {}
-    for store in (ctx.s3, ctx.gcs):
+    for store in ctx.stores():
         try:
             store.delete(okey)
             objects[store.name] = "deleted"

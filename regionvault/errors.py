@@ -97,6 +97,24 @@ class TransientSourceError(SourceError):
     restarting): worth trying again with backoff."""
 
 
+class SpoolFull(RegionvaultError):
+    """The spool's filesystem ran out of space (or quota) while a step wrote to it. The message
+    names the spool directory, the file and the step; what was half-written is removed."""
+
+    def __init__(self, directory: str, file: str, step: str = "") -> None:
+        self.directory = directory
+        self.file = file
+        self.step = step
+        during = f"during the {step} step " if step else ""
+        super().__init__(
+            f"the spool {directory} is full: no space left on its device {during}while writing "
+            f"{file}; free space there or give the spool a larger volume, then retry")
+
+    def during(self, step: str) -> SpoolFull:
+        """The same error, naming the step that was writing."""
+        return SpoolFull(self.directory, self.file, step)
+
+
 class LeaseLost(RegionvaultError):
     """This process no longer owns the backup it was working on: another owner holds a newer
     fencing token (or the lease expired and was taken). The process must stop writing."""

@@ -59,7 +59,8 @@ from regionvault.stores.base import ObjectInfo, ObjectStore
 
 log = logging.getLogger("regionvault.expiry")
 
-#: the stores every backup has a copy in, each swept on its own
+#: the stores every domain has, each swept on its own (a domain with Cloud Files also sweeps
+#: ``swift``: ``DomainContext.store_names``)
 STORES: tuple[str, ...] = ("s3", "gcs")
 
 #: after this many transient errors in a row a store is taken to be down for this sweep (the
@@ -471,7 +472,7 @@ def sweep_domain(ctx: DomainContext, now: datetime, *, source: str | None = None
     else:
         prefixes = [f"{domain}/{data_class.value}/{source}/" for data_class in DataClass]
     stores = {}
-    for role in STORES:
+    for role in ctx.store_names:
         sweeper = _StoreSweeper(ctx, role, now, prefixes, on_quarantine,
                                 abort_stale_uploads=source is None)
         stores[role] = sweeper.sweep()

@@ -64,6 +64,8 @@ class StoredBackup:
     expires_at: datetime | None = None
     #: when each store's copy was last read back whole and matched, by store ("s3", "gcs")
     last_read: Mapping[str, datetime] = field(default_factory=dict)
+    #: the stores that hold its copies (its manifest's primary and replica); None: all
+    stores: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,8 @@ def choose_sample(backups: Iterable[StoredBackup], *, period: timedelta, interva
     copies = 0
     for backup in backups:
         for store in stores:
+            if backup.stores is not None and store not in backup.stores:
+                continue  # e.g. a Cloud Files source's backups have no S3 copy
             copies += 1
             last = backup.last_read.get(store)
             deadline = (last if last is not None else backup.created_at) + period
@@ -324,7 +328,7 @@ def _list(ctx: DomainContext) -> _Catalogue:
     # configuration, or whose data class changed, still has backups that must stay readable.
     prefix = f"{ctx.domain.value}/"
     found = _Catalogue()
-    for role in STORES:
+    for role in ctx.store_names:
         store = ctx.store(role)
         try:
             for key in store.list_keys(prefix):
@@ -403,8 +407,9 @@ def run_sample(ctx: DomainContext, ledger: ReadLedger, now: datetime, *,
         first = next(iter(copies.values()))
         backups.append(StoredBackup(
             backup_id=backup_id, created_at=first.created_at, expires_at=first.expires_at,
-            last_read=reads_of.get(backup_id, {})))
-    listed = [role for role in STORES if role not in store_errors]
+            last_read=reads_of.get(backup_id, {}),
+            stores=(first.primary_store, first.replica_store)))
+    listed = [role for role in ctx.store_names if role not in store_errors]
     sample = choose_sample(backups, period=period, interval=interval, now=now, stores=listed)
 
     matched: list[Pair] = []
@@ -422,7 +427,7 @@ def run_sample(ctx: DomainContext, ledger: ReadLedger, now: datetime, *,
             continue
         manifest = next(iter(catalogue.manifests[backup_id].values()))
         if problems:
-            if not _still_there(ctx, catalogue.manifest_keys[backup_id], STORES):
+            if not _still_there(ctx, catalogue.manifest_keys[backup_id], ctx.store_names):
                 log.info("integrity: backup %s was removed while sampled", backup_id)
                 continue
             mismatches.append(Mismatch(backup_id, role, "; ".join(problems)))

@@ -142,7 +142,7 @@ def rotate(config: Config, domain: Domain,
 
 
 def _stores(ctx: DomainContext) -> tuple[ObjectStore, ...]:
-    return (ctx.s3, ctx.gcs)
+    return tuple(ctx.stores())
 
 
 def _manifests(ctx: DomainContext, store: ObjectStore,

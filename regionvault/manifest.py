@@ -194,6 +194,13 @@ class Manifest(BaseModel):
     row_counts: dict[str, int] = {}
     s3_bucket: str | None = None
     gcs_bucket: str | None = None
+    swift_container: str | None = None
+    #: the stores that hold the primary copy (uploaded) and the replica (replicated)
+    primary_store: str = "s3"
+    replica_store: str = "gcs"
+    #: the source server's version and the dump program's, as the dump found them
+    server_version: str = ""
+    tool_version: str = ""
     steps: dict[Step, StepRecord] = {}
     #: set by ``sign_manifest``; None on a manifest being built and on a legacy (version 1) one
     mac: ManifestMac | None = None

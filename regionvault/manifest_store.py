@@ -146,7 +146,7 @@ def source_manifests(ctx: DomainContext, src: SourceConfig) -> dict[str, list[Ma
     """
     prefix = key_prefix(ctx.domain, src.data_class, src.name)
     found: dict[str, list[Manifest]] = {}
-    for store in (ctx.s3, ctx.gcs):
+    for store in ctx.stores():
         for manifest in manifests_under(ctx, store, prefix):
             found.setdefault(manifest.backup_id, []).append(manifest)
     return found
@@ -154,7 +154,8 @@ def source_manifests(ctx: DomainContext, src: SourceConfig) -> dict[str, list[Ma
 
 def check_copy(ctx: DomainContext, role: str, key: str, manifest: Manifest, *,
                deep: bool) -> list[str]:
-    """Problems of the ``role`` ("s3" or "gcs") copy against its manifest (empty if none)."""
+    """Problems of the copy in store ``role`` ("s3", "gcs", "swift") against its manifest
+    (empty if none)."""
     store = ctx.store(role)
     where = f"{role} copy {ctx.url(role, key)}"
     try:

@@ -321,7 +321,7 @@ class Reconciler:
     def _rebuild(self, obs: Observation, decision: Decision) -> None:
         ref, src = manifest_store.resolve(self.ctx, obs.backup_id)
         _, mkey = manifest_store.keys_of(ref, src)
-        manifest = manifest_store.read_manifest(self.ctx, self.ctx.s3, mkey)
+        manifest = manifest_store.read_manifest(self.ctx, self.ctx.primary(src), mkey)
         if manifest is None:
             return
         self.journal.rebuild(obs.backup_id, {s: r.at for s, r in manifest.steps.items()},
@@ -339,7 +339,7 @@ class Reconciler:
         """Open uploads and objects without a manifest that no live backup owns."""
         prefix = f"{self.ctx.domain.value}/"
         cutoff = self.ctx.clock() - timedelta(seconds=self.cfg.orphan_after_seconds)
-        for role in ("s3", "gcs"):
+        for role in self.ctx.store_names:
             store = self.ctx.store(role)
             try:
                 for upload in store.incomplete_uploads(prefix):

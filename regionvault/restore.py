@@ -56,12 +56,10 @@ from regionvault.manifest_store import (
 )
 from regionvault.pipeline import Stage
 from regionvault.progress import Progress, ProgressReport, no_progress
-from regionvault.sources.postgres import restore_dump, user_relations
+from regionvault.sources import DumpInfo, restorer_for
 from regionvault.streamformat import DecryptingReader
 
 log = logging.getLogger(__name__)
-
-STORES = ("s3", "gcs")
 
 #: chunks (of about READ_SIZE) queued between two stages: enough to ride out one stage's
 #: jitter, few enough that a restore holds only a few MiB whatever the backup's size
@@ -200,33 +198,32 @@ def erased_error(manifest: Manifest) -> BackupErased:
         f"({record.reason}): its data key is destroyed and nothing can restore it")
 
 
-def check_target(target_dsn: str, *, clean: bool) -> None:
-    """Refuse a target that already holds tables unless told to replace its contents."""
-    relations = user_relations(target_dsn)
-    if relations and not clean:
-        raise ConfigError(
-            f"the target database is not empty ({relations} tables, views or sequences); "
-            "pass --clean to replace its contents, or restore into an empty database"
-        )
-
-
-def restore(ctx: DomainContext, backup_id: str, target_dsn: str, *, from_store: str = "s3",
+def restore(ctx: DomainContext, backup_id: str, target_dsn: str, *, from_store: str = "auto",
             clean: bool = False, progress: Progress = no_progress) -> RestoreResult:
-    """Restore ``backup_id`` from ``s3``, ``gcs`` or ``auto`` (S3, falling back to GCS)."""
-    if from_store not in (*STORES, "auto"):
-        raise ConfigError(f"a restore reads from s3, gcs or auto, not {from_store!r}")
-    resolve(ctx, backup_id)
-    check_target(target_dsn, clean=clean)
+    """Restore ``backup_id`` from one of the stores that hold its copies ("s3", "gcs",
+    "swift"), or ``auto``: the source's primary, falling back to its replica."""
+    ref, src = resolve(ctx, backup_id)
+    placement = ctx.placement(src)
+    if from_store not in (*placement.names, "auto"):
+        raise ConfigError(
+            f"backups of source {ref.source!r} are kept in {placement.primary} and "
+            f"{placement.replica}: a restore reads from one of them or auto, not {from_store!r}")
     if from_store != "auto":
         return _restore_from(ctx, backup_id, target_dsn, from_store, clean, progress)
     try:
-        return _restore_from(ctx, backup_id, target_dsn, "s3", clean, progress)
+        return _restore_from(ctx, backup_id, target_dsn, placement.primary, clean, progress)
     except (StoreError, IntegrityError) as exc:
         if isinstance(exc, WrongKeyError):
             raise  # the other copy is sealed with the same key: falling back cannot help
-        reason = f"S3 was not used: {exc}"
-    result = _restore_from(ctx, backup_id, target_dsn, "gcs", clean, progress)
+        reason = f"{placement.primary} was not used: {exc}"
+    result = _restore_from(ctx, backup_id, target_dsn, placement.replica, clean, progress)
     return dataclasses.replace(result, fallback_reason=reason)
+
+
+def dump_info(manifest: Manifest) -> DumpInfo:
+    """What the manifest says about the dump, as a restore target's check needs it."""
+    return DumpInfo(row_counts=manifest.row_counts, server_version=manifest.server_version,
+                    tool_version=manifest.tool_version)
 
 
 def _restore_from(ctx: DomainContext, backup_id: str, target_dsn: str, role: str, clean: bool,
@@ -241,6 +238,10 @@ def _restore_from(ctx: DomainContext, backup_id: str, target_dsn: str, role: str
         log.warning("%s", warning)
     ref, src = resolve(ctx, backup_id)
     okey, _ = keys_of(ref, src)
+    # the manifest, not today's configuration, says what kind of dump this is
+    restorer = restorer_for(manifest.source_kind, ref.source)
+    # before a byte is read or written: a target that holds data, or is too old for the dump
+    restorer.check_target(target_dsn, clean=clean, dump=dump_info(manifest))
 
     def fail(problem: str) -> IntegrityError:
         return _fail(ctx, backup_id, role, problem)
@@ -288,12 +289,12 @@ def _restore_from(ctx: DomainContext, backup_id: str, target_dsn: str, role: str
         dump = stages.enter_context(
             Stage(_decode(blocks, data_key, stream_context(ref, "backup-stream"), plain, fail),
                   name=f"restore-decode-{role}", depth=QUEUE_DEPTH))
-        restore_dump(checked(dump), target_dsn, label=f"backup {backup_id}", clean=clean)
+        restorer.restore(checked(dump), target_dsn, clean=clean)
     report("done", cipher.size)
     return RestoreResult(backup_id=backup_id, store=role, bytes_read=cipher.size,
                          plaintext_bytes=plain.size, seconds=time.monotonic() - started,
                          warning=warning)
 
 
-__all__ = ["RestoreResult",
-           "check_target", "legacy_warning", "load_manifest", "restore", "select_backup"]
+__all__ = ["RestoreResult", "dump_info", "legacy_warning", "load_manifest", "restore",
+           "select_backup"]

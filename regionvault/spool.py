@@ -15,6 +15,7 @@ working ``flock`` (local disks, a ReadWriteMany volume with a lock manager).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import shutil
@@ -22,7 +23,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from regionvault.errors import LeaseLost
+from regionvault.errors import LeaseLost, SpoolFull
+
+#: "no space left" and "quota exceeded": the spool cannot take more, whatever is retried
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 BACKUP_FILE = "backup.rvb"  # the object: the dump compressed and encrypted by ``dump``
 DUMP_META = "dump.json"  # wrapped data key, digests, row counts; marks the dump complete
@@ -102,6 +106,10 @@ class Spool:
                 os.fsync(fh.fileno())
             with self._fenced(backup_id, token):
                 os.replace(partial, final)
+        except OSError as exc:
+            if exc.errno in _FULL:
+                raise SpoolFull(str(self.root), f"{backup_id}/{name}") from None
+            raise
         finally:
             partial.unlink(missing_ok=True)
 

@@ -32,6 +32,7 @@ from regionvault.errors import (
     KeyServiceUnavailable,
     LeaseLost,
     ResidencyError,
+    SpoolFull,
     StepOrderError,
     TransientSourceError,
     TransientStoreError,
@@ -256,6 +257,10 @@ def run_step(task: Any, step: Step, *, backup_id: str, domain: str, source: str,
             raise
         except TRANSIENT as exc:
             return _retry_or_fail(task, exc, backup_id, step, task_id)
+        except SpoolFull as exc:  # the spool knows its directory; the step is known here
+            named = exc.during(step.value)
+            _fail(named, backup_id, step, task_id)
+            raise named from None
         except Exception as exc:
             _fail(exc, backup_id, step, task_id)
             raise

@@ -222,7 +222,7 @@ def _step_failed(sender: Any, task_id: str, exception: BaseException,
     step = sender.name.removeprefix(TASK_PREFIX)
     STEP_FAILURES.labels(*labels, step).inc()
     if step == "verify" and "failed verification" in str(exception):
-        for store in ("s3", "gcs"):
+        for store in ("s3", "gcs", "swift"):
             if f"{store} copy" in str(exception) or f"{store} manifest" in str(exception):
                 VERIFY_MISMATCHES.labels(*labels, store).inc()
 

@@ -31,12 +31,16 @@ def dev(
     data_dir: Annotated[Path, typer.Option("--data-dir", help="where the stack keeps its state")]
     = Path(".rv-dev"),
     config: ConfigOption = None,
+    concurrency: Annotated[int, typer.Option(
+        "--concurrency", min=1, max=64,
+        help="pool processes of each domain's worker (steps of one domain run in parallel)")]
+    = 1,
 ) -> None:
     """Run the embedded stack in the foreground until Ctrl-C or SIGTERM."""
     from regionvault.devstack.stack import DevStack
 
     def run() -> None:
-        stack = DevStack(data_dir=data_dir, config_file=config,
+        stack = DevStack(data_dir=data_dir, config_file=config, concurrency=concurrency,
                          say=lambda m: err.print(f"[dim]{m}[/]"))
         stack.start()
         try:

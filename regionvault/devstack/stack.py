@@ -155,12 +155,13 @@ class DevStack:
         self.gcs = self.group.add(start_gcs(self.data_dir / "gcs"))
         self.say("starting KMS emulator (moto)")
         self.kms = self.group.add(start_kms(self.data_dir / "kms"))
+        # No REGIONVAULT_PG_BIN here: the PostgreSQL tools are chosen by each server's major
+        # (regionvault.sources.pgtools), and one the developer configured is left as it is.
         self.env.update({
             "REGIONVAULT_KMS_ENDPOINT": self.kms.endpoint,
             "REGIONVAULT_BROKER_URL": self.redis.url,
             "REGIONVAULT_S3_ENDPOINT": self.s3.endpoint,
             "REGIONVAULT_GCS_ENDPOINT": self.gcs.endpoint,
-            "REGIONVAULT_PG_BIN": str(self.postgres.bin_dir),
             "REGIONVAULT_DEV_POSTGRES": self.postgres.dsn(),
             **DEV_AWS_ENV,
         })

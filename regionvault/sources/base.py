@@ -15,11 +15,16 @@ from typing import Protocol
 class DumpInfo:
     """What a dump learned about its snapshot, recorded in the manifest."""
 
-    #: Exact rows per table ("schema.table") in the very snapshot that was dumped: for every
-    #: ordinary or partitioned table outside the system schemas, what ``SELECT count(*)``
-    #: returns there (a partitioned table or an inheritance parent includes the rows of its
-    #: partitions or children). A restore drill counts the restored database the same way.
+    #: Exact rows per table in the very snapshot that was dumped, named as the kind names its
+    #: tables: postgres "schema.table" (every ordinary or partitioned table outside the system
+    #: schemas, what ``SELECT count(*)`` returns there, partitions and inheritance children
+    #: included), mysql "table" (the DSN names one database), bigtable the table id (rows,
+    #: not cells). ``Source.row_counts`` counts a restored database the same way.
     row_counts: Mapping[str, int] = field(default_factory=dict)
+    #: the server's version as it reports it ("15.19", "10.11.19-MariaDB", "bigtable"), and
+    #: the dump program's ("pg_dump (PostgreSQL) 15.19"); empty when unknown
+    server_version: str = ""
+    tool_version: str = ""
 
 
 class Source(Protocol):
@@ -32,9 +37,18 @@ class Source(Protocol):
       program has succeeded, a ``DumpInfo`` about that same snapshot; on any failure it raises
       ``SourceError`` with a one-sentence message that contains no credentials. Output already
       written must then be discarded by the caller.
+    - ``check_target(target_dsn, clean=..., dump=...)`` refuses, before anything is written, a
+      target that already holds data (unless ``clean``) or that the backup described by
+      ``dump`` (its manifest's versions) cannot be restored into (a server too old), with a
+      ``SourceError``/``ConfigError`` sentence naming what to do.
+    - ``row_counts(target_dsn)`` counts the rows of a database the way ``dump`` counted the
+      snapshot (same table names, same rules), so a drill can compare the two.
     - ``restore(chunks, target_dsn, clean=...)`` feeds a dump made by ``dump`` into the target
-      database, all or nothing (a failure half-way leaves the target as it was), and raises
-      ``SourceError`` if the restore program fails. It never touches the source.
+      database, all or nothing where the engine allows it (a failure half-way leaves the target
+      as it was); where it does not (MySQL's DDL commits implicitly, Bigtable has no
+      transactions) the implementation says so in its docstring, and a failed restore leaves a
+      target that a rerun with ``clean`` replaces. It raises ``SourceError`` if the restore
+      fails, and never touches the source.
     - Failures are classified where the vendor error enters, once: ``TransientSourceError``
       only when the database could not be reached, was not accepting connections yet, or
       dropped the connection (the caller retries with backoff); plain ``SourceError`` for
@@ -49,6 +63,11 @@ class Source(Protocol):
     name: str
 
     def dump(self, write: Callable[[bytes], object]) -> DumpInfo: ...
+
+    def check_target(self, target_dsn: str, *, clean: bool = False,
+                     dump: DumpInfo | None = None) -> None: ...
+
+    def row_counts(self, target_dsn: str) -> dict[str, int]: ...
 
     def restore(self, chunks: Iterable[bytes], target_dsn: str, *, clean: bool = False) -> None:
         ...

@@ -19,7 +19,7 @@ from regionvault.devstack import sample
 from regionvault.devstack.stack import DevStack
 from regionvault.domains import Domain
 from regionvault.errors import IntegrityError, TransientStoreError
-from regionvault.sources.postgres import pg_tool, split_dsn
+from regionvault.sources.postgres import PostgresSource, pg_tool, split_dsn
 from tests.integration.helpers import context, regionvault_cli, run_chain
 
 pytestmark = pytest.mark.stack
@@ -191,18 +191,19 @@ def test_a_stage_failing_mid_restore_leaves_the_target_untouched(
             time.sleep(0.05)
         raise IntegrityError("chunk 1 of the encrypted stream failed authentication (test)")
 
-    real_restore_dump = restore_module.restore_dump
+    real_restore = PostgresSource.restore
 
-    def counting_restore_dump(chunks: Iterable[bytes], *args: Any, **kwargs: Any) -> None:
+    def counting_restore(self: PostgresSource, chunks: Iterable[bytes], *args: Any,
+                         **kwargs: Any) -> None:
         def counted() -> Iterator[bytes]:
             for chunk in chunks:
                 fed.append(len(chunk))
                 yield chunk
 
-        real_restore_dump(counted(), *args, **kwargs)
+        real_restore(self, counted(), *args, **kwargs)
 
     monkeypatch.setattr(restore_module, "_decode", fails_near_the_end)
-    monkeypatch.setattr(restore_module, "restore_dump", counting_restore_dump)
+    monkeypatch.setattr(PostgresSource, "restore", counting_restore)
     with pytest.raises(IntegrityError, match=r"chunk 1 .*\(test\)"):
         restore_module.restore(context(stack, Domain.EU), backup_id, target, from_store="s3",
                                clean=True)
@@ -232,7 +233,7 @@ def test_a_download_failing_mid_stream_is_raised_as_is_and_auto_falls_back(
     result = restore_module.restore(ctx, backup_id, target, from_store="auto")
     assert result.store == "gcs"
     assert result.fallback_reason is not None
-    assert "S3 was not used: cannot read s3://" in result.fallback_reason
+    assert "s3 was not used: cannot read s3://" in result.fallback_reason
     assert _restore_threads() == []
     expected = sample.fingerprint(stack.postgres.dsn(sample.database_name(Domain.EU, "catalog")))
     assert sample.fingerprint(target) == expected

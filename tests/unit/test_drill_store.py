@@ -33,13 +33,13 @@ class GCSRole(MemoryStore):
 
 @pytest.mark.parametrize(("previous", "expected"), [("s3", "gcs"), ("gcs", "s3")])
 def test_the_other_store_than_last_time(previous: str, expected: str) -> None:
-    assert drill.drill_store(previous, SUNDAY) == expected
-    assert drill.drill_store(previous, SUNDAY + timedelta(days=1)) == expected
+    assert drill.drill_store(("s3", "gcs"), previous, SUNDAY) == expected
+    assert drill.drill_store(("s3", "gcs"), previous, SUNDAY + timedelta(days=1)) == expected
 
 
 def test_without_a_previous_drill_the_date_decides_and_alternates_weekly_and_daily() -> None:
-    weekly = [drill.drill_store(None, SUNDAY + timedelta(weeks=w)) for w in range(4)]
-    daily = [drill.drill_store(None, SUNDAY + timedelta(days=d)) for d in range(4)]
+    weekly = [drill.drill_store(("s3", "gcs"), None, SUNDAY + timedelta(weeks=w)) for w in range(4)]
+    daily = [drill.drill_store(("s3", "gcs"), None, SUNDAY + timedelta(days=d)) for d in range(4)]
     for stores in (weekly, daily):
         assert stores[0] != stores[1] and stores[0::2] == [stores[0]] * 2
         assert set(stores) == {"s3", "gcs"}
@@ -99,7 +99,7 @@ def _stores(report: drill.DrillReport) -> dict[str, str | None]:
 def test_each_source_alternates_from_drill_to_drill(drills: Drills) -> None:
     first = drill.run_drill(drills.ctx)
     assert first.passed
-    start = drill.drill_store(None, SUNDAY)
+    start = drill.drill_store(("s3", "gcs"), None, SUNDAY)
     assert _stores(first) == {"accounts": start, "catalog": start}
     second = drill.run_drill(drills.ctx, ["catalog"])
     other = "gcs" if start == "s3" else "s3"
@@ -111,7 +111,7 @@ def test_each_source_alternates_from_drill_to_drill(drills: Drills) -> None:
 
 def test_an_unreachable_store_falls_back_and_the_next_drill_goes_back_to_it(
         drills: Drills) -> None:
-    start = drill.drill_store(None, SUNDAY)
+    start = drill.drill_store(("s3", "gcs"), None, SUNDAY)
     other = "gcs" if start == "s3" else "s3"
     drills.fail[start] = TransientStoreError(f"cannot open {start}: connection refused")
     report = drill.run_drill(drills.ctx, ["accounts"])
@@ -124,7 +124,7 @@ def test_an_unreachable_store_falls_back_and_the_next_drill_goes_back_to_it(
 
 
 def test_a_copy_that_fails_its_checks_fails_the_drill_without_fallback(drills: Drills) -> None:
-    start = drill.drill_store(None, SUNDAY)
+    start = drill.drill_store(("s3", "gcs"), None, SUNDAY)
     drills.fail[start] = IntegrityError(f"backup cannot be restored from {start}: SHA-256")
     report = drill.run_drill(drills.ctx, ["accounts"])
     [entry] = report.sources
@@ -140,4 +140,4 @@ def test_unreadable_history_means_the_date_decides(
     monkeypatch.setattr(drill, "list_reports", broken)
     assert drill.previous_stores(drills.ctx) == {}
     report = drill.run_drill(drills.ctx, ["accounts"])
-    assert _stores(report) == {"accounts": drill.drill_store(None, SUNDAY)}
+    assert _stores(report) == {"accounts": drill.drill_store(("s3", "gcs"), None, SUNDAY)}
