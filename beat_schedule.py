@@ -62,7 +62,7 @@ def build_beat_schedule(config: Config) -> dict[str, dict[str, Any]]:
             "kwargs": {"domain": domain.value},
             "options": {"queue": queue_name(domain)},
         }
-        if dcfg.drill.scratch_dsn is not None:
+        if dcfg.drill.scheduled:
             schedule[f"restore-drill-{domain.value}"] = {
                 "task": "regionvault.restore_drill",
                 "schedule": cron(dcfg.drill.schedule),

@@ -234,6 +234,10 @@ class DrillConfig(_Frozen):
     #: a DSN of the domain's scratch PostgreSQL server (its maintenance database); drills
     #: create and drop their databases there. No scratch server, no scheduled drill.
     scratch_dsn: SecretRef | None = None
+    #: scratch servers of the other kinds, by kind, e.g. ``{mysql: {file: ...}}`` (a DSN of
+    #: any database the user may connect to, with CREATE and DROP); bigtable sources are not
+    #: drilled (an instance cannot be made per drill)
+    scratch: dict[Literal["postgres", "mysql"], SecretRef] = {}
     #: drill this many sources per run (chosen in turn by date); None drills every source
     sample: int | None = Field(default=None, ge=1)
 
@@ -241,6 +245,17 @@ class DrillConfig(_Frozen):
     @classmethod
     def _valid_cron(cls, value: str) -> str:
         return _cron(value)
+
+    def scratch_for(self, kind: str) -> SecretRef | None:
+        """The scratch server of ``kind`` (``scratch_dsn`` is the postgres one)."""
+        if kind == "postgres" and self.scratch_dsn is not None:
+            return self.scratch_dsn
+        return self.scratch.get(kind)  # type: ignore[call-overload]
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether beat runs drills of the domain: when it has any scratch server."""
+        return self.scratch_dsn is not None or bool(self.scratch)
 
 
 def _cron(value: str) -> str:

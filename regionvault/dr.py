@@ -2,7 +2,9 @@
 
 When the primary platform is gone, ``dr_restore(..., role="gcs")`` reads the catalogue and the
 backups from the GCS replicas only (it never calls S3), and restores the newest verified
-backup of each source into a database on a recovery server, several sources at a time.
+backup of each source into a database on a recovery server, several sources at a time. The
+server's DSN says its kind (``postgresql://``, ``mysql://``); a run recovers the sources of
+that kind, and a domain with both kinds is recovered with one run per kind.
 
 Manifests are read MAC-checked, as by every restore: a source whose newest backup has a forged
 manifest fails, naming it; a version-1 manifest is restored as unauthenticated legacy and said.
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 from regionvault.context import DomainContext
 from regionvault.errors import ConfigError, RegionvaultError
 from regionvault.restore import restore, select_backup
-from regionvault.sources.postgres import create_database, database_dsn, database_exists
+from regionvault.sources import ScratchServer, kind_of_dsn, scratch_server_for
 
 Say = Callable[[str], None]
 
@@ -36,19 +38,19 @@ class DrOutcome:
     error: str | None = None
 
 
-def _restore_source(ctx: DomainContext, role: str, source: str, server_dsn: str,
-                    database: str, clean: bool, say: Say) -> DrOutcome:
+def _restore_source(ctx: DomainContext, role: str, source: str, server: ScratchServer,
+                    server_dsn: str, database: str, clean: bool, say: Say) -> DrOutcome:
     t0 = time.monotonic()
     backup_id: str | None = None
     try:
         now = ctx.clock()
         manifest = select_backup(ctx, source, now, role=role)
         backup_id = manifest.backup_id
-        if not database_exists(server_dsn, database):
-            create_database(server_dsn, database)
+        if not server.database_exists(server_dsn, database):
+            server.create_database(server_dsn, database)
         say(f"{source}: restoring {backup_id} from {role} into {database}")
-        result = restore(ctx, backup_id, database_dsn(server_dsn, database), from_store=role,
-                         clean=clean)
+        result = restore(ctx, backup_id, server.database_dsn(server_dsn, database),
+                         from_store=role, clean=clean)
         if result.warning:
             say(f"{source}: warning: {result.warning}")
         say(f"{source}: done in {result.seconds:.1f}s")
@@ -74,11 +76,20 @@ def dr_restore(ctx: DomainContext, *, server_dsn: str, role: str = "gcs",
                           "gets its own database")
     if parallel < 1:
         raise ConfigError("--parallel must be at least 1")
-    names = list(sources) if sources else [s.name for s in ctx.dcfg.sources]
+    # the recovery server is of one kind (its DSN says which): it takes that kind's sources
+    kind = kind_of_dsn(server_dsn)
+    server = scratch_server_for(kind)
+    names = list(sources) if sources else [s.name for s in ctx.dcfg.sources if s.kind == kind]
     for name in names:
-        ctx.config.source(ctx.domain, name)  # unknown source: refused before any work
+        src = ctx.config.source(ctx.domain, name)  # unknown source: refused before any work
+        if src.kind != kind:
+            raise ConfigError(f"source {name!r} is a {src.kind} source and the target server "
+                              f"is a {kind} server: recover it with a {src.kind} server")
+    if not names:
+        raise ConfigError(f"domain {ctx.domain.value!r} has no {kind} source to recover on a "
+                          f"{kind} server")
     with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="dr") as pool:
-        futures = [pool.submit(_restore_source, ctx, role, name, server_dsn,
+        futures = [pool.submit(_restore_source, ctx, role, name, server, server_dsn,
                                database_template.format(source=name.replace("-", "_")),
                                clean, say)
                    for name in names]

@@ -29,13 +29,7 @@ from regionvault.context import DomainContext
 from regionvault.domains import Domain
 from regionvault.errors import IntegrityError, RegionvaultError, StoreError, TransientStoreError
 from regionvault.restore import RestoreResult, restore, select_backup
-from regionvault.sources.postgres import (
-    create_database,
-    database_dsn,
-    drop_database,
-    row_counts,
-    scalar,
-)
+from regionvault.sources import ScratchServer, restorer_for, scratch_server_for
 
 REPORT_VERSION = 1
 DRILL_PREFIX = "drills/"
@@ -157,30 +151,26 @@ def _compare_counts(expected: dict[str, int], found: dict[str, int]) -> str | No
     return None
 
 
-def _drill_source(ctx: DomainContext, src: SourceConfig, server_dsn: str,
-                  store: str = "s3") -> SourceDrill:
+def _drill_source(ctx: DomainContext, src: SourceConfig, store: str = "s3") -> SourceDrill:
     t0 = time.monotonic()
     started = ctx.clock()
     scratch = f"rv_drill_{src.name.replace('-', '_')}_{secrets.token_hex(4)}"
     fields: dict[str, object] = {"source": src.name, "scratch_database": scratch}
+    server: ScratchServer | None = None
+    server_dsn = ""
     created = False
     try:
-        if src.kind != "postgres":
-            # the scratch server is a PostgreSQL server; a mysql or bigtable source needs a
-            # scratch server of its own kind, which drill configuration cannot name yet
-            raise RegionvaultError(
-                f"source {src.name!r} is a {src.kind} source: scheduled drills restore into "
-                "the domain's PostgreSQL scratch server only; drill it by hand with "
-                "'regionvault restore' into a scratch database of its kind")
+        server = scratch_server_for(src.kind)
+        server_dsn = scratch_server_dsn(ctx, src.kind)
         manifest = select_backup(ctx, src.name, started, role=None)
         backup_id = manifest.backup_id
         fields["backup_id"] = backup_id
-        create_database(server_dsn, scratch)
+        server.create_database(server_dsn, scratch)
         created = True
-        target = database_dsn(server_dsn, scratch)
+        target = server.database_dsn(server_dsn, scratch)
         fields["store"] = store  # the report names the store tried, even if it fails
         result = _restore_from(ctx, src, backup_id, target, store)
-        found = row_counts(target)
+        found = restorer_for(src.kind, src.name).row_counts(target)
         if result.warning:
             fields["warning"] = result.warning
         fields.update(store=result.store, fallback_reason=result.fallback_reason,
@@ -188,7 +178,7 @@ def _drill_source(ctx: DomainContext, src: SourceConfig, server_dsn: str,
                       row_counts_expected=manifest.row_counts, row_counts_found=found)
         problems = [p for p in [_compare_counts(manifest.row_counts, found)] if p]
         if src.check is not None:
-            value = scalar(target, src.check.sql)
+            value = server.scalar(target, src.check.sql)
             check = CheckResult(sql=src.check.sql, expected=src.check.expect, found=value,
                                 passed=value == src.check.expect)
             fields["check"] = check
@@ -201,9 +191,9 @@ def _drill_source(ctx: DomainContext, src: SourceConfig, server_dsn: str,
     except RegionvaultError as exc:
         fields.update(passed=False, error=str(exc))
     finally:
-        if created:
+        if created and server is not None:
             try:
-                drop_database(server_dsn, scratch)
+                server.drop_database(server_dsn, scratch)
                 fields["scratch_dropped"] = True
             except RegionvaultError as exc:
                 fields.update(passed=False, error=f"{fields.get('error') or 'ok'}; and the "
@@ -213,23 +203,23 @@ def _drill_source(ctx: DomainContext, src: SourceConfig, server_dsn: str,
     return SourceDrill.model_validate(fields)
 
 
-def scratch_server_dsn(ctx: DomainContext) -> str:
-    ref = ctx.dcfg.drill.scratch_dsn
+def scratch_server_dsn(ctx: DomainContext, kind: str) -> str:
+    ref = ctx.dcfg.drill.scratch_for(kind)
     if ref is None:
+        where = "drill.scratch_dsn" if kind == "postgres" else f"drill.scratch.{kind}"
         raise RegionvaultError(
-            f"domain {ctx.domain.value!r} has no drill.scratch_dsn: configure the scratch "
-            "PostgreSQL server where drills create and drop their databases")
-    return ref.read(f"the drill scratch server DSN of domain {ctx.domain.value!r}")
+            f"domain {ctx.domain.value!r} has no scratch server for {kind} sources: configure "
+            f"{where}, the server where drills create and drop their databases")
+    return ref.read(f"the drill scratch server DSN ({kind}) of domain {ctx.domain.value!r}")
 
 
 def run_drill(ctx: DomainContext, sources: Sequence[str] | None = None) -> DrillReport:
-    """Drill the chosen sources, store the report in both buckets, and return it."""
-    server_dsn = scratch_server_dsn(ctx)
+    """Drill the chosen sources, store the report in every store, and return it."""
     started = ctx.clock()
     chosen = choose_sources(ctx.dcfg, sources, started, ctx.domain)
     drill_id = f"{started.strftime('%Y%m%dT%H%M%SZ')}.{secrets.token_hex(4)}"
     previous = previous_stores(ctx)
-    results = [_drill_source(ctx, src, server_dsn,
+    results = [_drill_source(ctx, src,
                              drill_store(ctx.placement(src).names, previous.get(src.name),
                                          started))
                for src in chosen]

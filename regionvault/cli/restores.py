@@ -52,7 +52,9 @@ def restore(
     source: Annotated[str | None, typer.Option("--source", "-s")] = None,
     at: Annotated[str | None, typer.Option(
         "--at", help="newest verified backup at or before this time (ISO 8601, UTC)")] = None,
-    from_store: Annotated[str, typer.Option("--from", help="s3, gcs or auto")] = "auto",
+    from_store: Annotated[str, typer.Option(
+        "--from", help="one of the source's two stores (s3, gcs, swift), or auto: its "
+        "primary, then its replica")] = "auto",
     clean: Annotated[bool, typer.Option(
         "--clean", help="replace the contents of a non-empty target")] = False,
     config: ConfigOption = None,
@@ -193,8 +195,10 @@ def drills(
 def dr_restore(
     domain: Annotated[str, typer.Option("--domain", "-d")],
     target_server: Annotated[str, typer.Option(
-        "--target-server", help="DSN of the recovery PostgreSQL server (any database on it)")],
-    from_store: Annotated[str, typer.Option("--from", help="gcs (or s3)")] = "gcs",
+        "--target-server", help="DSN of the recovery server (any database on it): "
+        "postgresql://... recovers the postgres sources, mysql://... the mysql ones")],
+    from_store: Annotated[str, typer.Option(
+        "--from", help="the store to read: gcs (or s3, swift)")] = "gcs",
     sources: Annotated[str | None, typer.Option(
         "--sources", help="comma-separated sources (default: all of the domain)")] = None,
     database_template: Annotated[str, typer.Option(

@@ -40,8 +40,9 @@ def dev(
     from regionvault.devstack.stack import DevStack
 
     def run() -> None:
+        # the sample sources include the Journeys ones (MariaDB, Bigtable, Cloud Files)
         stack = DevStack(data_dir=data_dir, config_file=config, concurrency=concurrency,
-                         say=lambda m: err.print(f"[dim]{m}[/]"))
+                         journeys=config is None, say=lambda m: err.print(f"[dim]{m}[/]"))
         stack.start()
         try:
             out.print(f"\n[bold green]regionvault dev stack is up[/]; environment in "

@@ -31,7 +31,9 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
 from regionvault.config import Config, load_config
-from regionvault.devstack import sample
+from regionvault.devstack import journeys, sample
+from regionvault.devstack.bigtable import BigtableService, start_bigtable
+from regionvault.devstack.mariadb import MariaDBService, start_mariadb
 from regionvault.devstack.services import (
     GCSService,
     KMSService,
@@ -49,6 +51,7 @@ from regionvault.devstack.services import (
     start_redis,
     start_s3,
 )
+from regionvault.devstack.swift import SwiftService, start_swift
 from regionvault.domains import Domain, queue_name
 from regionvault.provision import provision_bucket
 from regionvault.stores.lifecycle import GCSLifecycle, S3Lifecycle
@@ -99,6 +102,9 @@ class DevStack:
     sources: tuple[sample.SampleSource, ...] = sample.SAMPLE_SOURCES
     #: merged into the sample configuration, e.g. {"s3": {"max_upload_mib_per_second": 2}}
     config_overrides: dict[str, Any] = field(default_factory=dict)
+    #: also the Autopilot Journeys sample (``devstack.journeys``): MariaDB, a Bigtable
+    #: emulator and Swift (Cloud Files) servers, and two au sources placed on swift + gcs
+    journeys: bool = False
     say: Say = field(default=lambda _: None)
 
     group: ServiceGroup = field(default_factory=ServiceGroup, init=False)
@@ -108,6 +114,9 @@ class DevStack:
     s3: S3Service | None = field(default=None, init=False)
     gcs: GCSService | None = field(default=None, init=False)
     kms: KMSService | None = field(default=None, init=False)
+    mariadb: MariaDBService | None = field(default=None, init=False)
+    bigtable: BigtableService | None = field(default=None, init=False)
+    swift: SwiftService | None = field(default=None, init=False)
     worker_processes: dict[Domain, ManagedProcess] = field(default_factory=dict, init=False)
     #: where each domain worker's Prometheus exporter listens
     metrics_ports: dict[Domain, int] = field(default_factory=dict, init=False)
@@ -155,6 +164,8 @@ class DevStack:
         self.gcs = self.group.add(start_gcs(self.data_dir / "gcs"))
         self.say("starting KMS emulator (moto)")
         self.kms = self.group.add(start_kms(self.data_dir / "kms"))
+        if self.journeys:
+            self._start_journeys_servers()
         # No REGIONVAULT_PG_BIN here: the PostgreSQL tools are chosen by each server's major
         # (regionvault.sources.pgtools), and one the developer configured is left as it is.
         self.env.update({
@@ -165,6 +176,34 @@ class DevStack:
             "REGIONVAULT_DEV_POSTGRES": self.postgres.dsn(),
             **DEV_AWS_ENV,
         })
+
+    def _start_journeys_servers(self) -> None:
+        self.say("starting MariaDB")
+        self.mariadb = self.group.add(start_mariadb(self.data_dir / "mariadb"))
+        self.say("starting Bigtable emulator")
+        self.bigtable = self.group.add(start_bigtable(self.data_dir / "bigtable"))
+        self.say("starting Swift (Cloud Files) servers")
+        self.swift = self.group.add(start_swift(self.data_dir / "swift"))
+        self.env["REGIONVAULT_SWIFT_AUTH_URL"] = self.swift.identity_url
+
+    def _journeys_entries(self, secrets_dir: Path) -> dict[str, Any]:
+        """Seed the Journeys sources and return what the au domain gains (secrets in files)."""
+        assert self.mariadb is not None and self.bigtable is not None
+        assert self.swift is not None
+        mysql_dsn = journeys.seed_mysql(self.mariadb, "au_journeys", "journeys",
+                                        secrets.token_urlsafe(16))
+        bigtable_dsn = journeys.seed_bigtable(self.bigtable, "journeys-au")
+        self.say("seeded the Journeys sources (MariaDB, Bigtable)")
+        return journeys.domain_entries(
+            mysql_dsn_file=str(self._secret_file(secrets_dir / "au-journeys-mysql.dsn",
+                                                 mysql_dsn)),
+            bigtable_dsn_file=str(self._secret_file(secrets_dir / "au-journeys-bigtable.dsn",
+                                                    bigtable_dsn)),
+            swift_user=self.swift.user,
+            api_key_file=str(self._secret_file(secrets_dir / "au-cloud-files.key",
+                                               self.swift.key)),
+            mysql_scratch_file=str(self._secret_file(secrets_dir / "mysql-scratch.dsn",
+                                                     self.mariadb.root_dsn())))
 
     def _write_sample_config(self) -> Path:
         assert self.postgres is not None
@@ -194,6 +233,12 @@ class DevStack:
         data = sample.sample_config(
             data_dir=self.data_dir, sources=self.sources, dsn_files=dsn_files,
             keyring_files=keyrings, scratch_dsn_file=scratch, restore_target_files=targets)
+        if self.journeys:
+            au = data["domains"][journeys.DOMAIN.value]
+            entries = self._journeys_entries(secrets_dir)
+            au["swift"] = entries["swift"]
+            au["sources"] = [*au["sources"], *entries["sources"]]
+            au["drill"]["scratch"] = entries["drill_scratch"]
         sample.write_yaml(path, _merged(data, self.config_overrides))
         return path
 
@@ -228,6 +273,10 @@ class DevStack:
                                           client=gcs), domain, config)
             self.say(f"buckets of {domain.value}: s3://{dcfg.s3_bucket} ({dcfg.aws_region}), "
                      f"gs://{dcfg.gcs_bucket} ({dcfg.gcp_location})")
+            if dcfg.swift is not None and self.swift is not None:
+                self.swift.create_container(dcfg.swift.region, dcfg.swift.container)
+                self.say(f"Cloud Files container of {domain.value}: "
+                         f"swift://{dcfg.swift.container} ({dcfg.swift.region})")
 
     def _init_keyrings(self, config: Config) -> None:
         """Each domain's first keys, as ``regionvault keys init`` makes them (a KMS key in

@@ -1,6 +1,13 @@
 """Source databases: the seam between regionvault and the databases it backs up."""
 
-from regionvault.sources.base import DumpInfo, Source
-from regionvault.sources.kinds import KINDS, open_source, restorer_for
+from regionvault.sources.base import DumpInfo, ScratchServer, Source
+from regionvault.sources.kinds import (
+    KINDS,
+    kind_of_dsn,
+    open_source,
+    restorer_for,
+    scratch_server_for,
+)
 
-__all__ = ["KINDS", "DumpInfo", "Source", "open_source", "restorer_for"]
+__all__ = ["KINDS", "DumpInfo", "ScratchServer", "Source", "kind_of_dsn", "open_source",
+           "restorer_for", "scratch_server_for"]

@@ -71,3 +71,31 @@ class Source(Protocol):
 
     def restore(self, chunks: Iterable[bytes], target_dsn: str, *, clean: bool = False) -> None:
         ...
+
+
+class ScratchServer(Protocol):
+    """A database server of one kind where drills and disaster recovery create the databases
+    they restore into.
+
+    Contract (every implementation MUST):
+
+    - ``database_dsn(server_dsn, name)``: the DSN of database ``name`` on the server that
+      ``server_dsn`` reaches, with the same credentials; no I/O.
+    - ``create_database(server_dsn, name)``: create ``name`` empty; ``SourceError`` if it
+      cannot (it exists, no privilege), in one sentence without credentials.
+    - ``drop_database(server_dsn, name)``: drop ``name`` and everything in it; no error if it
+      does not exist.
+    - ``database_exists(server_dsn, name)``.
+    - ``scalar(dsn, query)``: the first column of the first row of a read-only ``query`` on
+      database ``dsn``, as text ("" when there is no row): a drill's check query.
+    """
+
+    def database_dsn(self, server_dsn: str, name: str) -> str: ...
+
+    def create_database(self, server_dsn: str, name: str) -> None: ...
+
+    def drop_database(self, server_dsn: str, name: str) -> None: ...
+
+    def database_exists(self, server_dsn: str, name: str) -> bool: ...
+
+    def scalar(self, dsn: str, query: str) -> str: ...

@@ -5,7 +5,7 @@ from __future__ import annotations
 from regionvault.config import SourceConfig, read_source_dsn
 from regionvault.domains import Domain
 from regionvault.errors import ConfigError
-from regionvault.sources.base import Source
+from regionvault.sources.base import ScratchServer, Source
 
 KINDS = ("postgres", "mysql", "bigtable")
 
@@ -37,3 +37,32 @@ def restorer_for(kind: str, name: str) -> Source:
     ``restore`` into a target DSN): it is given no DSN of the source, so it cannot read or
     touch the source, and a machine that restores needs no secret of it."""
     return _build(kind, name, None)
+
+
+def scratch_server_for(kind: str) -> ScratchServer:
+    """The ``ScratchServer`` of ``kind``, where drills and disaster recovery create the
+    databases they restore into."""
+    if kind == "postgres":
+        from regionvault.sources.postgres import PostgresServer
+
+        return PostgresServer()
+    if kind == "mysql":
+        from regionvault.sources.mysql import MySQLServer
+
+        return MySQLServer()
+    # A Bigtable instance has tables, not databases that a drill could create and drop; a
+    # drill of its own would need an instance per run, which is slow and costly to create
+    raise ConfigError(
+        f"{kind} sources have no database to create for a drill or a disaster recovery "
+        "run: restore them with 'regionvault restore --target' into an instance you name")
+
+
+def kind_of_dsn(dsn: str) -> str:
+    """The source kind a server DSN speaks: ``mysql://``/``mariadb://``, ``bigtable://``;
+    anything else is a PostgreSQL DSN (a URL or libpq's ``key=value`` form)."""
+    scheme = dsn.split("://", 1)[0].lower() if "://" in dsn else ""
+    if scheme in ("mysql", "mariadb"):
+        return "mysql"
+    if scheme == "bigtable":
+        return "bigtable"
+    return "postgres"

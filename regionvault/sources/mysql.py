@@ -65,7 +65,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit, urlunsplit
 
 import pymysql
 
@@ -921,6 +921,44 @@ def _connected(target: MySQLTarget, what: str) -> Iterator[pymysql.cursors.Curso
     finally:
         with contextlib.suppress(pymysql.MySQLError, OSError):
             conn.close()
+
+
+class MySQLServer:
+    """A MySQL or MariaDB server as a ``ScratchServer`` (drills and disaster recovery):
+    ``server_dsn`` names any database the user may connect to; the user needs CREATE and
+    DROP on the databases it makes."""
+
+    @staticmethod
+    def database_dsn(server_dsn: str, name: str) -> str:
+        parts = urlsplit(server_dsn)
+        parse_dsn(server_dsn)  # a malformed server DSN is refused here, never echoed
+        return urlunsplit(parts._replace(path="/" + quote(name, safe="")))
+
+    @staticmethod
+    def create_database(server_dsn: str, name: str) -> None:
+        with _connected(parse_dsn(server_dsn), "database administration failed") as cursor:
+            cursor.execute(f"CREATE DATABASE {_quote_identifier(name)} CHARACTER SET utf8mb4")
+
+    @staticmethod
+    def drop_database(server_dsn: str, name: str) -> None:
+        with _connected(parse_dsn(server_dsn), "database administration failed") as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS {_quote_identifier(name)}")
+
+    @staticmethod
+    def scalar(dsn: str, query: str) -> str:
+        with _connected(parse_dsn(dsn), "the check query failed") as cursor:
+            cursor.execute("START TRANSACTION READ ONLY")
+            cursor.execute(query)
+            row = cursor.fetchone()
+            cursor.execute("ROLLBACK")
+        return "" if row is None or row[0] is None else str(row[0])
+
+    @staticmethod
+    def database_exists(server_dsn: str, name: str) -> bool:
+        with _connected(parse_dsn(server_dsn), "cannot list databases") as cursor:
+            cursor.execute("SELECT 1 FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s",
+                           (name,))
+            return cursor.fetchone() is not None
 
 
 def _quote_identifier(name: str) -> str:

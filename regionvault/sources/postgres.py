@@ -530,6 +530,16 @@ def database_exists(server_dsn: str, name: str) -> bool:
     return row is not None
 
 
+class PostgresServer:
+    """A PostgreSQL server as a ``ScratchServer`` (drills and disaster recovery)."""
+
+    database_dsn = staticmethod(database_dsn)
+    create_database = staticmethod(create_database)
+    drop_database = staticmethod(drop_database)
+    database_exists = staticmethod(database_exists)
+    scalar = staticmethod(scalar)
+
+
 def _admin(server_dsn: str, statement: sql.Composed) -> None:
     try:
         # CREATE/DROP DATABASE cannot run inside a transaction block

@@ -177,6 +177,31 @@ def test_configmap_carries_extra_configuration() -> None:
     assert catalog.check is not None and catalog.check.expect == "true"
 
 
+def test_journeys_sources_render_with_their_kind_stores_and_cloud_files_container() -> None:
+    au = {"domains": {"au": {
+        "extraConfig": {"swift": {
+            "region": "SYD", "container": "acme-journeys-au", "user": "acme-backups",
+            "api_key": {"file": "/run/secrets/regionvault/au/cloud-files-key"}}},
+        "sources": [
+            {"name": "journeys-accounts", "kind": "mysql", "dataClass": "pii", "port": 3306,
+             "extraConfig": {"stores": {"primary": "swift", "replica": "gcs"}}},
+            {"name": "journeys-events", "kind": "bigtable", "dataClass": "pii", "port": 443,
+             "extraConfig": {"tables": ["events"],
+                             "stores": {"primary": "swift", "replica": "gcs"}}},
+            {"name": "accounts", "dataClass": "pii"},
+        ]}}}
+    config = parse_config(render(au).config(), origin="ConfigMap", env={})
+    dcfg = config.domain("au")
+    kinds = {s.name: s.kind for s in dcfg.sources}
+    assert kinds == {"journeys-accounts": "mysql", "journeys-events": "bigtable",
+                     "accounts": "postgres"}
+    assert dcfg.swift is not None and dcfg.swift.region == "SYD"
+    for source in dcfg.sources:
+        expected = ("s3", "gcs") if source.name == "accounts" else ("swift", "gcs")
+        assert dcfg.stores_for(source).names == expected
+    assert config.source("au", "journeys-events").tables == ("events",)
+
+
 def test_the_chart_cannot_write_what_regionvault_would_reject() -> None:
     """parse_config is the judge: a region outside the domain renders, and is refused there."""
     rendered = render({"domains": {"eu": {"aws": {"region": "us-east-2"}}}})

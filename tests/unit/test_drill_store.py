@@ -83,12 +83,34 @@ def drills(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Drills:
             raise world.fail[from_store]
         return RestoreResult(backup_id, from_store, 1, 1, 0.1)
 
-    monkeypatch.setattr(drill, "scratch_server_dsn", lambda ctx: "postgresql://scratch/postgres")
+    class Scratch:
+        """A scratch server that makes nothing: the restore is faked too."""
+
+        def database_dsn(self, server_dsn: str, name: str) -> str:
+            return f"postgresql://scratch/{name}"
+
+        def create_database(self, server_dsn: str, name: str) -> None:
+            pass
+
+        def drop_database(self, server_dsn: str, name: str) -> None:
+            pass
+
+        def database_exists(self, server_dsn: str, name: str) -> bool:
+            return True
+
+        def scalar(self, dsn: str, query: str) -> str:
+            return "0"
+
+    class Counted:
+        def row_counts(self, target_dsn: str) -> dict[str, int]:
+            return dict(ROWS)
+
+    monkeypatch.setattr(drill, "scratch_server_dsn",
+                        lambda ctx, kind: "postgresql://scratch/postgres")
+    monkeypatch.setattr(drill, "scratch_server_for", lambda kind: Scratch())
+    monkeypatch.setattr(drill, "restorer_for", lambda kind, name: Counted())
     monkeypatch.setattr(drill, "select_backup", select_backup)
     monkeypatch.setattr(drill, "restore", restore)
-    monkeypatch.setattr(drill, "create_database", lambda dsn, name: None)
-    monkeypatch.setattr(drill, "drop_database", lambda dsn, name: None)
-    monkeypatch.setattr(drill, "row_counts", lambda dsn: dict(ROWS))
     return world
 
 
