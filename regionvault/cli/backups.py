@@ -116,10 +116,10 @@ def check(
             keys_ok = report_keys(ctx)
             for src in ctx.dcfg.sources:
                 open_source(d, src)  # reads the DSN: a missing secret fails here
-            ctx.ensure_resident("s3")
-            ctx.ensure_resident("gcs")
-            out.print(f"domain {d.value}: keys, {len(ctx.dcfg.sources)} source DSNs and both "
-                      "buckets ok")
+            for name in ctx.store_names:  # s3, gcs, and the Cloud Files container if any
+                ctx.ensure_resident(name)
+            out.print(f"domain {d.value}: keys, {len(ctx.dcfg.sources)} source DSNs and "
+                      f"{len(ctx.store_names)} buckets ({', '.join(ctx.store_names)}) ok")
             rules_ok = report_rules(ctx) and rules_ok and keys_ok
         if not rules_ok:
             raise typer.Exit(EXIT_NOT_COMPLIANT)

@@ -31,7 +31,8 @@ SOURCES = (journeys.MYSQL_SOURCE, journeys.BIGTABLE_SOURCE)
 @pytest.fixture(scope="module")
 def journeys_stack() -> Iterator[DevStack]:
     # the in-process reads below use moto's credentials for S3
-    with running_stack("rv-test-journeys-", journeys=True) as dev, environment(DEV_AWS_ENV):
+    with (running_stack("rv-test-journeys-", journeys=True, concurrency=2) as dev,
+          environment(DEV_AWS_ENV)):
         yield dev
 
 
@@ -146,3 +147,23 @@ def test_a_bigtable_drill_says_why_it_cannot_run(journeys_stack: DevStack,
     assert entry.error == (
         "bigtable sources have no database to create for a drill or a disaster recovery run: "
         "restore them with 'regionvault restore --target' into an instance you name")
+
+
+def test_the_stack_runs_the_pools_it_was_asked_for_and_pins_no_pg_tools(
+        journeys_stack: DevStack) -> None:
+    # `regionvault dev --concurrency N`: each domain's worker runs N pool processes
+    worker = journeys_stack.worker_processes[AU]
+    children = [p for p in os.listdir("/proc") if p.isdigit()
+                and _parent_of(int(p)) == worker.pid]
+    assert len(children) == 2, children
+    # the tools are chosen by each server's major: the stack sets no REGIONVAULT_PG_BIN of
+    # its own, so one the developer configured reaches the workers unchanged
+    assert "REGIONVAULT_PG_BIN" not in journeys_stack.env
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return int(fh.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
