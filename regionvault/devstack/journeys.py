@@ -60,18 +60,21 @@ def seed_mysql(server: MariaDBService, database: str, user: str, password: str) 
 
 
 @contextmanager
-def _bigtable_client(service: BigtableService) -> Iterator[object]:
+def emulator_client(service: BigtableService,
+                    project: str = BIGTABLE_PROJECT) -> Iterator[Any]:
     """The library's own high-level client on the emulator (it finds one only through
-    ``BIGTABLE_EMULATOR_HOST``; set for the block and put back)."""
+    ``BIGTABLE_EMULATOR_HOST``: set for the block and put back, so one thread only)."""
     from google.cloud import bigtable
 
     previous = os.environ.get("BIGTABLE_EMULATOR_HOST")
     os.environ["BIGTABLE_EMULATOR_HOST"] = service.emulator_host
     try:
         with warnings.catch_warnings():
+            # the data client announces the emulator with a RuntimeWarning, which the test
+            # suite's filterwarnings would turn into an error
             warnings.filterwarnings("ignore", message="Connecting to Bigtable emulator",
                                     category=RuntimeWarning)
-            client = bigtable.Client(project=BIGTABLE_PROJECT, admin=True)
+            client = bigtable.Client(project=project, admin=True)
             try:
                 yield client
             finally:
@@ -89,8 +92,8 @@ def seed_bigtable(service: BigtableService, instance_id: str) -> str:
     from google.cloud.bigtable import column_family
 
     now = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
-    with _bigtable_client(service) as client:
-        instance = client.instance(instance_id)  # type: ignore[attr-defined]
+    with emulator_client(service) as client:
+        instance = client.instance(instance_id)
         events = instance.table("events")
         events.create(column_families={"e": column_family.MaxVersionsGCRule(3),
                                        "meta": column_family.MaxAgeGCRule(timedelta(days=30))})
@@ -131,8 +134,8 @@ def fingerprint_bigtable(service: BigtableService, dsn: str) -> dict[str, tuple[
     """Per table: (rows, SHA-256 of its families and every cell with its timestamp)."""
     instance_id = urlsplit(dsn).path.strip("/")
     out: dict[str, tuple[int, str]] = {}
-    with _bigtable_client(service) as client:
-        instance = client.instance(instance_id)  # type: ignore[attr-defined]
+    with emulator_client(service) as client:
+        instance = client.instance(instance_id)
         for table in instance.list_tables():
             digest = hashlib.sha256()
             for name, family in sorted(table.list_column_families().items()):

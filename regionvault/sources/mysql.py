@@ -72,10 +72,10 @@ import pymysql
 from regionvault.childenv import child_environment
 from regionvault.errors import ConfigError, SourceError, TransientSourceError
 from regionvault.sources.base import DumpInfo
+from regionvault.sources.programs import pump_stdout
 
 log = logging.getLogger(__name__)
 
-READ_SIZE = 1024 * 1024
 CONNECT_TIMEOUT = 30
 DEFAULT_PORT = 3306
 #: the dump programs, best first (mysqldump is MariaDB's old name and Oracle MySQL's)
@@ -1162,17 +1162,7 @@ def _run_dump(program: Program, argv: list[str], write: Callable[[bytes], object
                                     stderr=stderr, env=child_environment(os.environ))
         except OSError as exc:
             raise SourceError(f"{program.name} cannot be started: {exc.strerror}") from None
-        assert proc.stdout is not None
-        try:
-            while chunk := proc.stdout.read(READ_SIZE):
-                write(chunk)
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        finally:
-            proc.stdout.close()
-        code = proc.wait()
+        code = pump_stdout(proc, write)
     if code != 0 and not stderr_path.read_bytes().strip():
         # mariadb-dump exits 2 without a word when its connection is dropped between two of
         # its queries (a KILL, a failover, a proxy's idle timeout). Every permanent cause

@@ -58,10 +58,11 @@ from regionvault.sources.pgtools import (
     plan_restore,
     tools_for_server,
 )
+from regionvault.sources.programs import READ_SIZE, pump_stdout
 
 log = logging.getLogger(__name__)
 
-READ_SIZE = 1024 * 1024
+
 #: how much of a restore's stream is read before pg_restore starts, to learn the archive's
 #: versions from its header (a few hundred bytes; the first chunk is usually much larger)
 ARCHIVE_HEAD_BYTES = 4096
@@ -342,17 +343,7 @@ class PostgresSource:
             with stderr_path.open("wb") as stderr:
                 proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=stderr,
                                         env=child_environment(os.environ, env))
-                assert proc.stdout is not None
-                try:
-                    while chunk := proc.stdout.read(READ_SIZE):
-                        write(chunk)
-                except BaseException:
-                    proc.kill()
-                    proc.wait()
-                    raise
-                finally:
-                    proc.stdout.close()
-                code = proc.wait()
+                code = pump_stdout(proc, write)
             if code != 0:
                 raise _tool_failure("pg_dump", f"source {self.name!r}", code, stderr_path)
 

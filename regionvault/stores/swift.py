@@ -37,6 +37,26 @@ leaves behind, segments no manifest names, is listed by ``incomplete_uploads`` (
 id) and removed by ``abort_upload``, so the reconciler sweeps it as it sweeps S3's multipart
 uploads.
 
+The backstop for personal data: S3 and GCS buckets carry lifecycle rules that delete a domain's
+personal data ``backstop_pii_days`` after it was written even if regionvault's own expiry sweep
+never runs (``regionvault.provision``). Swift has no bucket lifecycle rules, only an expiry per
+object, so a store given ``delete_after`` (``pii_backstop(pii_prefix(domain), days)``) writes
+every object whose key that function gives seconds for with an ``X-Delete-At`` that many
+seconds after the write began. It is one absolute instant per object, sent with the manifest
+and every segment of a large object alike (``X-Delete-After`` would give each request its own):
+segments are the data, and none may outlive the manifest. From that second Swift answers 404
+for each of them; its object-expirer removes the bytes later, which is why the days stay under
+the ceiling here too. A write whose object Swift reports without the ``X-Delete-At`` sent is
+deleted again (``PermanentStoreError``): personal data is never silently stored without its
+backstop. This is not the expiry policy: the sweep removes backups on time; the backstop only
+guarantees that nothing outlives the ceiling when the sweep cannot run. Covered too: the
+segments a failed write leaves, and those of an object a write replaced (each carries the
+instant of its own write), and the older version a versioned container archives (Swift copies
+``X-Delete-At`` with it). Not covered: a rewrite of a key starts its clock again (as a
+lifecycle rule's age counts from the last write), and an object written without a backstop
+keeps none (``expires_at`` finds it). A listing still shows an expired object until the
+expirer has removed it.
+
 Locks: Swift cannot lock objects. A store built with a ``lock_mode`` refuses a write that
 should be locked (``PermanentStoreError``): a configured lock is never silently dropped.
 
@@ -195,7 +215,18 @@ class _Versioning:
 
 
 class SwiftStore:
-    """An ``ObjectStore`` on one Cloud Files container (see ``regionvault.stores.base``)."""
+    """An ``ObjectStore`` on one Cloud Files container (see ``regionvault.stores.base``).
+
+    ``delete_after`` (keyword; None: no object expires) is the backstop for personal data that
+    Cloud Files lacks as bucket lifecycle rules: a pure function from an object's key to
+    seconds, or None for a key that must not expire. Every write of a key it gives seconds for
+    (``put_file``, ``put_stream``, ``put_bytes``: a manifest under the pii prefix is personal
+    data too) stores the object, and every segment of it, with ``X-Delete-At`` = the second the
+    write began + those seconds, after which Swift answers 404 for all of them. It is the
+    ceiling nothing may outlive, not the expiry policy: regionvault's sweep deletes on time,
+    this deletes when the sweep never runs. ``pii_backstop`` builds the function;
+    ``expires_at`` reports an object's expiry.
+    """
 
     name = "swift"
 
@@ -211,6 +242,7 @@ class SwiftStore:
         segment_size: int = DEFAULT_SEGMENT_SIZE,
         lock_mode: str | None = None,
         insecure_http_ok: bool = False,
+        delete_after: Callable[[str], int | None] | None = None,
     ) -> None:
         if urlsplit(auth_url).scheme != "https" and not insecure_http_ok:
             raise ConfigError(
@@ -236,6 +268,8 @@ class SwiftStore:
         self.insecure_http_ok = insecure_http_ok
         #: "governance"/"compliance": then a write given a retain_until is refused (no locks)
         self.lock_mode = check_lock_mode(lock_mode, container)
+        #: key -> seconds an object written there lives at most (None: for ever); see above
+        self.delete_after = delete_after
         self.segments_container = f"{container}{SEGMENTS_SUFFIX}"
         self._session: _Session | None = None
         self._session_lock = threading.Lock()

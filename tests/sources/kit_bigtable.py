@@ -16,9 +16,8 @@ import hashlib
 import itertools
 import os
 import random
-import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from google.cloud.bigtable import column_family
 from google.cloud.bigtable.table import Table
 
 from regionvault.devstack.bigtable import BigtableService, start_bigtable
+from regionvault.devstack.journeys import emulator_client
 from regionvault.devstack.services import HOST, free_port
 from regionvault.sources.base import Source
 from regionvault.sources.bigtable import BigtableSource
@@ -48,27 +48,10 @@ def bigtable_kit(workdir: Path) -> Iterator[BigtableKit]:
         service.stop()
 
 
-@contextmanager
-def plain_client(service: BigtableService, project: str = PROJECT) -> Iterator[bigtable.Client]:
+def plain_client(service: BigtableService,
+                 project: str = PROJECT) -> AbstractContextManager[bigtable.Client]:
     """The library's own client, pointed at the emulator for the duration of the block."""
-    previous = os.environ.get("BIGTABLE_EMULATOR_HOST")
-    os.environ["BIGTABLE_EMULATOR_HOST"] = service.emulator_host
-    try:
-        with warnings.catch_warnings():
-            # the data client announces the emulator with a RuntimeWarning, which the test
-            # suite's filterwarnings would turn into an error
-            warnings.filterwarnings("ignore", message="Connecting to Bigtable emulator",
-                                    category=RuntimeWarning)
-            client = bigtable.Client(project=project, admin=True)
-            try:
-                yield client
-            finally:
-                client.close()
-    finally:
-        if previous is None:
-            os.environ.pop("BIGTABLE_EMULATOR_HOST", None)
-        else:
-            os.environ["BIGTABLE_EMULATOR_HOST"] = previous
+    return emulator_client(service, project)
 
 
 def instance_of(dsn: str) -> str:
