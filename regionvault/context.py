@@ -88,18 +88,25 @@ class DomainContext:
 
     @cached_property
     def swift(self) -> ObjectStore:
-        from regionvault.stores.swift import SwiftStore
+        from regionvault.object_lock import backstop_pii_days
+        from regionvault.provision import pii_prefix
+        from regionvault.stores.swift import SwiftStore, pii_backstop
 
         swift = self.dcfg.swift
         if swift is None:
             raise ConfigError(f"domain {self.domain.value!r} has no 'swift' section: no "
                               "Cloud Files container is configured")
+        # Cloud Files has no bucket lifecycle rules: each pii object carries its own expiry,
+        # the same backstop the S3 and GCS rules hold (regionvault.provision)
+        backstop = pii_backstop(pii_prefix(self.domain),
+                                backstop_pii_days(self.config.retention))
         return SwiftStore(
             swift.container, swift.region, auth_url=self.config.swift.auth_url,
             user=swift.user,
             key=swift.api_key.read(f"the Cloud Files API key of domain {self.domain.value!r}"),
             tenant=swift.tenant, segment_size=self.config.swift.segment_size_mib * MIB,
-            lock_mode=self.lock_mode, insecure_http_ok=self.config.development)
+            lock_mode=self.lock_mode, insecure_http_ok=self.config.development,
+            delete_after=backstop)
 
     @property
     def store_names(self) -> tuple[str, ...]:

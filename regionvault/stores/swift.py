@@ -42,20 +42,22 @@ personal data ``backstop_pii_days`` after it was written even if regionvault's o
 never runs (``regionvault.provision``). Swift has no bucket lifecycle rules, only an expiry per
 object, so a store given ``delete_after`` (``pii_backstop(pii_prefix(domain), days)``) writes
 every object whose key that function gives seconds for with an ``X-Delete-At`` that many
-seconds after the write began. It is one absolute instant per object, sent with the manifest
-and every segment of a large object alike (``X-Delete-After`` would give each request its own):
-segments are the data, and none may outlive the manifest. From that second Swift answers 404
-for each of them; its object-expirer removes the bytes later, which is why the days stay under
-the ceiling here too. A write whose object Swift reports without the ``X-Delete-At`` sent is
-deleted again (``PermanentStoreError``): personal data is never silently stored without its
-backstop. This is not the expiry policy: the sweep removes backups on time; the backstop only
-guarantees that nothing outlives the ceiling when the sweep cannot run. Covered too: the
-segments a failed write leaves, and those of an object a write replaced (each carries the
-instant of its own write), and the older version a versioned container archives (Swift copies
-``X-Delete-At`` with it). Not covered: a rewrite of a key starts its clock again (as a
-lifecycle rule's age counts from the last write), and an object written without a backstop
-keeps none (``expires_at`` finds it). A listing still shows an expired object until the
-expirer has removed it.
+seconds after the second the write began (by this machine's clock, whose skew shifts it; the
+day the ceiling keeps in hand covers that). It is one absolute instant per object, sent with
+the manifest and every segment of a large object alike (``X-Delete-After`` would give each
+request its own): segments are the data, and none may outlive the manifest. From that second
+Swift answers 404 for each of them; its object-expirer removes the bytes later, which is why
+the days stay under the ceiling here too. A write whose object Swift reports without the
+``X-Delete-At`` sent is deleted again (``PermanentStoreError``): personal data is never
+silently stored without its backstop. This is not the expiry policy: the sweep removes backups
+on time; the backstop only guarantees that nothing outlives the ceiling when the sweep cannot
+run. Covered too: the segments a failed write leaves, and those of an object a write replaced
+(each carries the instant of its own write), and the older version a versioned container
+archives (Swift copies ``X-Delete-At`` with it). Not covered: a rewrite of a key starts its
+clock again (as a lifecycle rule's age counts from the last write), and an object written
+without a backstop keeps none (``expires_at`` finds it; ``stat`` reports no expiry,
+``ObjectInfo`` has no place for it). A listing still shows an expired object until the expirer
+has removed it.
 
 Locks: Swift cannot lock objects. A store built with a ``lock_mode`` refuses a write that
 should be locked (``PermanentStoreError``): a configured lock is never silently dropped.
@@ -86,6 +88,7 @@ import os
 import re
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -129,6 +132,8 @@ SEGMENTS_SUFFIX = "_segments"
 #: the metadata holding the object's CRC32C, and the upload id of an SLO's segments
 CRC_HEADER = "X-Object-Meta-Crc32c"
 UPLOAD_HEADER = "X-Object-Meta-Rv-Upload"
+#: the epoch second from which Swift answers 404 for an object (the pii backstop)
+DELETE_AT_HEADER = "X-Delete-At"
 #: ``<key>/slo-<upload id>/<number>``: the key is all before the last "/slo-<id>/<number>"
 _SEGMENT_NAME = re.compile(r"(?P<key>.+)/slo-(?P<upload>[0-9a-f]{24})/(?P<number>\d{8})",
                            re.DOTALL)
@@ -190,6 +195,26 @@ def translate_error(exc: BaseException, where: str, action: str) -> StoreError:
     return PermanentStoreError(
         f"cannot {action} {where}: {type(exc).__name__} ({exc}); check the Cloud Files "
         "configuration")
+
+
+def pii_backstop(domain_prefix_pii: str, days: int) -> Callable[[str], int | None]:
+    """The ``delete_after`` of a store holding a domain's backups: ``days`` (in seconds) for the
+    keys under ``domain_prefix_pii`` (``provision.pii_prefix(domain)``), None for every other
+    key. Pure; ``days`` is ``provision.backstop_pii_days``, the days S3's and GCS's lifecycle
+    rules give the same keys."""
+    if not domain_prefix_pii:
+        # An empty prefix would give every key, metadata backups too, the pii ceiling.
+        raise ValueError("the pii prefix of a backstop is empty; give the domain's pii prefix "
+                         "(provision.pii_prefix)")
+    if days < 1:
+        raise ValueError(f"the backstop for {domain_prefix_pii} is {days} days; it must be at "
+                         "least 1")
+    seconds = days * 86400
+
+    def delete_after(key: str) -> int | None:
+        return seconds if key.startswith(domain_prefix_pii) else None
+
+    return delete_after
 
 
 @dataclass(frozen=True)
@@ -384,6 +409,12 @@ class SwiftStore:
         return function(session.storage_url, session.token, *args,
                         http_conn=self._conn(session.storage_url), **kwargs)
 
+    def _head(self, key: str) -> dict[str, str]:
+        """The headers of the object at ``key`` (one HEAD); ``NotFound`` if it is missing."""
+        with self._translated("stat", key):
+            headers: dict[str, str] = self._call(swiftclient.head_object, self.bucket, key)
+        return headers
+
     # -- the contract -----------------------------------------------------------------------
 
     def check_residency(self, allowed: frozenset[str]) -> None:
@@ -413,12 +444,15 @@ class SwiftStore:
                 f"cannot upload {self._where(key)} locked until {retain_until}: Cloud Files "
                 "cannot lock objects; configure no object lock for a domain stored there")
         reader = CheckedReader(stream, size, crc32c, self._where(key))
+        # Once per object: the manifest and every segment expire at the same second.
+        delete_at = self._delete_at(key)
+        expiry = {} if delete_at is None else {DELETE_AT_HEADER: str(delete_at)}
         replaced = self._upload_of(key)
         if size <= self.segment_size:
-            self._put_single(key, reader, crc32c)
+            self._put_single(key, reader, crc32c, expiry)
         else:
-            self._put_large(key, reader, size, crc32c)
-        info = self._verify_stored(key, size, crc32c)
+            self._put_large(key, reader, size, crc32c, expiry)
+        info = self._verify_stored(key, size, crc32c, delete_at)
         if replaced is not None:
             self._drop_replaced_segments(key, replaced)
         return info
@@ -455,9 +489,16 @@ class SwiftStore:
                                                   partial(self._diagnosed, key=key)), 1 * MiB)
 
     def stat(self, key: str) -> ObjectInfo:
-        with self._translated("stat", key):
-            headers = self._call(swiftclient.head_object, self.bucket, key)
-        return _info(key, headers)
+        return _info(key, self._head(key))
+
+    def expires_at(self, key: str) -> datetime | None:
+        """When Swift starts answering 404 for ``key`` (its ``X-Delete-At``, aware UTC); None if
+        the object never expires. ``NotFound`` if it is missing, or already past its expiry.
+
+        Not part of ``ObjectStore``: for the compliance checks of a Swift store's backstop. One
+        HEAD of the object; a large object's segments are not asked (they were written with
+        the same instant, see ``SwiftStore``)."""
+        return _expiry(self._where(key), self._head(key))
 
     def list_keys(self, prefix: str) -> Iterator[str]:
         for info in self.list_info(prefix):
@@ -531,13 +572,26 @@ class SwiftStore:
 
     # -- writing ----------------------------------------------------------------------------
 
-    def _put_single(self, key: str, reader: CheckedReader, crc32c: str) -> None:
+    def _delete_at(self, key: str) -> int | None:
+        """The epoch second at which an object written at ``key`` now expires (None: never)."""
+        seconds = None if self.delete_after is None else self.delete_after(key)
+        if seconds is None:
+            return None
+        if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 1:
+            raise ConfigError(
+                f"the backstop for {self._where(key)} is {seconds!r} seconds, not a whole "
+                "number of seconds of at least 1; check the delete_after the store was given")
+        # Whole seconds, rounded down: the object never lives longer than it may.
+        return int(time.time()) + seconds
+
+    def _put_single(self, key: str, reader: CheckedReader, crc32c: str,
+                    expiry: Mapping[str, str]) -> None:
         data = reader.read(reader.remaining)  # at most one segment; raises if the bytes are wrong
         md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
         with self._translated("upload", key):
             etag = self._call(swiftclient.put_object, self.bucket, key, data, etag=md5,
                               content_type="application/octet-stream",
-                              headers={CRC_HEADER: crc32c})
+                              headers={CRC_HEADER: crc32c, **expiry})
         if etag != md5:
             raise ChecksumMismatch(
                 f"refusing to trust {self._where(key)}: Cloud Files stored it with ETag {etag}, "
@@ -548,9 +602,11 @@ class SwiftStore:
         needed = -(-size // MAX_SEGMENTS)
         return max(self.segment_size, -(-needed // MiB) * MiB)
 
-    def _put_large(self, key: str, reader: CheckedReader, size: int, crc32c: str) -> None:
-        """Segments, then the manifest that names them; on failure, no segment left behind
-        unless the manifest may have been committed."""
+    def _put_large(self, key: str, reader: CheckedReader, size: int, crc32c: str,
+                   expiry: Mapping[str, str]) -> None:
+        """Segments, then the manifest that names them, all with ``expiry``; on failure, no
+        segment left behind unless the manifest may have been committed (what is left expires
+        with the rest)."""
         upload_id = secrets.token_hex(12)
         segment_size = self._segment_size_for(size)
         with self._translated("create the segments container of", container=self.bucket):
@@ -562,12 +618,13 @@ class SwiftStore:
                 # The read reaching the end raises ChecksumMismatch if the bytes are wrong, so
                 # the manifest of a wrong upload is never written.
                 data = reader.read(segment_size)
-                segments.append(self._put_segment(key, upload_id, number, data))
+                segments.append(self._put_segment(key, upload_id, number, data, expiry))
         except BaseException:
             self._delete_segments_quietly(key, upload_id)
             raise
         try:
-            self._put_manifest(key, upload_id, segments, crc32c)
+            # Positional: tests stand in for _put_manifest with a function of *args.
+            self._put_manifest(key, upload_id, segments, crc32c, expiry)
         except BaseException:
             # A manifest PUT that failed may still have been committed (a timeout after Swift
             # wrote it): its segments are deleted only once Swift says the key does not name
@@ -585,12 +642,14 @@ class SwiftStore:
                         "was written (%s)", self._where(key), upload_id, exc)
             return False
 
-    def _put_segment(self, key: str, upload_id: str, number: int, data: bytes) -> dict[str, Any]:
+    def _put_segment(self, key: str, upload_id: str, number: int, data: bytes,
+                     expiry: Mapping[str, str]) -> dict[str, Any]:
         name = _segment_name(key, upload_id, number)
         md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
         with self._translated(f"upload segment {number} of", key):
             etag = self._call(swiftclient.put_object, self.segments_container, name, data,
-                              etag=md5, content_type="application/octet-stream")
+                              etag=md5, content_type="application/octet-stream",
+                              headers=dict(expiry))
         if etag != md5:
             raise ChecksumMismatch(
                 f"refusing to store {self._where(key)}: Cloud Files stored segment {number} "
@@ -599,7 +658,7 @@ class SwiftStore:
                 "size_bytes": len(data)}
 
     def _put_manifest(self, key: str, upload_id: str, segments: list[dict[str, Any]],
-                      crc32c: str) -> None:
+                      crc32c: str, expiry: Mapping[str, str]) -> None:
         # The ETag of an SLO is the MD5 of its segments' ETags: sent, Swift checks it too.
         expected = hashlib.md5("".join(s["etag"] for s in segments).encode(),
                                usedforsecurity=False).hexdigest()
@@ -609,7 +668,7 @@ class SwiftStore:
                     swiftclient.put_object, self.bucket, key, json.dumps(segments).encode(),
                     etag=expected, query_string="multipart-manifest=put",
                     content_type="application/octet-stream",
-                    headers={CRC_HEADER: crc32c, UPLOAD_HEADER: upload_id})
+                    headers={CRC_HEADER: crc32c, UPLOAD_HEADER: upload_id, **expiry})
         except PermanentStoreError as exc:
             cause = exc.__cause__
             body = getattr(cause, "http_response_content", b"") or b""
@@ -625,13 +684,25 @@ class SwiftStore:
                 f"refusing to trust {self._where(key)}: Cloud Files wrote its manifest with "
                 f"ETag {etag}, not {expected}")
 
-    def _verify_stored(self, key: str, size: int, crc32c: str) -> ObjectInfo:
-        info = self.stat(key)
+    def _verify_stored(self, key: str, size: int, crc32c: str,
+                       delete_at: int | None) -> ObjectInfo:
+        headers = self._head(key)
+        info = _info(key, headers)
         if info.size != size or info.crc32c != crc32c:
             reported = (f"Cloud Files reports {info.size} bytes with CRC32C {info.crc32c}, "
                         f"expected {size} bytes with {crc32c}")
             self.delete(key)
             raise ChecksumMismatch(f"deleted {self._where(key)} after writing it: {reported}")
+        stored_delete_at = headers.get(DELETE_AT_HEADER.lower(), "").strip()
+        if delete_at is not None and not (stored_delete_at.isdigit()
+                                          and int(stored_delete_at) == delete_at):
+            # Personal data without its backstop would outlive the ceiling if the sweep failed.
+            self.delete(key)
+            raise PermanentStoreError(
+                f"deleted {self._where(key)} after writing it: Cloud Files reports its "
+                f"{DELETE_AT_HEADER} as {stored_delete_at or 'none'}, not the {delete_at} sent, "
+                "so it would not expire as the backstop requires; check that the cluster "
+                "supports object expiry")
         return info
 
     def _upload_of(self, key: str) -> str | None:
@@ -887,6 +958,19 @@ def _check_read(where: str, headers: Mapping[str, str], size: int, crc32c: str,
             and md5 != headers.get("etag", md5).strip('"'):
         raise ChecksumMismatch(f"the bytes read of {where} have MD5 {md5}, not its ETag "
                                f"{headers.get('etag')}")
+
+
+def _expiry(where: str, headers: Mapping[str, str]) -> datetime | None:
+    """An object's ``X-Delete-At`` (epoch seconds) as an aware UTC time; None without one."""
+    value = headers.get(DELETE_AT_HEADER.lower())
+    if value is None:
+        return None
+    try:
+        return datetime.fromtimestamp(int(value), UTC)
+    except (ValueError, OverflowError, OSError) as exc:
+        raise PermanentStoreError(
+            f"Cloud Files reports {DELETE_AT_HEADER} {value!r} for {where}, not an epoch "
+            "second; check the object") from exc
 
 
 def _segment_name(key: str, upload_id: str, number: int) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -18,6 +19,7 @@ from regionvault.drill import list_reports
 from regionvault.errors import NotFound
 from regionvault.manifest import BackupRef, Step
 from regionvault.manifest_store import keys_of, read_manifest
+from regionvault.object_lock import backstop_pii_days
 from regionvault.restore import restore
 from tests.integration.conftest import running_stack
 from tests.integration.helpers import config_of, context, regionvault_cli
@@ -70,6 +72,13 @@ def test_a_chain_with_cloud_files_primary_and_gcs_replica_ends_verified(
                                             manifest.ciphertext_crc32c)
         # encrypted at rest: the sample's e-mail addresses are nowhere in the object
         assert b"@example.au" not in store.get_bytes(okey)
+    # Cloud Files has no lifecycle rules: the pii object and its manifest carry their own
+    # expiry, the 28-day backstop the S3 and GCS rules hold
+    backstop = timedelta(days=backstop_pii_days(config_of(journeys_stack).retention))
+    for key in (okey, mkey):
+        expires = swift.expires_at(key)  # type: ignore[attr-defined]
+        assert expires is not None, f"swift:{key} has no X-Delete-At"
+        assert timedelta(0) < expires - datetime.now(UTC) <= backstop
     # and nothing of it went to S3: the Journeys sources are not placed there
     with pytest.raises(NotFound):
         ctx.store("s3").stat(okey)

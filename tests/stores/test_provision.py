@@ -443,7 +443,7 @@ def test_the_cli_exit_codes(buckets: Buckets) -> None:
 
     ok = regionvault(buckets.config_file, "check", "--domain", "eu")
     assert ok.returncode == 0, ok.stderr
-    assert "both buckets ok" in ok.stdout
+    assert "2 buckets (s3, gcs) ok" in ok.stdout
     assert "lifecycle rules of both buckets as the policy requires" in ok.stdout
 
     buckets.s3_client.delete_bucket_lifecycle(Bucket=buckets.s3)

@@ -4,8 +4,10 @@ The conformance suite (test_conformance.py) runs the ObjectStore contract on Swi
 tests look behind the store with raw HTTP: large objects are Static Large Objects whose segments
 Swift checks, a failed or replaced upload leaves no segment behind, tampered bytes are caught on
 read, residency is the identity catalog's region, vendor errors are translated, one request is
-one attempt. ``FakeCloudFiles`` (an identity service and a storage endpoint that answer what a
-test tells them) stands in only where a real server cannot be made to fail on cue.
+one attempt, and the pii backstop gives an object and every segment of it one X-Delete-At, after
+which Swift really answers 404 for all of them. ``FakeCloudFiles`` (an identity service and a
+storage endpoint that answer what a test tells them) stands in only where a real server cannot
+be made to fail on cue.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import io
 import json
 import random
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -590,3 +593,242 @@ def test_start_swift_names_the_packages_it_lacks(tmp_path: Path,
     monkeypatch.setattr(devstack_swift, "_BIN", tmp_path)
     with pytest.raises(ServiceStartError, match=r"swift-proxy.*make test.*apt-get install -y"):
         start_swift(tmp_path / "swift")
+
+
+# -- the pii backstop ------------------------------------------------------------------------
+
+PII = "eu/pii/"
+BACKSTOP_DAYS = 28
+BACKSTOP = BACKSTOP_DAYS * 86400
+
+
+def delete_at(raw: RawSwift, path: str) -> int | None:
+    """The X-Delete-At Swift reports for ``<container>/<name>`` (it must exist)."""
+    response = raw.request("HEAD", path)
+    assert response.status_code == 200, (path, response.status_code)
+    value = response.headers.get("X-Delete-At")
+    return None if value is None else int(value)
+
+
+def segment_paths(raw: RawSwift, container: str, key: str) -> list[str]:
+    """The ``<container>/<name>`` of each segment the SLO manifest at ``key`` names."""
+    response = raw.request("GET", f"{container}/{key}",
+                           params={"multipart-manifest": "get", "format": "raw"})
+    assert response.status_code == 200, response.status_code
+    return [str(segment["path"]).lstrip("/") for segment in response.json()]
+
+
+@pytest.fixture
+def backstopped(swift_server: SwiftService, container: str) -> SwiftStore:
+    return swift_store(swift_server, container, segment_size=SEGMENT,
+                       delete_after=swift.pii_backstop(PII, BACKSTOP_DAYS))
+
+
+def test_pii_backstop_gives_seconds_under_the_prefix_only() -> None:
+    delete_after = swift.pii_backstop(PII, BACKSTOP_DAYS)
+    assert delete_after("eu/pii/accounts/b1/data.bin") == 28 * 24 * 3600
+    assert delete_after("eu/pii/") == BACKSTOP
+    for key in ("eu/metadata/accounts/b1/data.bin", "us/pii/accounts/b1/data.bin", "eu/pii",
+                "eu/piixel/a", "x/eu/pii/a"):
+        assert delete_after(key) is None, key
+    assert swift.pii_backstop(PII, 1)("eu/pii/a") == 86400
+    with pytest.raises(ValueError, match="at least 1"):
+        swift.pii_backstop(PII, 0)
+    with pytest.raises(ValueError, match="prefix"):
+        swift.pii_backstop("", BACKSTOP_DAYS)
+
+
+def test_pii_objects_and_every_segment_carry_the_backstop_other_objects_none(
+        backstopped: SwiftStore, raw: RawSwift, tmp_path: Path) -> None:
+    store = backstopped
+    large, small = payload(LARGE, seed=20), payload(50_000, seed=21)
+    path = tmp_path / "large.bin"
+    path.write_bytes(large)
+    before = int(time.time())
+    store.put_bytes(f"{PII}accounts/b1/manifest.json", b'{"backup": "b1"}')  # a manifest
+    store.put_file(f"{PII}accounts/b1/data.bin", str(path), crc32c=crc32c_of_bytes(large))
+    store.put_stream(f"{PII}accounts/b1/small.bin", io.BytesIO(small), len(small),
+                     crc32c=crc32c_of_bytes(small))
+    store.put_bytes("eu/metadata/accounts/b2/manifest.json", b'{"backup": "b2"}')
+    put(store, "eu/metadata/accounts/b2/data.bin", large)
+    after = int(time.time())
+
+    for name in ("manifest.json", "data.bin", "small.bin"):
+        expiry = delete_at(raw, f"{store.bucket}/{PII}accounts/b1/{name}")
+        assert expiry is not None and before + BACKSTOP <= expiry <= after + BACKSTOP, name
+    manifest_expiry = delete_at(raw, f"{store.bucket}/{PII}accounts/b1/data.bin")
+    segments = segment_paths(raw, store.bucket, f"{PII}accounts/b1/data.bin")
+    assert len(segments) == 3
+    # The one instant of the object: no segment outlives the manifest, none goes before it.
+    assert [delete_at(raw, s) for s in segments] == [manifest_expiry] * 3
+
+    assert delete_at(raw, f"{store.bucket}/eu/metadata/accounts/b2/manifest.json") is None
+    assert delete_at(raw, f"{store.bucket}/eu/metadata/accounts/b2/data.bin") is None
+    other_segments = segment_paths(raw, store.bucket, "eu/metadata/accounts/b2/data.bin")
+    assert len(other_segments) == 3
+    assert [delete_at(raw, s) for s in other_segments] == [None] * 3
+    assert store.get_bytes(f"{PII}accounts/b1/data.bin") == large
+
+
+def test_expires_at_reports_the_backstop(backstopped: SwiftStore, raw: RawSwift) -> None:
+    store = backstopped
+    before = datetime.now(UTC).replace(microsecond=0)
+    put(store, f"{PII}a/big.bin", payload(LARGE, seed=22))
+    store.put_bytes(f"{PII}a/manifest.json", b"{}")
+    store.put_bytes("eu/metadata/a/manifest.json", b"{}")
+    after = datetime.now(UTC)
+
+    for key in (f"{PII}a/big.bin", f"{PII}a/manifest.json"):
+        expires = store.expires_at(key)
+        assert expires is not None and expires.tzinfo == UTC
+        assert expires == datetime.fromtimestamp(delete_at(raw, f"{store.bucket}/{key}") or 0,
+                                                 UTC)
+        assert before + timedelta(days=BACKSTOP_DAYS) <= expires \
+            <= after + timedelta(days=BACKSTOP_DAYS)
+    assert store.expires_at("eu/metadata/a/manifest.json") is None
+    with pytest.raises(NotFound, match=r"swift://.*eu/pii/a/missing"):
+        store.expires_at(f"{PII}a/missing")
+
+
+def test_the_backstop_deletes_the_object_and_every_segment(swift_server: SwiftService,
+                                                           container: str,
+                                                           raw: RawSwift) -> None:
+    store = swift_store(swift_server, container, segment_size=SEGMENT,
+                        delete_after=lambda key: 2 if key.startswith("gone/") else None)
+    large, small = payload(LARGE, seed=23), payload(10_000, seed=24)
+    put(store, "gone/big.bin", large)
+    put(store, "gone/small.bin", small)
+    put(store, "kept/small.bin", small)
+    expiry = delete_at(raw, f"{store.bucket}/gone/big.bin")
+    assert expiry is not None
+    segments = segment_paths(raw, store.bucket, "gone/big.bin")
+    assert [delete_at(raw, s) for s in segments] == [expiry] * 3
+    # Still there until the instant (written at most 2 s before it, read well before it).
+    assert store.get_bytes("gone/big.bin") == large
+    assert store.get_bytes("gone/small.bin") == small
+
+    def gone(key: str) -> bool:
+        try:
+            store.stat(key)
+        except NotFound:
+            return True
+        return False
+
+    deadline = time.monotonic() + 15
+    while not (gone("gone/big.bin") and gone("gone/small.bin")):
+        assert time.monotonic() < deadline, "the objects outlived their X-Delete-At by 15 s"
+        time.sleep(0.1)
+    # Gone at the instant (Swift answers 404 from then on), not before it nor long after.
+    assert expiry <= time.time() < expiry + 3
+
+    for key in ("gone/big.bin", "gone/small.bin"):
+        with pytest.raises(NotFound):
+            store.get_bytes(key)
+        with pytest.raises(NotFound):
+            store.open_read(key)
+        with pytest.raises(NotFound):
+            store.expires_at(key)
+        assert raw.request("GET", f"{store.bucket}/{key}").status_code == 404
+    for segment in segments:  # the data itself, not only the manifest naming it
+        assert raw.request("GET", segment).status_code == 404, segment
+        assert raw.request("HEAD", segment).status_code == 404, segment
+    assert store.get_bytes("kept/small.bin") == small
+    # The sweep deleting what the backstop already removed is no error.
+    store.delete("gone/big.bin")
+    store.delete("gone/small.bin")
+
+
+@pytest.mark.parametrize("header", ["X-Versions-Location", "X-History-Location"])
+def test_an_overwritten_version_and_its_segments_keep_their_own_backstop(
+        swift_server: SwiftService, raw: RawSwift, header: str) -> None:
+    name, archive = new_bucket_name(), new_bucket_name()
+    swift_server.create_container(SWIFT_REGION, archive)
+    swift_server.create_container(SWIFT_REGION, name, {header: archive})
+    key = f"{PII}accounts/b1/data.bin"
+    # Two ceilings, so that the two versions' instants differ by a day.
+    first = swift_store(swift_server, name, segment_size=SEGMENT,
+                        delete_after=swift.pii_backstop(PII, BACKSTOP_DAYS))
+    second = swift_store(swift_server, name, segment_size=SEGMENT,
+                         delete_after=swift.pii_backstop(PII, BACKSTOP_DAYS - 1))
+    put(first, key, payload(LARGE, seed=25))
+    old_expiry = delete_at(raw, f"{name}/{key}")
+    old_segments = segment_paths(raw, name, key)
+    data = payload(LARGE, seed=26)
+    put(second, key, data)
+    new_expiry = delete_at(raw, f"{name}/{key}")
+    assert old_expiry is not None and new_expiry is not None
+    assert old_expiry - new_expiry >= 86400 - 60
+
+    [archived] = raw.names(archive)
+    assert delete_at(raw, f"{archive}/{archived}") == old_expiry
+    assert segment_paths(raw, archive, archived) == old_segments
+    assert [delete_at(raw, s) for s in old_segments] == [old_expiry] * 3
+    new_segments = segment_paths(raw, name, key)
+    assert not set(new_segments) & set(old_segments)
+    assert [delete_at(raw, s) for s in new_segments] == [new_expiry] * 3
+    assert second.get_bytes(key) == data
+
+
+def test_an_overwrite_in_an_unversioned_container_gives_the_new_object_the_backstop(
+        backstopped: SwiftStore, raw: RawSwift) -> None:
+    key = f"{PII}accounts/b1/data.bin"
+    put(backstopped, key, payload(LARGE, seed=27))
+    before = int(time.time())
+    put(backstopped, key, b"small now")
+    after = int(time.time())
+    expiry = delete_at(raw, f"{backstopped.bucket}/{key}")
+    assert expiry is not None and before + BACKSTOP <= expiry <= after + BACKSTOP
+    assert raw.names(backstopped.segments_container) == []  # the replaced ones, deleted
+
+
+def test_segments_a_failed_write_leaves_expire_too(backstopped: SwiftStore, raw: RawSwift,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # The manifest is refused and the cleanup fails as well: the segments stay behind,
+    # unnamed by any manifest, until the reconciler or the backstop removes them.
+    def refused(*args: Any) -> None:
+        raise TransientStoreError("Cloud Files is unavailable")
+
+    def cleanup_fails(key: str, upload_id: str) -> None:
+        pass
+
+    monkeypatch.setattr(backstopped, "_put_manifest", refused)
+    monkeypatch.setattr(backstopped, "_delete_segments_quietly", cleanup_fails)
+    before = int(time.time())
+    with pytest.raises(TransientStoreError):
+        put(backstopped, f"{PII}accounts/b1/data.bin", payload(LARGE, seed=28))
+    after = int(time.time())
+    left = raw.names(backstopped.segments_container)
+    assert len(left) == 3
+    expiries = {delete_at(raw, f"{backstopped.segments_container}/{n}") for n in left}
+    assert len(expiries) == 1
+    [expiry] = expiries
+    assert expiry is not None and before + BACKSTOP <= expiry <= after + BACKSTOP
+
+
+def test_an_object_stored_without_its_backstop_is_deleted_again(
+        backstopped: SwiftStore, raw: RawSwift, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A proxy (or middleware) that drops X-Delete-At: the pii object must not stay.
+    real_put_object = swift.swiftclient.put_object
+
+    def dropping(*args: Any, headers: dict[str, str] | None = None, **kwargs: Any) -> str:
+        kept = {k: v for k, v in (headers or {}).items() if k.lower() != "x-delete-at"}
+        result: str = real_put_object(*args, headers=kept, **kwargs)
+        return result
+
+    monkeypatch.setattr(swift.swiftclient, "put_object", dropping)
+    with pytest.raises(PermanentStoreError, match=r"deleted swift://.*small\.bin.*X-Delete-At"):
+        backstopped.put_bytes(f"{PII}accounts/b1/small.bin", b"personal")
+    with pytest.raises(PermanentStoreError, match=r"deleted swift://.*big\.bin.*X-Delete-At"):
+        put(backstopped, f"{PII}accounts/b1/big.bin", payload(LARGE, seed=29))
+    assert raw.names(backstopped.bucket) == []
+    assert raw.names(backstopped.segments_container) == []
+    backstopped.put_bytes("eu/metadata/accounts/b1/small.bin", b"no backstop wanted")
+
+
+@pytest.mark.parametrize("seconds", [0, -5, 1.5])
+def test_a_backstop_that_is_not_whole_positive_seconds_is_refused(
+        swift_server: SwiftService, container: str, raw: RawSwift, seconds: Any) -> None:
+    store = swift_store(swift_server, container, delete_after=lambda key: seconds)
+    with pytest.raises(ConfigError, match=rf"backstop for swift://.*a\.bin is {seconds}"):
+        store.put_bytes("eu/pii/a.bin", b"personal")
+    assert raw.names(container) == []
