@@ -51,24 +51,27 @@ from typing import Any, Protocol
 from regionvault import expiry
 from regionvault.config import PII_MAX_RETENTION_DAYS, DataClass
 from regionvault.context import DomainContext
-from regionvault.errors import IntegrityError, StoreError
+from regionvault.errors import IntegrityError, NotFound, StoreError
 from regionvault.expiry import Quarantined
 from regionvault.integrity import ReadLedger
 from regionvault.keyring import Keyring
 from regionvault.manifest import MANIFEST_SUFFIX
+from regionvault.object_lock import backstop_pii_days
 from regionvault.provision import (
+    RULE_PII,
     BucketRefused,
     bucket_lifecycle,
     check_bucket,
     check_lock,
+    pii_prefix,
     required_rules,
 )
 from regionvault.retention import ExpiryRules, decide_expiry
-from regionvault.stores.lifecycle import BucketState, FoundRule, Rule
+from regionvault.stores.lifecycle import BucketState, FoundRule, Rule, RuleKind
 
 log = logging.getLogger("regionvault.compliance")
 
-#: the stores every backup has a copy in
+#: the stores every domain has (a domain with Cloud Files is judged in "swift" as well)
 STORES: tuple[str, ...] = expiry.STORES
 #: the ``schema`` field of the JSON document, and its JSON Schema (package data)
 SCHEMA_ID = "regionvault/compliance/v1"
@@ -100,7 +103,7 @@ class Finding:
     """One reason the domain is not compliant: one sentence naming the store and the thing."""
 
     condition: Condition
-    #: "s3" or "gcs"; None for what concerns the domain as a whole
+    #: "s3", "gcs" or "swift"; None for what concerns the domain as a whole
     store: str | None
     #: the object key, rule id or key id it is about, where there is one
     subject: str | None
@@ -370,6 +373,42 @@ def _rules(ctx: DomainContext, role: str, reader: BucketRulesReader) -> RulesRep
                        findings=tuple(f.message for f in findings))
 
 
+def _object_expiries(ctx: DomainContext, now: datetime) -> RulesReport:
+    """Cloud Files has no lifecycle rules: the store gives every pii object its own expiry
+    (``X-Delete-At``, ``SwiftStore(delete_after=...)``), and this reads it back from each
+    one, as the rules are read from a bucket. A pii object without one, or with one later
+    than the backstop allows after it was written, is a finding."""
+    from regionvault.stores.swift import SwiftStore
+
+    store = ctx.store("swift")
+    assert isinstance(store, SwiftStore)
+    days = backstop_pii_days(ctx.config.retention)
+    prefix = pii_prefix(ctx.domain)
+    required = Rule(RULE_PII, RuleKind.EXPIRE, prefix, days)
+    findings: list[str] = []
+    try:
+        versioned = store.lock_settings().versioned
+        for info in store.list_info(prefix):
+            try:
+                expires = store.expires_at(info.key)
+            except NotFound:
+                continue  # expired (or deleted) since it was listed
+            where = f"swift://{store.bucket}/{info.key}"
+            if expires is None:
+                findings.append(f"{where} holds personal data and has no X-Delete-At: only "
+                                "the expiry sweep would remove it")
+            elif info.modified is not None and expires > info.modified + timedelta(days=days):
+                findings.append(f"{where} expires at {_iso(expires)}, later than {days} days "
+                                f"after it was written ({_iso(info.modified)})")
+    except StoreError as exc:
+        return RulesReport(bucket=store.bucket, read=False, error=str(exc))
+    found = () if findings else (FoundRule(
+        label="X-Delete-At on every pii object", kind=RuleKind.EXPIRE, prefixes=(prefix,),
+        days=days),)
+    return RulesReport(bucket=store.bucket, read=True, versioned=versioned,
+                       required=(required,), found=found, findings=tuple(findings))
+
+
 class _AsRead:
     """A bucket state already read, in the shape ``provision.check_bucket`` reads it from."""
 
@@ -404,16 +443,16 @@ def _count(text: str | None) -> int:
         return 0
 
 
-def _sweeps(ledger: expiry.SweepLedger, domain: str, now: datetime,
-            max_age: timedelta) -> dict[str, SweepRecord]:
+def _sweeps(ledger: expiry.SweepLedger, domain: str, now: datetime, max_age: timedelta,
+            stores: Iterable[str] = STORES) -> dict[str, SweepRecord]:
     try:
         last = ledger.last_sweeps(domain)
         summary = ledger.last_summary(domain)
     except Exception as exc:  # the ledger's own backend errors (redis): types unknown here
         log.warning("compliance: the sweep ledger of domain %s cannot be read: %s", domain, exc)
-        return {role: SweepRecord(None, max_age, False, error=str(exc)) for role in STORES}
+        return {role: SweepRecord(None, max_age, False, error=str(exc)) for role in stores}
     records = {}
-    for role in STORES:
+    for role in stores:
         at = last.get(role)
         records[role] = SweepRecord(
             last_complete_at=at, max_age=max_age,
@@ -467,15 +506,19 @@ def compliance_report(ctx: DomainContext, *, expiry_ledger: expiry.SweepLedger,
     cannot be read raises (``ConfigError``)."""
     domain = ctx.domain.value
     policy = policy_of(ctx, integrity_max_age)
-    sweeps = _sweeps(expiry_ledger, domain, now, policy.sweep_max_age)
+    sweeps = _sweeps(expiry_ledger, domain, now, policy.sweep_max_age, ctx.store_names)
     sample = _sample(integrity_ledger, domain)
     held = _held(ctx.keyring)
     stores: dict[str, StoreCompliance] = {}
     findings: list[Finding] = []
-    for role in STORES:
-        reader = rules[role] if rules is not None else bucket_lifecycle(
-            ctx.config, ctx.domain, role)
-        entry = _store_compliance(ctx, role, now, policy, held, rules=_rules(ctx, role, reader),
+    for role in ctx.store_names:
+        if rules is not None and role in rules:
+            judged_rules = _rules(ctx, role, rules[role])
+        elif role == "swift":
+            judged_rules = _object_expiries(ctx, now)
+        else:
+            judged_rules = _rules(ctx, role, bucket_lifecycle(ctx.config, ctx.domain, role))
+        entry = _store_compliance(ctx, role, now, policy, held, rules=judged_rules,
                                   sweep=sweeps[role],
                                   sampled_at=sample.at if sample.covered(role) else None)
         entry = replace(entry, object_lock=_object_lock(ctx, role))

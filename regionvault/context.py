@@ -10,10 +10,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 
-from regionvault.config import Config, DomainConfig, SourceConfig, StorePair
+from regionvault.config import Config, DataClass, DomainConfig, SourceConfig, StorePair
 from regionvault.domains import Domain
 from regionvault.errors import ConfigError
 from regionvault.keyring import Keyring, KeyringSource, KeyWrapper
+from regionvault.manifest import class_prefix
 from regionvault.spool import Spool
 from regionvault.stores.base import ObjectStore
 
@@ -89,7 +90,6 @@ class DomainContext:
     @cached_property
     def swift(self) -> ObjectStore:
         from regionvault.object_lock import backstop_pii_days
-        from regionvault.provision import pii_prefix
         from regionvault.stores.swift import SwiftStore, pii_backstop
 
         swift = self.dcfg.swift
@@ -98,7 +98,7 @@ class DomainContext:
                               "Cloud Files container is configured")
         # Cloud Files has no bucket lifecycle rules: each pii object carries its own expiry,
         # the same backstop the S3 and GCS rules hold (regionvault.provision)
-        backstop = pii_backstop(pii_prefix(self.domain),
+        backstop = pii_backstop(class_prefix(self.domain, DataClass.PII),
                                 backstop_pii_days(self.config.retention))
         return SwiftStore(
             swift.container, swift.region, auth_url=self.config.swift.auth_url,

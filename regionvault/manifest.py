@@ -122,8 +122,13 @@ def backup_started(backup_id: str) -> datetime | None:
     return datetime.strptime(match["stamp"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
 
 
+def class_prefix(domain: Domain, data_class: DataClass) -> str:
+    """Where every backup of a data class of a domain lies: what bucket rules target."""
+    return f"{domain.value}/{data_class.value}/"
+
+
 def key_prefix(domain: Domain, data_class: DataClass, source: str) -> str:
-    return f"{domain.value}/{data_class.value}/{source}/"
+    return f"{class_prefix(domain, data_class)}{source}/"
 
 
 def object_key(domain: Domain, data_class: DataClass, source: str, backup_id: str) -> str:

@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING
 from regionvault.config import Config, DataClass
 from regionvault.domains import Domain
 from regionvault.errors import NotFound, PermanentStoreError, RegionvaultError
+from regionvault.manifest import class_prefix
 from regionvault.object_lock import backstop_pii_days, lock_problems
 from regionvault.stores.base import LockSettings
 from regionvault.stores.lifecycle import (
@@ -187,8 +188,7 @@ def domain_prefix(domain: Domain) -> str:
 
 
 def pii_prefix(domain: Domain) -> str:
-    # The leading part of regionvault.manifest.key_prefix for the pii data class.
-    return f"{domain.value}/{DataClass.PII.value}/"
+    return class_prefix(domain, DataClass.PII)
 
 
 def _bucket_of(config: Config, domain: Domain, store: str) -> str:

@@ -4,13 +4,18 @@ cluster, primary) and GCS (replica), verified, listed and restored from either c
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import jsonschema
 import pytest
+import requests
 
 from regionvault.catalogue import list_backups
+from regionvault.compliance import load_schema
 from regionvault.config import read_source_dsn
 from regionvault.devstack import journeys
 from regionvault.devstack.stack import DEV_AWS_ENV, DevStack, environment
@@ -176,3 +181,42 @@ def _parent_of(pid: int) -> int | None:
             return int(fh.read().rsplit(b")", 1)[1].split()[1])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _compliance(stack: DevStack) -> dict[str, Any]:
+    result = regionvault_cli(stack, "compliance", "--domain", "au", "--json")
+    # exit 3 is expected here: no expiry sweep or integrity sample ran on this stack yet
+    assert result.returncode in (0, 3), result.stderr
+    document = json.loads(result.stdout)
+    jsonschema.validate(document, load_schema())
+    [report] = document["domains"]
+    return report  # type: ignore[no-any-return]
+
+
+def test_compliance_judges_cloud_files_by_the_expiry_each_pii_object_carries(
+        journeys_stack: DevStack, backups: dict[str, str]) -> None:
+    report = _compliance(journeys_stack)
+    swift = report["stores"]["swift"]
+    assert swift["lifecycle"]["read"] is True
+    assert [f["label"] for f in swift["lifecycle"]["found"]] == ["X-Delete-At on every pii object"]
+    assert swift["oldest_pii"]["key"].startswith("au/pii/journeys-")
+    assert not [f for f in report["findings"]
+                if f["store"] == "swift" and f["condition"] == "lifecycle-rules"]
+
+    # a pii object written around regionvault, with no expiry of its own, is named
+    service = journeys_stack.swift
+    assert service is not None
+    stray = "au/pii/journeys-accounts/au.journeys-accounts.20261101T000000Z.0000beef.rvb"
+    url = f"{service.storage_url(journeys.SWIFT_REGION)}/{journeys.CONTAINER}/{stray}"
+    put = requests.put(url, data=b"x" * 10, headers={"X-Auth-Token": service.token()},
+                       timeout=30)
+    assert put.status_code == 201, put.text
+    try:
+        report = _compliance(journeys_stack)
+        named = [f for f in report["findings"]
+                 if f["store"] == "swift" and f["condition"] == "lifecycle-rules"]
+        assert len(named) == 1 and stray in named[0]["message"]
+        assert "has no X-Delete-At" in named[0]["message"]
+        assert report["compliant"] is False
+    finally:
+        requests.delete(url, headers={"X-Auth-Token": service.token()}, timeout=30)
