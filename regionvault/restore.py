@@ -202,12 +202,14 @@ def restore(ctx: DomainContext, backup_id: str, target_dsn: str, *, from_store: 
             clean: bool = False, progress: Progress = no_progress) -> RestoreResult:
     """Restore ``backup_id`` from one of the stores that hold its copies ("s3", "gcs",
     "swift"), or ``auto``: the source's primary, falling back to its replica."""
-    ref, src = resolve(ctx, backup_id)
+    _, src = resolve(ctx, backup_id)
     placement = ctx.placement(src)
-    if from_store not in (*placement.names, "auto"):
+    # any store of the domain: a backup made before its source moved (say from s3 to swift)
+    # still lies where it was made
+    if from_store not in (*ctx.store_names, "auto"):
         raise ConfigError(
-            f"backups of source {ref.source!r} are kept in {placement.primary} and "
-            f"{placement.replica}: a restore reads from one of them or auto, not {from_store!r}")
+            f"a restore in domain {ctx.domain.value!r} reads from one of its stores "
+            f"({', '.join(ctx.store_names)}) or auto, not {from_store!r}")
     if from_store != "auto":
         return _restore_from(ctx, backup_id, target_dsn, from_store, clean, progress)
     try:
