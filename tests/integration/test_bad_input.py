@@ -85,4 +85,4 @@ def test_malformed_yaml_is_refused(stack: DevStack, tmp_path: Path) -> None:
 def test_check_passes_on_a_good_configuration(stack: DevStack) -> None:
     result = regionvault_cli(stack, "check")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("both buckets ok") == 3
+    assert result.stdout.count("2 buckets (s3, gcs) ok") == 3
