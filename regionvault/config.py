@@ -268,9 +268,8 @@ class SwiftDomainConfig(_Frozen):
     """The domain's Rackspace Cloud Files container (the ``swift`` store).
 
     ``region`` is a Cloud Files region code: SYD (au), DFW, ORD, IAD (us). LON lies in the
-    UK, not the EU: an eu domain may use it only with ``adequacy: true``, which records the
-    platform team's decision to rely on the EU's adequacy decision for the UK. The region is
-    also checked at run time against the identity service's catalogue (residency).
+    UK, not the EU: an eu domain may use it only with the domain's ``uk_adequacy: true``.
+    The region is also checked at run time against the identity service's catalogue.
     """
 
     region: str
@@ -280,7 +279,6 @@ class SwiftDomainConfig(_Frozen):
     api_key: SecretRef
     #: the tenant (account number) when the identity service needs one
     tenant: str | None = None
-    adequacy: bool = False
 
     @field_validator("region")
     @classmethod
@@ -295,6 +293,10 @@ class DomainConfig(_Frozen):
     gcs_bucket: str
     #: Rackspace Cloud Files, for sources (or a domain) that use the ``swift`` store
     swift: SwiftDomainConfig | None = None
+    #: allow the UK regions of the domain table (AWS eu-west-2, Cloud Files LON) for an eu
+    #: domain: the record of a decision to rely on the EU's adequacy decision for the UK,
+    #: which the platform team's data protection officer makes, never a default
+    uk_adequacy: bool = False
     #: where the domain's backups go unless a source says otherwise
     stores: StorePair = StorePair()
     #: static local keys (development, small installs): read at start; rotating them is a
@@ -599,37 +601,33 @@ class Config(_Frozen):
 
 def _check_regions(domain: Domain, dcfg: DomainConfig) -> None:
     table = DOMAIN_TABLE[domain]
-    if dcfg.aws_region not in table.allowed_aws_regions:
-        raise ValueError(
-            f"domains.{domain.value}.aws_region {dcfg.aws_region!r} is outside domain "
-            f"{domain.value!r} (allowed: {', '.join(sorted(table.allowed_aws_regions))})"
-        )
+    _check_region(domain, "aws_region", dcfg.aws_region, table.allowed_aws_regions,
+                  table.adequacy_aws_regions, dcfg.uk_adequacy)
     if dcfg.gcp_location not in table.allowed_gcp_locations:
         raise ValueError(
             f"domains.{domain.value}.gcp_location {dcfg.gcp_location!r} is outside domain "
             f"{domain.value!r} (allowed: {', '.join(sorted(table.allowed_gcp_locations))})"
         )
     if dcfg.swift is not None:
-        _check_swift_region(domain, dcfg.swift)
+        _check_region(domain, "swift.region", dcfg.swift.region,
+                      table.allowed_swift_regions, table.adequacy_swift_regions,
+                      dcfg.uk_adequacy)
 
 
-def _check_swift_region(domain: Domain, swift: SwiftDomainConfig) -> None:
-    table = DOMAIN_TABLE[domain]
-    region = swift.region.lower()
-    if region in table.allowed_swift_regions:
+def _check_region(domain: Domain, field: str, region: str, allowed: frozenset[str],
+                  adequacy: frozenset[str], uk_adequacy: bool) -> None:
+    """Refuse ``region`` unless it lies in the domain, or in the UK under ``uk_adequacy``."""
+    if region.lower() in allowed or (uk_adequacy and region.lower() in adequacy):
         return
-    if region in table.adequacy_swift_regions:
-        if swift.adequacy:
-            return
+    where = f"domains.{domain.value}.{field} {region}"
+    if region.lower() in adequacy:
         raise ValueError(
-            f"domains.{domain.value}.swift.region {swift.region} lies outside domain "
-            f"{domain.value!r}: Cloud Files {swift.region} is in the UK, not the EU; set "
-            "'adequacy: true' in that swift section only if your data protection officer "
-            "relies on the EU's adequacy decision for the UK")
-    allowed = sorted(r.upper() for r in table.allowed_swift_regions) or ["none"]
-    raise ValueError(
-        f"domains.{domain.value}.swift.region {swift.region} is outside domain "
-        f"{domain.value!r} (Cloud Files regions allowed: {', '.join(allowed)})")
+            f"{where} lies outside domain {domain.value!r}: it is in the UK, not the EU; set "
+            f"'uk_adequacy: true' in domains.{domain.value} only if your data protection "
+            "officer relies on the EU's adequacy decision for the UK")
+    shown = sorted(r.upper() if field == "swift.region" else r for r in allowed) or ["none"]
+    raise ValueError(f"{where} is outside domain {domain.value!r} (allowed: "
+                     f"{', '.join(shown)})")
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: str) -> None:

@@ -28,10 +28,11 @@ class DomainRegions:
     allowed_gcp_locations: frozenset[str]
     #: Rackspace Cloud Files regions inside the domain (lower-case region codes)
     allowed_swift_regions: frozenset[str] = frozenset()
-    #: Cloud Files regions outside the domain that a domain may still use only by setting
-    #: ``swift.adequacy: true``: London is in the UK, not the EU, and EU data may go there
-    #: only under the EU's adequacy decision for the UK, which is a legal choice a platform
-    #: team makes explicitly, never a default
+    #: regions outside the domain that a domain may still use only with ``uk_adequacy:
+    #: true``: London is in the UK, not the EU, and EU data may go there only under the EU's
+    #: adequacy decision for the UK, a legal choice a platform team makes explicitly, never
+    #: a default
+    adequacy_aws_regions: frozenset[str] = frozenset()
     adequacy_swift_regions: frozenset[str] = frozenset()
 
 
@@ -50,15 +51,17 @@ DOMAIN_TABLE: dict[Domain, DomainRegions] = {
         aws_region="eu-central-1",  # Frankfurt
         gcp_location="europe-west4",  # Eemshaven, NL
         allowed_aws_regions=frozenset(
-            {"eu-central-1", "eu-central-2", "eu-west-1", "eu-west-2", "eu-west-3",
-             "eu-north-1", "eu-south-1", "eu-south-2"}
+            {"eu-central-1", "eu-central-2", "eu-west-1", "eu-west-3", "eu-north-1",
+             "eu-south-1", "eu-south-2"}
         ),
         allowed_gcp_locations=frozenset(
             {"europe-west1", "europe-west3", "europe-west4", "europe-west8", "europe-west9",
              "europe-west10", "europe-west12", "europe-north1", "europe-central2",
              "europe-southwest1"}
         ),
-        adequacy_swift_regions=frozenset({"lon"}),  # London: UK, EU adequacy decision
+        # London (AWS eu-west-2, Cloud Files LON): the UK, under the EU's adequacy decision
+        adequacy_aws_regions=frozenset({"eu-west-2"}),
+        adequacy_swift_regions=frozenset({"lon"}),
     ),
     Domain.AU: DomainRegions(
         aws_region="ap-southeast-2",  # Sydney

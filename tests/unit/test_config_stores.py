@@ -31,8 +31,8 @@ def _parse(data: dict[str, Any]) -> Any:
 def test_an_au_domain_with_a_dfw_cloud_files_endpoint_is_refused() -> None:
     with pytest.raises(ConfigError) as caught:
         _parse(_with("au", swift=_swift("DFW")))
-    assert ("domains.au.swift.region DFW is outside domain 'au' (Cloud Files regions "
-            "allowed: SYD)") in str(caught.value)
+    assert ("domains.au.swift.region DFW is outside domain 'au' (allowed: SYD)"
+            in str(caught.value))
 
 
 def test_an_au_domain_with_syd_is_accepted() -> None:
@@ -50,21 +50,30 @@ def test_us_cloud_files_regions_are_accepted_for_us(region: str) -> None:
 def test_an_eu_domain_with_lon_is_refused_without_the_adequacy_flag() -> None:
     with pytest.raises(ConfigError) as caught:
         _parse(_with("eu", swift=_swift("LON")))
-    message = str(caught.value)
-    assert "Cloud Files LON is in the UK, not the EU" in message
-    assert "'adequacy: true'" in message
+    assert ("domains.eu.swift.region LON lies outside domain 'eu': it is in the UK, not the "
+            "EU; set 'uk_adequacy: true' in domains.eu only if your data protection officer "
+            "relies on the EU's adequacy decision for the UK") in str(caught.value)
 
 
 def test_an_eu_domain_with_lon_is_accepted_with_the_adequacy_flag() -> None:
-    config = _parse(_with("eu", swift=_swift("LON", adequacy=True)))
-    assert next(iter(config.domains.values())).swift.adequacy is True
+    config = _parse(_with("eu", swift=_swift("LON"), uk_adequacy=True))
+    assert config.domain("eu").swift.region == "LON"
+
+
+def test_aws_london_is_held_to_the_same_rule_as_cloud_files_london() -> None:
+    with pytest.raises(ConfigError, match="aws_region eu-west-2 lies outside domain 'eu'"):
+        _parse(_with("eu", aws_region="eu-west-2"))
+    assert _parse(_with("eu", aws_region="eu-west-2", uk_adequacy=True)).domain(
+        "eu").aws_region == "eu-west-2"
 
 
 def test_the_adequacy_flag_does_not_open_other_domains_regions() -> None:
     with pytest.raises(ConfigError, match="outside domain 'eu'"):
-        _parse(_with("eu", swift=_swift("SYD", adequacy=True)))
+        _parse(_with("eu", swift=_swift("SYD"), uk_adequacy=True))
     with pytest.raises(ConfigError, match="outside domain 'au'"):
-        _parse(_with("au", swift=_swift("LON", adequacy=True)))
+        _parse(_with("au", swift=_swift("LON"), uk_adequacy=True))
+    with pytest.raises(ConfigError, match="outside domain 'us'"):
+        _parse(_with("us", aws_region="eu-west-2", uk_adequacy=True))
 
 
 def test_a_source_on_swift_needs_the_domains_swift_section() -> None:
