@@ -19,20 +19,19 @@ import os
 import secrets
 import shutil
 import signal
-import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from regionvault.childenv import child_environment
 from regionvault.devstack.services import (
     HOST,
     DevstackError,
     ManagedProcess,
     ServiceStartError,
     free_port,
+    run_setup,
     start_process,
     wait_until,
 )
@@ -207,24 +206,8 @@ def _install_db(install: Path, data_dir: Path, as_root: list[str], *, log_path: 
         "--skip-test-db",
         "--skip-name-resolve",  # no root@<this host name>: only localhost
     ]
-    with open(log_path, "ab") as log:
-        log.write(f"=== regionvault devstack: {' '.join(argv)}\n".encode())
-        log.flush()
-        try:
-            result = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                    stderr=subprocess.STDOUT, timeout=120, check=False,
-                                    env=child_environment(os.environ))
-        except (OSError, subprocess.TimeoutExpired) as err:
-            raise ServiceStartError(f"mariadb-install-db could not run ({err}); see its log "
-                                    f"{log_path}.", service="mariadb") from err
-    if result.returncode != 0:
-        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
-        raise ServiceStartError(
-            f"mariadb-install-db failed with status {result.returncode} for {data_dir}; see its "
-            f"log {log_path}, which ends with:\n{tail}",
-            service="mariadb",
-            log_tail=tail,
-        )
+    run_setup("mariadb-install-db", argv, data_dir=data_dir, log_path=log_path,
+              service="mariadb")
 
 
 def _init_sql(root_password: str) -> str:

@@ -745,6 +745,15 @@ def _initdb(bin_dir: Path, data_dir: Path, *, log_path: Path, user: str | None) 
     if user is not None:
         entry = pwd.getpwnam(user)
         user_kwargs = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+    run_setup("initdb", argv, data_dir=data_dir, log_path=log_path, service="postgres",
+              **user_kwargs)
+
+
+def run_setup(program: str, argv: Sequence[str | os.PathLike[str]], *, data_dir: Path,
+              log_path: Path, service: str, **popen_kwargs: Any) -> None:
+    """Run a server's one-off setup program (``initdb``, ``mariadb-install-db``) to the end,
+    its output appended to ``log_path``; a ``ServiceStartError`` naming the program and the
+    log's last lines if it cannot run or fails."""
     with open(log_path, "ab") as log:
         log.write(f"=== regionvault devstack: {_quote(argv)}\n".encode())
         log.flush()
@@ -757,18 +766,18 @@ def _initdb(bin_dir: Path, data_dir: Path, *, log_path: Path, user: str | None) 
                 timeout=120,
                 check=False,
                 env=child_environment(os.environ),
-                **user_kwargs,
+                **popen_kwargs,
             )
         except (OSError, subprocess.TimeoutExpired) as err:
             raise ServiceStartError(
-                f"initdb could not run ({err}); see its log {log_path}.", service="postgres"
+                f"{program} could not run ({err}); see its log {log_path}.", service=service
             ) from err
     if result.returncode != 0:
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
         raise ServiceStartError(
-            f"initdb failed with status {result.returncode} for {data_dir}; see its log "
+            f"{program} failed with status {result.returncode} for {data_dir}; see its log "
             f"{log_path}, which ends with:\n{tail}",
-            service="postgres",
+            service=service,
             log_tail=tail,
         )
 
