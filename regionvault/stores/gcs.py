@@ -56,7 +56,6 @@ from regionvault.errors import (
     ChecksumMismatch,
     ConfigError,
     NotFound,
-    ObjectLocked,
     PermanentStoreError,
     RegionvaultError,
     ResidencyError,
@@ -68,6 +67,8 @@ from regionvault.stores.streams import (
     CheckedReader,
     TranslatingReader,
     check_lock_mode,
+    delete_every_version,
+    delete_noncurrent,
     lock_date,
 )
 
@@ -282,36 +283,17 @@ class GCSStore:
 
         A generation refused for its retention (or a hold) stops the delete before the live
         one, so the name stays listed for the next attempt, and raises ``ObjectLocked``."""
-        # A noncurrent generation has a timeDeleted; the live one (at most one) has none.
-        generations = sorted(self._generations_of(key), key=lambda blob: not _noncurrent(blob))
-        locked: list[str] = []
-        for blob in generations:
-            if not _noncurrent(blob) and locked:
-                break
-            refusal = self._delete_generation(key, blob)
-            if refusal is not None:
-                locked.append(refusal)
-        if locked:
-            raise ObjectLocked(
-                f"cannot delete {self._where(key)}: {locked[0]}; it can be deleted after that "
-                "(nothing overrides the retention)")
+        delete_every_version(
+            self._generations_of(key), is_current=_live,
+            delete=lambda blob: self._delete_generation(key, blob),
+            where=self._where(key), lock_note="nothing overrides the retention")
 
     def delete_noncurrent_versions(self, key: str) -> int:
         """Delete every generation of ``key`` but the live one."""
-        removed, locked = 0, []
-        for blob in self._generations_of(key):
-            if not _noncurrent(blob):
-                continue
-            refusal = self._delete_generation(key, blob)
-            if refusal is None:
-                removed += 1
-            else:
-                locked.append(refusal)
-        if locked:
-            raise ObjectLocked(
-                f"cannot delete the older generations of {self._where(key)}: {locked[0]}; it "
-                "can be deleted after that")
-        return removed
+        return delete_noncurrent(
+            self._generations_of(key), is_current=_live,
+            delete=lambda blob: self._delete_generation(key, blob),
+            what=f"the older generations of {self._where(key)}")
 
     def lock_settings(self) -> LockSettings:
         with self._translated("read the settings of"):
@@ -474,9 +456,10 @@ def _info(blob: Any) -> ObjectInfo:
     )
 
 
-def _noncurrent(blob: Any) -> bool:
-    """Whether a listed generation is a noncurrent one (GCS stamps when it stopped being live)."""
-    return blob._properties.get("timeDeleted") is not None
+def _live(blob: Any) -> bool:
+    """Whether a listed generation is the live one: GCS stamps a noncurrent one with when it
+    stopped being live (timeDeleted), and at most one generation has no such stamp."""
+    return blob._properties.get("timeDeleted") is None
 
 
 def _retained_until(blob: Any) -> datetime | None:

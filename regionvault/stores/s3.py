@@ -28,7 +28,7 @@ import io
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -67,6 +67,8 @@ from regionvault.stores.streams import (
     ResumeChooser,
     TranslatingReader,
     check_lock_mode,
+    delete_every_version,
+    delete_noncurrent,
     lock_date,
 )
 
@@ -78,6 +80,11 @@ MIN_PART_SIZE = 5 * MiB
 MAX_PARTS = 10_000
 
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "404"})
+
+
+def _is_latest(version: Mapping[str, Any]) -> bool:
+    """Whether a ListObjectVersions entry is the key's current version."""
+    return bool(version.get("IsLatest"))
 _TRANSIENT_CODES = frozenset(
     {
         "SlowDown",
@@ -307,37 +314,18 @@ class S3Store:
         In an unversioned bucket the one version is listed as "null" and deleted so. A version
         refused for its lock stops the delete before the current version (so the key stays
         listed for the next attempt) and raises ``ObjectLocked``."""
-        versions = self._versions_of(key)
-        # noncurrent first (the listing gives the latest of a key first), the current last
-        ordered = sorted(versions, key=lambda v: bool(v.get("IsLatest")))
-        locked: list[str] = []
-        for version in ordered:
-            if version.get("IsLatest") and locked:
-                break
-            refusal = self._delete_version(key, str(version["VersionId"]))
-            if refusal is not None:
-                locked.append(refusal)
-        if locked:
-            raise ObjectLocked(
-                f"cannot delete {self._where(key)}: {locked[0]}; it can be deleted after that "
-                "(nothing bypasses the lock)")
+        # (the listing gives the latest of a key first: the helper puts it last)
+        delete_every_version(
+            self._versions_of(key), is_current=_is_latest,
+            delete=lambda version: self._delete_version(key, str(version["VersionId"])),
+            where=self._where(key), lock_note="nothing bypasses the lock")
 
     def delete_noncurrent_versions(self, key: str) -> int:
         """Delete every version (and delete marker) of ``key`` but the current one."""
-        removed, locked = 0, []
-        for version in self._versions_of(key):
-            if version.get("IsLatest"):
-                continue
-            refusal = self._delete_version(key, str(version["VersionId"]))
-            if refusal is None:
-                removed += 1
-            else:
-                locked.append(refusal)
-        if locked:
-            raise ObjectLocked(
-                f"cannot delete the older versions of {self._where(key)}: {locked[0]}; it "
-                "can be deleted after that")
-        return removed
+        return delete_noncurrent(
+            self._versions_of(key), is_current=_is_latest,
+            delete=lambda version: self._delete_version(key, str(version["VersionId"])),
+            what=f"the older versions of {self._where(key)}")
 
     def lock_settings(self) -> LockSettings:
         with self._translated("read the versioning of"):

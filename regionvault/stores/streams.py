@@ -1,17 +1,21 @@
 """What the stores share for moving bytes: checked uploads, translated downloads, the
-choice of which interrupted multipart upload to resume, and the lock date a write carries."""
+choice of which interrupted multipart upload to resume, the lock date a write carries, and
+the order in which the versions of a key are deleted."""
 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import google_crc32c
 
 from regionvault.checksums import crc32c_b64
-from regionvault.errors import ChecksumMismatch, StoreError
+from regionvault.errors import ChecksumMismatch, ObjectLocked, StoreError
+
+#: one version of a key as a store lists it (an S3 version entry, a GCS generation)
+V = TypeVar("V")
 
 #: the lock modes a store is built with (``DomainConfig.object_lock.mode``)
 LOCK_MODES = frozenset({"governance", "compliance"})
@@ -40,6 +44,46 @@ def lock_date(lock_mode: str | None, retain_until: datetime | None,
                          "aware (UTC) time")
     until = retain_until.astimezone(UTC).replace(microsecond=0)
     return until if until > now else None
+
+
+def delete_every_version(versions: Iterable[V], *, is_current: Callable[[V], bool],
+                         delete: Callable[[V], str | None], where: str, lock_note: str) -> None:
+    """Delete every version of a key as the ``ObjectStore.delete`` contract orders it:
+    noncurrent versions first, the current one last and only if no version was refused, so
+    that a refused delete leaves the key listed for the next attempt.
+
+    ``delete`` removes one version and returns None, or the sentence saying why its lock
+    refused it. The first refusal is raised as ``ObjectLocked`` naming ``where``, after the
+    other noncurrent versions are gone; ``lock_note`` says what cannot override the lock."""
+    locked: list[str] = []
+    for version in sorted(versions, key=is_current):  # stable: noncurrent first
+        if is_current(version) and locked:
+            break
+        refusal = delete(version)
+        if refusal is not None:
+            locked.append(refusal)
+    if locked:
+        raise ObjectLocked(f"cannot delete {where}: {locked[0]}; it can be deleted after that "
+                           f"({lock_note})")
+
+
+def delete_noncurrent(versions: Iterable[V], *, is_current: Callable[[V], bool],
+                      delete: Callable[[V], str | None], what: str) -> int:
+    """Delete every version but the current one (``ObjectStore.delete_noncurrent_versions``)
+    and return how many went; ``delete`` as for ``delete_every_version``. The first refusal
+    is raised as ``ObjectLocked`` naming ``what`` once the others are deleted."""
+    removed, locked = 0, []
+    for version in versions:
+        if is_current(version):
+            continue
+        refusal = delete(version)
+        if refusal is None:
+            removed += 1
+        else:
+            locked.append(refusal)
+    if locked:
+        raise ObjectLocked(f"cannot delete {what}: {locked[0]}; it can be deleted after that")
+    return removed
 
 
 class CheckedReader:
