@@ -536,3 +536,28 @@ def refusing_backend(request: pytest.FixtureRequest) -> Backend:
     retention on any bucket where real GCS refuses)."""
     found: Backend = request.getfixturevalue(f"{request.param}_backend")
     return found
+
+
+class Interrupted(Exception):
+    """What a crash looks like to the code that was reading: the read never returns."""
+
+
+class InterruptedStream(io.RawIOBase):
+    """A stream of ``data`` whose reads fail once ``stop_at`` bytes have been read."""
+
+    def __init__(self, data: bytes, stop_at: int) -> None:
+        super().__init__()
+        self._data = data
+        self._stop_at = stop_at
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._position >= self._stop_at:
+            raise Interrupted(f"interrupted after {self._position} bytes")
+        n = min(len(buffer), self._stop_at - self._position)
+        buffer[:n] = self._data[self._position : self._position + n]
+        self._position += n
+        return n

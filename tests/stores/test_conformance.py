@@ -48,6 +48,8 @@ from .conftest import (
     S3_PART_SIZE,
     S3_REGION,
     Backend,
+    Interrupted,
+    InterruptedStream,
     MiB,
     ServerProcess,
     new_bucket_name,
@@ -280,31 +282,6 @@ class TestObjectStoreContract:
         assert backend.store.abort_incomplete_uploads("backups/") == open_before
         assert backend.store.abort_incomplete_uploads("backups/") == 0
         assert_nothing_under(backend, "backups/crashed.bin")
-
-
-class Interrupted(Exception):
-    """What a crash looks like to the code that was reading: the read never returns."""
-
-
-class InterruptedStream(io.RawIOBase):
-    """A stream of ``data`` whose reads fail once ``stop_at`` bytes have been read."""
-
-    def __init__(self, data: bytes, stop_at: int) -> None:
-        super().__init__()
-        self._data = data
-        self._stop_at = stop_at
-        self._position = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        if self._position >= self._stop_at:
-            raise Interrupted(f"interrupted after {self._position} bytes")
-        n = min(len(buffer), self._stop_at - self._position)
-        buffer[:n] = self._data[self._position : self._position + n]
-        self._position += n
-        return n
 
 
 def interrupt_upload(store: ObjectStore, key: str, data: bytes, parts: int) -> None:

@@ -43,7 +43,14 @@ from regionvault.stores import swift
 from regionvault.stores.base import IncompleteUpload, ObjectStore
 from regionvault.stores.swift import SwiftStore
 
-from .conftest import SWIFT_REGION, MiB, new_bucket_name, swift_store
+from .conftest import (
+    SWIFT_REGION,
+    Interrupted,
+    InterruptedStream,
+    MiB,
+    new_bucket_name,
+    swift_store,
+)
 
 SEGMENT = 1 * MiB
 LARGE = 2 * SEGMENT + 123_456  # three segments
@@ -185,27 +192,6 @@ def test_segments_grow_past_the_most_a_manifest_takes(store: SwiftStore) -> None
 
 
 # -- what a failed upload leaves -------------------------------------------------------------
-
-
-class Interrupted(Exception):
-    """A crash as the reading code sees it."""
-
-
-class InterruptedStream(io.RawIOBase):
-    def __init__(self, data: bytes, stop_at: int) -> None:
-        super().__init__()
-        self._data, self._stop_at, self._position = data, stop_at, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        if self._position >= self._stop_at:
-            raise Interrupted(f"interrupted after {self._position} bytes")
-        n = min(len(buffer), self._stop_at - self._position)
-        buffer[:n] = self._data[self._position:self._position + n]
-        self._position += n
-        return n
 
 
 def test_an_interrupted_upload_deletes_its_segments(store: SwiftStore, raw: RawSwift) -> None:
