@@ -122,10 +122,8 @@ class DomainContext:
         return self.dcfg.stores_for(source)
 
     def primary(self, source: SourceConfig) -> ObjectStore:
+        """The store that holds the first copy of ``source``'s backups (and its manifests)."""
         return self.store(self.placement(source).primary)
-
-    def replica(self, source: SourceConfig) -> ObjectStore:
-        return self.store(self.placement(source).replica)
 
     @property
     def lock_mode(self) -> str | None:

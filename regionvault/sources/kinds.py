@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from regionvault.config import SourceConfig, read_source_dsn
+from typing import get_args
+
+from regionvault.config import SourceConfig, SourceKind, read_source_dsn
 from regionvault.domains import Domain
 from regionvault.errors import ConfigError
 from regionvault.sources.base import ScratchServer, Source
 
-KINDS = ("postgres", "mysql", "bigtable")
+#: every kind the configuration accepts, in its order
+KINDS: tuple[str, ...] = get_args(SourceKind)
 
 
 def _build(kind: str, name: str, dsn: str | None, tables: tuple[str, ...] = ()) -> Source:
