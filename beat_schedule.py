@@ -4,18 +4,22 @@ Per domain: ``backup_domain(domain)`` at the domain's cron schedule, ``reconcile
 every ``reconcile.interval_seconds``, ``expire_domain(domain)`` every
 ``retention.sweep_interval_seconds`` (even without sources), and ``restore_drill(domain)`` at
 its drill schedule (when a scratch server is configured), each sent to that domain's own queue.
-Times are UTC. Beat holds no state of its own: a second beat, or one restarted within a slot,
-starts nothing new (a slot's backup id is fixed, see ``regionvault.schedule``).
+Times are UTC. A domain with its own broker has its own beat (``REGIONVAULT_DOMAIN`` set),
+which publishes only that domain's entries, on that broker; a shared beat publishes those of
+the domains on the shared broker (see the README's topologies). Beat holds no state of its
+own: a second beat, or one restarted within a slot, starts nothing new (a slot's backup id
+is fixed, see ``regionvault.schedule``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from celery.schedules import crontab
 
 from regionvault.config import Config
-from regionvault.domains import queue_name
+from regionvault.domains import Domain, queue_name
 
 
 def cron(expression: str) -> crontab:
@@ -24,9 +28,14 @@ def cron(expression: str) -> crontab:
                    month_of_year=month_of_year, day_of_week=day_of_week)
 
 
-def build_beat_schedule(config: Config) -> dict[str, dict[str, Any]]:
+def build_beat_schedule(config: Config,
+                        domains: Collection[Domain] | None = None) -> dict[str, dict[str, Any]]:
+    """The entries of ``domains`` (default: every configured domain). A beat connected to
+    one broker is given the domains on that broker: each entry is published there."""
     schedule: dict[str, dict[str, Any]] = {}
     for domain, dcfg in sorted(config.domains.items()):
+        if domains is not None and domain not in domains:
+            continue
         # before the check for sources: backups of sources removed from the configuration
         # stay in the stores until they expire, and are read back like any other
         schedule[f"integrity-{domain.value}"] = {

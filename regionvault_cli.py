@@ -22,17 +22,18 @@ import typer
 from regionvault import cli
 from regionvault.cli.common import ConfigOption, err, guarded
 from regionvault.dispatch import Dispatcher
+from regionvault.domains import Domain
 
 #: the commands that are Celery's own (listed after the core's)
 celery_commands = typer.Typer()
 
 
-def connect_celery() -> Dispatcher:
-    """The workers of the Celery app (``workers.app``), configured from the environment of
-    the moment (``--config``, or the demo's stack)."""
+def connect_celery(domain: Domain) -> Dispatcher:
+    """The workers of ``domain``, on its broker, through the Celery app (``workers.app``)
+    configured from the environment of the moment (``--config``, or the demo's stack)."""
     from workers.dispatch import CeleryDispatcher
 
-    return CeleryDispatcher()
+    return CeleryDispatcher(domain)
 
 
 @celery_commands.command(

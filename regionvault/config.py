@@ -15,6 +15,7 @@ from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from croniter import croniter
@@ -314,6 +315,19 @@ class DomainConfig(_Frozen):
     restore_targets: dict[str, SecretRef] = {}
     #: default recovery point objective of the domain's sources (a daily schedule + slack)
     rpo_hours: int = Field(default=26, ge=1)
+    #: the domain's own broker: its task messages, results, progress, journal and leases live
+    #: there and nowhere else, and its workers, beat and Flower connect only to it. None: the
+    #: installation's shared ``broker_url``.
+    broker_url: str | None = None
+    #: the domain's own result backend (journal, leases, results); default: its broker
+    result_backend: str | None = None
+    #: where this domain's Flower is served, for the Backups page of the others (a domain
+    #: with its own broker has its own Flower: ``regionvault flower --domain D``)
+    flower_url: str | None = None
+    #: endpoints of this domain's stores when they are not the installation's (the emulators
+    #: of a development stack per domain; in production the region picks the endpoint)
+    s3_endpoint_url: str | None = None
+    gcs_endpoint_url: str | None = None
 
     @field_validator("schedule")
     @classmethod
@@ -344,6 +358,14 @@ class DomainConfig(_Frozen):
             raise ValueError(
                 f"key ids must be unique, repeated: {', '.join(repeated)} (a key id names "
                 "one key in every manifest; give the new key a new id)")
+        return self
+
+    @model_validator(mode="after")
+    def _backend_with_broker(self) -> DomainConfig:
+        if self.result_backend is not None and self.broker_url is None:
+            raise ValueError(
+                "result_backend of a domain belongs with its own broker_url: a domain on the "
+                "shared broker keeps its journal in the shared result backend")
         return self
 
     @model_validator(mode="after")
@@ -570,10 +592,15 @@ class Config(_Frozen):
                 "remove it from this configuration"
             )
         if not self.development:
-            for field, url in (("s3.endpoint_url", self.s3.endpoint_url),
-                               ("gcs.endpoint_url", self.gcs.endpoint_url),
-                               ("kms.endpoint_url", self.kms.endpoint_url),
-                               ("swift.auth_url", self.swift.auth_url)):
+            endpoints = [("s3.endpoint_url", self.s3.endpoint_url),
+                         ("gcs.endpoint_url", self.gcs.endpoint_url),
+                         ("kms.endpoint_url", self.kms.endpoint_url),
+                         ("swift.auth_url", self.swift.auth_url)]
+            for domain, dcfg in self.domains.items():
+                endpoints += [(f"domains.{domain.value}.s3_endpoint_url", dcfg.s3_endpoint_url),
+                              (f"domains.{domain.value}.gcs_endpoint_url",
+                               dcfg.gcs_endpoint_url)]
+            for field, url in endpoints:
                 if url is not None and not url.startswith("https://"):
                     raise ValueError(
                         f"{field} must be an https:// URL (got {url!r}); "
@@ -597,6 +624,33 @@ class Config(_Frozen):
 
     def spool_for(self, domain: Domain) -> Path:
         return self.spool_dir / domain.value
+
+    def has_own_broker(self, domain: Domain) -> bool:
+        """Whether ``domain`` has a broker of its own (else it shares ``broker_url``)."""
+        return self.domain(domain).broker_url is not None
+
+    def broker_for(self, domain: Domain | None) -> str:
+        """The broker of ``domain``'s tasks; the shared one for None (a process of no
+        domain: the CLI, a shared beat or Flower)."""
+        own = self.domain(domain).broker_url if domain is not None else None
+        return own or self.broker_url
+
+    def backend_for(self, domain: Domain | None) -> str:
+        """The result backend of ``domain`` (its journal and leases live there too)."""
+        dcfg = self.domain(domain) if domain is not None else None
+        if dcfg is not None and dcfg.broker_url is not None:
+            return dcfg.result_backend or dcfg.broker_url
+        return self.result_backend or self.broker_url
+
+    def shared_broker_domains(self) -> list[Domain]:
+        """The domains whose tasks go through the shared broker."""
+        return [d for d in self.domains if not self.has_own_broker(d)]
+
+    def s3_endpoint_for(self, domain: Domain) -> str | None:
+        return self.domain(domain).s3_endpoint_url or self.s3.endpoint_url
+
+    def gcs_endpoint_for(self, domain: Domain) -> str | None:
+        return self.domain(domain).gcs_endpoint_url or self.gcs.endpoint_url
 
 
 def _check_regions(domain: Domain, dcfg: DomainConfig) -> None:
@@ -696,6 +750,16 @@ def load_config(path: str | Path | None = None, *, env: Mapping[str, str] | None
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"configuration file {file} is not valid YAML{where}") from None
     return parse_config(data, origin=f"file {file}", env=env)
+
+
+def shown_url(url: str) -> str:
+    """``url`` fit for a message or a log: without the password it may carry."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def read_source_dsn(source: SourceConfig, domain: Domain) -> str:

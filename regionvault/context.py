@@ -70,7 +70,7 @@ class DomainContext:
         from regionvault.stores.s3 import S3Store
 
         return S3Store(self.dcfg.s3_bucket, self.dcfg.aws_region,
-                       endpoint_url=self.config.s3.endpoint_url,
+                       endpoint_url=self.config.s3_endpoint_for(self.domain),
                        part_size=self.config.s3.part_size_mib * MIB,
                        max_bytes_per_second=_rate(self.config.s3.max_upload_mib_per_second),
                        upload_concurrency=self.config.s3.upload_concurrency,
@@ -82,7 +82,7 @@ class DomainContext:
 
         return GCSStore(self.dcfg.gcs_bucket, self.dcfg.gcp_location,
                         project=self.config.gcs.project,
-                        endpoint_url=self.config.gcs.endpoint_url,
+                        endpoint_url=self.config.gcs_endpoint_for(self.domain),
                         anonymous=self.config.development,
                         chunk_size=self.config.gcs.chunk_size_mib * MIB,
                         lock_mode=self.lock_mode)

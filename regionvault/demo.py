@@ -29,7 +29,7 @@ from regionvault.config import read_source_dsn
 from regionvault.context import DomainContext
 from regionvault.devstack import journeys, sample
 from regionvault.devstack.stack import DevStack
-from regionvault.dispatch import Connect, Dispatcher
+from regionvault.dispatch import Connect
 from regionvault.domains import Domain
 from regionvault.follow import follow
 from regionvault.manifest import new_backup_id
@@ -62,7 +62,7 @@ def run_demo(data_dir: Path | None, out: Console, err: Console, connect: Connect
         stack.start()
         os.environ.update(stack.env)  # the workers' client and the stores read its endpoints
         err.print(f"[dim]· stack up in {time.monotonic() - started:.1f}s[/]")
-        rows = _back_up_everything(stack, connect(), out)
+        rows = _back_up_everything(stack, connect, out)
         restored_ok = _restore_one_of_each_kind(stack, rows, out)
         _summary(rows, out)
         ok = all(r.ok and r.verified for r in rows) and restored_ok
@@ -75,19 +75,21 @@ def run_demo(data_dir: Path | None, out: Console, err: Console, connect: Connect
             shutil.rmtree(root, ignore_errors=True)
 
 
-def _back_up_everything(stack: DevStack, queue: Dispatcher, out: Console) -> list[DemoRow]:
+def _back_up_everything(stack: DevStack, connect: Connect, out: Console) -> list[DemoRow]:
     assert stack.config is not None
     pending = []
     for domain, dcfg in stack.config.domains.items():
         for src in dcfg.sources:
             backup_id = new_backup_id(domain, src.name, DomainContext(stack.config, domain).clock())
-            queue.start_run(domain.value, src.name, backup_id, deep_verify=True, note="demo")
+            connect(domain).start_run(domain.value, src.name, backup_id, deep_verify=True,
+                                      note="demo")
             pending.append((domain, src.name, backup_id, time.monotonic()))
             out.print(f"queued {backup_id} in backup.{domain.value}")
     rows = []
     for domain, source, backup_id, t0 in pending:
         out.print(f"[bold]{domain.value}/{source}[/] {backup_id}")
-        ok = follow(queue.journal(), backup_id, out, lambda _: None, timeout=600).verified
+        ok = follow(connect(domain).journal(), backup_id, out, lambda _: None,
+                    timeout=600).verified
         rows.append(_row(stack, domain, source, backup_id, ok, time.monotonic() - t0))
     return rows
 

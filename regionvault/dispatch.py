@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from regionvault.domains import Domain
 from regionvault.journal import Claim, ClaimMode, Journal
 from regionvault.lease import LeaseStore
 from regionvault.manifest import Step
@@ -44,7 +45,8 @@ class TaskResult:
 
 
 class Dispatcher(Protocol):
-    """How the core reaches the workers. Contract (every implementation MUST):
+    """How the core reaches the workers of one domain, on that domain's broker (its own, or
+    the shared one). Contract (every implementation MUST):
 
     - ``journal()``: the backup journal the workers write (the same store they use, so what a
       step recorded a moment ago is there).
@@ -68,7 +70,9 @@ class Dispatcher(Protocol):
       raise ``TimeoutError`` if it has not ended within ``timeout`` seconds (it goes on
       running).
 
-    Every message goes to the queue of the domain it names, and only there. Task arguments
+    A dispatcher serves the domain it was made for: work naming another domain is refused
+    (``ValueError``), since its broker may not be that domain's. Every message goes to the
+    queue of the domain it names, and only there. Task arguments
     are ids and names, never secrets. A broker or a journal that cannot be reached raises its
     own connection error (``redis.RedisError``, the transport's ``OperationalError``); what
     was claimed stays claimed, and the reconciler resends a lost message.
@@ -93,7 +97,7 @@ class Dispatcher(Protocol):
     def wait(self, task_id: str, *, timeout: float) -> TaskResult: ...
 
 
-#: how the CLI gets its ``Dispatcher``: called once, when a command first needs the workers
-#: (after the command has read and checked its configuration, which the implementation may
-#: read when it connects)
-Connect = Callable[[], Dispatcher]
+#: how the CLI gets the ``Dispatcher`` of a domain: called once per domain, when a command
+#: first needs that domain's workers (after the command has read and checked its
+#: configuration, which the implementation reads when it connects)
+Connect = Callable[[Domain], Dispatcher]

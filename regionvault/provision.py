@@ -366,10 +366,12 @@ def bucket_lifecycle(config: Config, domain: Domain, store: str) -> BucketLifecy
     configuration as ``DomainContext`` builds the stores."""
     dcfg = config.domain(domain)
     if store == "s3":
-        return S3Lifecycle(dcfg.s3_bucket, dcfg.aws_region, endpoint_url=config.s3.endpoint_url)
+        return S3Lifecycle(dcfg.s3_bucket, dcfg.aws_region,
+                           endpoint_url=config.s3_endpoint_for(domain))
     if store == "gcs":
         return GCSLifecycle(dcfg.gcs_bucket, project=config.gcs.project,
-                            endpoint_url=config.gcs.endpoint_url, anonymous=config.development,
+                            endpoint_url=config.gcs_endpoint_for(domain),
+                            anonymous=config.development,
                             our_prefixes=frozenset({pii_prefix(domain)}))
     raise ValueError(f"unknown store {store!r} (stores: s3, gcs)")
 
@@ -443,10 +445,12 @@ def bucket_lock(config: Config, domain: Domain, store: str) -> BucketLock:
     configuration as ``DomainContext`` builds the stores."""
     dcfg = config.domain(domain)
     if store == "s3":
-        return S3BucketLock(dcfg.s3_bucket, dcfg.aws_region, endpoint_url=config.s3.endpoint_url)
+        return S3BucketLock(dcfg.s3_bucket, dcfg.aws_region,
+                            endpoint_url=config.s3_endpoint_for(domain))
     if store == "gcs":
         return GCSBucketLock(dcfg.gcs_bucket, dcfg.gcp_location, project=config.gcs.project,
-                             endpoint_url=config.gcs.endpoint_url, anonymous=config.development)
+                             endpoint_url=config.gcs_endpoint_for(domain),
+                             anonymous=config.development)
     raise ValueError(f"unknown store {store!r} (stores: s3, gcs)")
 
 

@@ -25,16 +25,22 @@ class Freshness(StrEnum):
     LATE = "late"
     STUCK = "stuck"
     FAILING = "failing"
+    #: the domain's broker (its journal) could not be reached: nothing is known of its
+    #: attempts, so nobody may read the source as fine
+    UNREACHABLE = "unreachable"
 
 
 #: process exit codes of `regionvault status`: the worst state found decides
-EXIT_CODES = {Freshness.FRESH: 0, Freshness.LATE: 3, Freshness.STUCK: 4, Freshness.FAILING: 4}
+EXIT_CODES = {Freshness.FRESH: 0, Freshness.LATE: 3, Freshness.STUCK: 4, Freshness.FAILING: 4,
+              Freshness.UNREACHABLE: 4}
 
 #: worst last. Stuck and failing both need someone (exit 4) and both are worse than late,
 #: which only says time has passed. Failing ranks above stuck: a failure is a known outcome
 #: with its cause in hand that nothing retries by itself, while a stuck attempt may still be
-#: resumed by the reconciler or finish.
-SEVERITY = (Freshness.FRESH, Freshness.LATE, Freshness.STUCK, Freshness.FAILING)
+#: resumed by the reconciler or finish. Unreachable ranks above stuck (it may hide a stuck
+#: attempt or a failure) and below failing (a known failure says more than no answer).
+SEVERITY = (Freshness.FRESH, Freshness.LATE, Freshness.STUCK, Freshness.UNREACHABLE,
+            Freshness.FAILING)
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ from regionvault.reconcile import Reconciler
 from workers.app import app
 from workers.canvas import start_run
 from workers.guard import DomainTask
-from workers.journal import journal
-from workers.runtime import context_for, leases
+from workers.journal import journal, leases
+from workers.runtime import context_for
 
 
 def _resume(backup_id: str, step: Step, *, expected_run: int, note: str) -> bool:

@@ -44,8 +44,8 @@ from regionvault.manifest import BackupRef, Step
 from regionvault.progress import Progress, ProgressReport
 from workers.canvas import next_step, send_step
 from workers.guard import DomainTask
-from workers.journal import journal
-from workers.runtime import context_for, leases, worker_config
+from workers.journal import journal, leases
+from workers.runtime import context_for, worker_config
 
 log = logging.getLogger("regionvault.tasks")
 

@@ -20,8 +20,9 @@ from kombu import Queue
 
 from beat_schedule import build_beat_schedule
 from regionvault.config import Config, load_config
-from regionvault.domains import Domain, queue_name
+from regionvault.domains import Domain, parse_domain, queue_name
 from workers.names import TASK_PREFIX
+from workers.runtime import worker_domain
 
 
 def route_by_domain(name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -35,11 +36,22 @@ def route_by_domain(name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
     return {"queue": queue_name(domain)}
 
 
-def configure(app: Celery, config: Config | None) -> None:
-    broker = os.environ.get("REGIONVAULT_BROKER_URL") or (
-        config.broker_url if config else "redis://127.0.0.1:6379/0")
-    backend = os.environ.get("REGIONVAULT_RESULT_BACKEND") or (
-        config.result_backend if config and config.result_backend else broker)
+def configure(app: Celery, config: Config | None, domain: Domain | None = None) -> None:
+    """Configure this process's app for ``domain`` (the shared broker for None); ``app_for``
+    then reaches the other domains from it."""
+    _apply(app, config, domain)
+    _STATE.update(config=config, domain=domain)
+    _CLIENTS.clear()
+
+
+def _apply(app: Celery, config: Config | None, domain: Domain | None) -> None:
+    """Point ``app`` at the broker and result backend of ``domain`` (the shared ones for
+    None) and set everything else the same for every process."""
+    if config is not None:
+        broker, backend = config.broker_for(domain), config.backend_for(domain)
+    else:
+        broker = os.environ.get("REGIONVAULT_BROKER_URL") or "redis://127.0.0.1:6379/0"
+        backend = os.environ.get("REGIONVAULT_RESULT_BACKEND") or broker
     step_timeout = config.step_timeout_seconds if config else 4 * 3600
     transport = {"visibility_timeout": step_timeout + 3600}
     app.conf.update(
@@ -72,8 +84,37 @@ def configure(app: Celery, config: Config | None) -> None:
         enable_utc=True,
     )
     if config is not None:
-        app.conf.beat_schedule = build_beat_schedule(config)
+        # a beat publishes the entries of the domains whose broker it is connected to: its
+        # own domain's, or (a shared beat) those of every domain on the shared broker
+        beat_domains = [domain] if domain is not None else config.shared_broker_domains()
+        app.conf.beat_schedule = build_beat_schedule(config, beat_domains)
     _forget_connections(app)
+
+
+#: what the app was last configured with (``app_for`` reaches the other domains from it)
+_STATE: dict[str, Any] = {"config": None, "domain": None}
+#: apps for domains whose broker is not this process's, by (broker, backend)
+_CLIENTS: dict[tuple[str, str], Celery] = {}
+
+
+def app_for(domain: Domain | str) -> Celery:
+    """The app that reaches ``domain``'s broker and result backend: this process's own app
+    when they are the same (every domain on the shared broker; a domain's own worker), else
+    a client app made for that domain (the CLI, Flower's Retry, a shared beat reaching a
+    domain that has its own broker)."""
+    d = parse_domain(domain) if isinstance(domain, str) else domain
+    config: Config | None = _STATE["config"]
+    if config is None or d not in config.domains:
+        return app
+    broker, backend = config.broker_for(d), config.backend_for(d)
+    if (broker, backend) == (app.conf.broker_url, app.conf.result_backend):
+        return app
+    client = _CLIENTS.get((broker, backend))
+    if client is None:
+        client = Celery(f"regionvault-{d.value}")
+        _apply(client, config, d)
+        _CLIENTS[(broker, backend)] = client
+    return client
 
 
 def _forget_connections(app: Celery) -> None:
@@ -97,6 +138,6 @@ def _config_from_environment() -> Config | None:
 
 
 app = Celery("regionvault")
-configure(app, _config_from_environment())
+configure(app, _config_from_environment(), worker_domain())
 # The worker signals (residency guard, journal, metrics) are connected by the package
 # (workers/__init__.py), which Python runs before this module whoever imports it.

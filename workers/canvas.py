@@ -32,7 +32,7 @@ __all__ = ["Started", "next_step", "send_step", "start_run", "step_signature"]
 
 def step_signature(step: Step, backup_id: str, domain: str, source: str, *, run: int = 0,
                    deep_verify: bool = False) -> Signature:
-    from workers.app import app
+    from workers.app import app_for
 
     kwargs: dict[str, object] = {"backup_id": backup_id, "domain": domain, "source": source,
                                  "run": run}
@@ -40,8 +40,9 @@ def step_signature(step: Step, backup_id: str, domain: str, source: str, *, run:
         kwargs["deep"] = True
     # immutable (.si): a step reads its input from the spool and the stores, never from the
     # previous task's return value, so each can be re-run on its own with the same arguments
-    return app.signature(step_task(step), kwargs=kwargs, immutable=True,
-                         queue=queue_name(domain))
+    # on the domain's own broker (a worker's own app; the CLI's client app for the domain)
+    return app_for(domain).signature(step_task(step), kwargs=kwargs, immutable=True,
+                                     queue=queue_name(domain))
 
 
 def send_step(step: Step, backup_id: str, domain: str, source: str, *, run: int,
@@ -61,14 +62,15 @@ def start_run(domain: str, source: str, backup_id: str, *, start_at: Step = Step
               mode: ClaimMode = "new", expected_run: int = 0, deep_verify: bool = False,
               note: str = "", task_id: str | None = None) -> Started:
     """Claim the backup for a new run from ``start_at`` and send that step's message."""
-    from workers.journal import journal
+    from workers.journal import journal as journal_of
 
-    claim = journal().claim(backup_id, start_at, mode=mode, expected_run=expected_run)
+    journal = journal_of(domain)
+    claim = journal.claim(backup_id, start_at, mode=mode, expected_run=expected_run)
     if not claim.accepted:
         return Started(claim)
     task_id = send_step(start_at, backup_id, domain, source, run=claim.run,
                         deep_verify=deep_verify, task_id=task_id)
-    journal().handed_off(backup_id, start_at, task_id)
+    journal.handed_off(backup_id, start_at, task_id)
     if note:
-        journal().note(backup_id, f"{note} (run {claim.run}, from step {start_at.value})")
+        journal.note(backup_id, f"{note} (run {claim.run}, from step {start_at.value})")
     return Started(claim, task_id)

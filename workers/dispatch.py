@@ -15,39 +15,45 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 
 from regionvault.dispatch import Started, TaskResult
+from regionvault.domains import Domain
 from regionvault.journal import ClaimMode, Journal
 from regionvault.lease import LeaseStore
 from regionvault.manifest import Step
 from workers import canvas
-from workers.app import app
-from workers.journal import journal
+from workers.app import app_for
+from workers.journal import journal, leases
 from workers.names import task_name
-from workers.runtime import leases
 
 
 class CeleryDispatcher:
-    """The workers of the Celery app ``workers.app``, as the core sees them."""
+    """The workers of one domain, reached on that domain's broker (its own, or the shared
+    one), as the core sees them."""
+
+    def __init__(self, domain: Domain) -> None:
+        self.domain = domain
+        self._app = app_for(domain)
 
     def journal(self) -> Journal:
-        return journal()
+        return journal(self.domain)
 
     def leases(self) -> LeaseStore:
-        return leases()
+        return leases(self.domain)
 
     def start_run(self, domain: str, source: str, backup_id: str, *, start_at: Step = Step.DUMP,
                   mode: ClaimMode = "new", deep_verify: bool = False,
                   note: str = "") -> Started:
+        self._mine(domain)
         return canvas.start_run(domain, source, backup_id, start_at=start_at, mode=mode,
                                 deep_verify=deep_verify, note=note)
 
     def progress(self, task_id: str) -> dict[str, Any] | None:
-        result = AsyncResult(task_id, app=app)
+        result = AsyncResult(task_id, app=self._app)
         info = result.info if result.state == "PROGRESS" else None
         return info if isinstance(info, dict) else None
 
     def revoke(self, task_ids: Sequence[str]) -> None:
         # terminate: the step running now is stopped (its worker child gets SIGTERM)
-        app.control.revoke(list(task_ids), terminate=True, signal="SIGTERM")
+        self._app.control.revoke(list(task_ids), terminate=True, signal="SIGTERM")
 
     def discard(self, backup_id: str, domain: str, source: str) -> str:
         return self._send("discard", backup_id=backup_id, domain=domain, source=source)
@@ -56,7 +62,7 @@ class CeleryDispatcher:
         return self._send("restore_drill", domain=domain, source=source)
 
     def wait(self, task_id: str, *, timeout: float) -> TaskResult:
-        result = AsyncResult(task_id, app=app)
+        result = AsyncResult(task_id, app=self._app)
         try:
             value = result.get(timeout=timeout, propagate=False)
         except CeleryTimeout:
@@ -65,7 +71,12 @@ class CeleryDispatcher:
             return TaskResult(task_id, ok=False, error=str(value))
         return TaskResult(task_id, ok=True, value=value)
 
-    @staticmethod
-    def _send(name: str, **kwargs: Any) -> str:
+    def _mine(self, domain: str) -> None:
+        if domain != self.domain.value:
+            raise ValueError(f"a dispatcher of domain {self.domain.value!r} cannot send work of "
+                             f"domain {domain!r}: its broker may not be that domain's")
+
+    def _send(self, name: str, **kwargs: Any) -> str:
+        self._mine(str(kwargs["domain"]))
         # routed to the queue of kwargs["domain"] by the app's router (route_by_domain)
-        return str(app.send_task(task_name(name), kwargs=kwargs).id)
+        return str(self._app.send_task(task_name(name), kwargs=kwargs).id)

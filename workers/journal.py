@@ -18,24 +18,40 @@ import redis
 from billiard.exceptions import WorkerLostError
 from celery.signals import task_failure
 
+from regionvault.domains import Domain
 from regionvault.journal import Journal, StepState
+from regionvault.lease import RedisLeaseStore
 from workers.names import STEP_TASKS
 from workers.runtime import serves
 
 log = logging.getLogger("regionvault.journal")
 
 
-def journal() -> Journal:
-    """The journal in the result backend the app is configured with (now: a process that is
-    configured again, as tests do, gets the journal of its new backend)."""
-    from workers.app import app
+def journal(domain: str | Domain | None = None) -> Journal:
+    """The journal of ``domain`` (default: this process's own), in the result backend its app
+    is configured with now (a process that is configured again, as tests do, gets the journal
+    of its new backend)."""
+    from workers.app import app, app_for
 
-    return _journal_at(str(app.conf.result_backend))
+    return _journal_at(str((app_for(domain) if domain else app).conf.result_backend))
 
 
 @lru_cache(maxsize=4)
 def _journal_at(url: str) -> Journal:
     return Journal.from_url(url)
+
+
+def leases(domain: str | Domain | None = None) -> RedisLeaseStore:
+    """The backup leases of ``domain`` (default: this process's own), in its result
+    backend's Redis (where its journal lives)."""
+    from workers.app import app, app_for
+
+    return _leases_at(str((app_for(domain) if domain else app).conf.result_backend))
+
+
+@lru_cache(maxsize=4)
+def _leases_at(url: str) -> RedisLeaseStore:
+    return RedisLeaseStore.from_url(url)
 
 
 @task_failure.connect

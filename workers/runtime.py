@@ -9,11 +9,12 @@ from functools import lru_cache
 from regionvault.config import Config, load_config
 from regionvault.context import DomainContext, clock_for
 from regionvault.domains import Domain, parse_domain
-from regionvault.lease import RedisLeaseStore
 
 
 def worker_domain() -> Domain | None:
-    """The domain this process serves, or None outside a domain worker (CLI, beat, tests)."""
+    """The domain this process serves (``REGIONVAULT_DOMAIN``: a domain's worker, its beat or
+    its Flower, which connect to that domain's broker), or None (the CLI, a shared beat or
+    Flower, tests)."""
     value = os.environ.get("REGIONVAULT_DOMAIN")
     return parse_domain(value) if value else None
 
@@ -34,15 +35,3 @@ def worker_config() -> Config:
 def context_for(domain: str) -> DomainContext:
     config = worker_config()
     return DomainContext(config, parse_domain(domain), clock=clock_for(config))
-
-
-def leases() -> RedisLeaseStore:
-    """The backup leases, in the result backend's Redis (where the journal lives)."""
-    from workers.app import app
-
-    return _leases_at(str(app.conf.result_backend))
-
-
-@lru_cache(maxsize=4)
-def _leases_at(url: str) -> RedisLeaseStore:
-    return RedisLeaseStore.from_url(url)

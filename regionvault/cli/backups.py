@@ -60,7 +60,7 @@ def backup(
         names = [s.name for s in cfg.domain(d).sources] if all_sources else [str(source)]
         for name in names:
             cfg.source(d, name)  # unknown domain or source: refused before anything is sent
-        queue = dispatcher(ctx)
+        queue = dispatcher(ctx, d)
         if not force:
             for name in names:
                 _refuse_if_in_flight(queue, d.value, name)

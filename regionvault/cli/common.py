@@ -56,22 +56,23 @@ def context_for(config: Config, domain: str | Domain) -> DomainContext:
     return DomainContext(config, d)
 
 
-_DISPATCHER = "regionvault.dispatcher"
+_DISPATCHERS = "regionvault.dispatchers"
 
 
-def dispatcher(ctx: typer.Context) -> Dispatcher:
-    """The way to the workers this run of the command line was given (``regionvault.cli.main``
-    takes it as a ``Connect``), connected the first time a command asks: call this only once
-    the command has read and checked its configuration."""
-    found: Dispatcher | None = ctx.meta.get(_DISPATCHER)
-    if found is None:
+def dispatcher(ctx: typer.Context, domain: str | Domain) -> Dispatcher:
+    """The way to ``domain``'s workers, on that domain's broker (``regionvault.cli.main``
+    takes a ``Connect``), connected the first time a command asks: call this only once the
+    command has read and checked its configuration."""
+    d = parse_domain(domain) if isinstance(domain, str) else domain
+    found: dict[Domain, Dispatcher] = ctx.meta.setdefault(_DISPATCHERS, {})
+    if d not in found:
         connect: Connect | None = ctx.find_root().obj
         if connect is None:
             raise RuntimeError("this command line was started without a way to the workers; "
                                "run it as `regionvault` (regionvault_cli.main), which gives it "
                                "the Celery one")
-        found = ctx.meta[_DISPATCHER] = connect()
-    return found
+        found[d] = connect(d)
+    return found[d]
 
 
 def operator() -> str:

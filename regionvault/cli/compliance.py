@@ -173,11 +173,13 @@ def compliance_command(
         else:
             when = clock_for(cfg)()  # the clock the sweeps and samples were recorded by
         domains = [parse_domain(domain)] if domain else list(cfg.domains)
-        client = dispatcher(ctx).journal().client  # both ledgers live beside the journal
-        reports = [compliance_report(context_for(cfg, d), expiry_ledger=RedisSweepLedger(client),
-                                     integrity_ledger=RedisReadLedger(client), now=when,
-                                     integrity_max_age=timedelta(days=integrity_max_age_days))
-                   for d in domains]
+        reports = []
+        for d in domains:
+            client = dispatcher(ctx, d).journal().client  # the ledgers live beside the journal
+            reports.append(compliance_report(
+                context_for(cfg, d), expiry_ledger=RedisSweepLedger(client),
+                integrity_ledger=RedisReadLedger(client), now=when,
+                integrity_max_age=timedelta(days=integrity_max_age_days)))
         if as_json:
             document = compliance_document(reports, generated_at=utc_now())
             print(json.dumps(document, indent=2))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated
 
 import typer
@@ -22,7 +22,9 @@ from regionvault.cli.common import (
     out,
 )
 from regionvault.cli.restores import parse_time
+from regionvault.config import shown_url
 from regionvault.context import DomainContext
+from regionvault.dispatch import Dispatcher
 from regionvault.domains import parse_domain
 from regionvault.errors import BackupBusy, ConfigError, NotFound, RegionvaultError
 from regionvault.journal import BackupRecord, BackupState, StepState
@@ -56,8 +58,8 @@ def watch(
     def run() -> None:
         from regionvault.follow import follow
 
-        BackupRef.parse(backup_id)
-        queue = dispatcher(ctx)
+        ref = BackupRef.parse(backup_id)
+        queue = dispatcher(ctx, ref.domain)
         if queue.journal().get(backup_id) is None:
             raise NotFound(f"backup {backup_id} is not in the journal (finished backups: "
                            f"regionvault show {backup_id})")
@@ -84,52 +86,23 @@ def status(
     def run() -> int:
         import redis
 
-        from regionvault.catalogue import list_backups
-
         cfg = config_from(config)
         domains = [parse_domain(domain)] if domain else list(cfg.domains)
-        threshold = stuck_after(cfg.reconcile)
-        queue = dispatcher(ctx)
-        leases = queue.leases()
         rows: list[SourceStatus] = []
         for d in domains:
             dctx = context_for(cfg, d)
             when = parse_time(now) if now else dctx.clock()
-            for src in dctx.dcfg.sources:
-                verified = [m for m in list_backups(dctx, src.name)
-                            if m.verified and m.created_at <= when]
-                last = verified[-1] if verified else None
-                records = queue.journal().for_source(d.value, src.name)
-                failures = [r for r in records
-                            if r.state is BackupState.FAILED and r.updated_at <= when]
-                failure = failures[0] if failures else None
-                rpo = dctx.dcfg.rpo_for(src)
-                attempts: list[AttemptStatus] = []
-                for record in in_flight(records, when):
-                    try:
-                        held = leases.holder(record.backup_id)
-                        holder, known = (held.owner if held else None), True
-                    except redis.RedisError:
-                        # judged as if nobody held it: an unknown never hides a stuck backup
-                        holder, known = None, False
-                    attempts.append(attempt_status(record, when, rpo=rpo, threshold=threshold,
-                                                   lease_holder=holder, lease_known=known))
-                attempt = attempt_to_show(attempts)
-                rows.append(SourceStatus(
-                    domain=d.value, source=src.name, rpo=rpo,
-                    state=assess(last.created_at if last else None,
-                                 failure.updated_at if failure else None, rpo, when,
-                                 newest_attempt_stuck_since=attempt.stuck_since
-                                 if attempt else None),
-                    last_verified_id=last.backup_id if last else None,
-                    last_verified_at=last.created_at if last else None,
-                    age=(when - last.created_at) if last else None,
-                    last_failure_id=failure.backup_id if failure else None,
-                    last_failure_step=failure.error_step.value
-                    if failure and failure.error_step else None,
-                    last_failure_error=failure.error if failure else None,
-                    last_failure_at=failure.updated_at if failure else None,
-                    newest_attempt=attempt))
+            try:
+                rows += _domain_status(dispatcher(ctx, d), dctx, when)
+            except redis.RedisError as exc:
+                # one domain's broker down must not hide the others: its sources are shown
+                # unreachable (exit 4) and the command goes on
+                err.print(f"[bold red]domain {d.value} unreachable:[/] its broker "
+                          f"({shown_url(cfg.backend_for(d))}) did not answer: {exc}",
+                          highlight=False, soft_wrap=True)
+                rows += [SourceStatus(domain=d.value, source=src.name, rpo=dctx.dcfg.rpo_for(src),
+                                      state=Freshness.UNREACHABLE)
+                         for src in dctx.dcfg.sources]
         _print_status(rows)
         return EXIT_CODES[worst([r.state for r in rows])]
 
@@ -137,9 +110,55 @@ def status(
     raise typer.Exit(code)
 
 
+def _domain_status(queue: Dispatcher, dctx: DomainContext, when: datetime) -> list[SourceStatus]:
+    """Freshness of every source of one domain, from its stores and its broker's journal."""
+    import redis
+
+    from regionvault.catalogue import list_backups
+
+    threshold = stuck_after(dctx.config.reconcile)
+    journal, leases = queue.journal(), queue.leases()
+    rows = []
+    for src in dctx.dcfg.sources:
+        verified = [m for m in list_backups(dctx, src.name)
+                    if m.verified and m.created_at <= when]
+        last = verified[-1] if verified else None
+        records = journal.for_source(dctx.domain.value, src.name)
+        failures = [r for r in records
+                    if r.state is BackupState.FAILED and r.updated_at <= when]
+        failure = failures[0] if failures else None
+        rpo = dctx.dcfg.rpo_for(src)
+        attempts: list[AttemptStatus] = []
+        for record in in_flight(records, when):
+            try:
+                held = leases.holder(record.backup_id)
+                holder, known = (held.owner if held else None), True
+            except redis.RedisError:
+                # judged as if nobody held it: an unknown never hides a stuck backup
+                holder, known = None, False
+            attempts.append(attempt_status(record, when, rpo=rpo, threshold=threshold,
+                                           lease_holder=holder, lease_known=known))
+        attempt = attempt_to_show(attempts)
+        rows.append(SourceStatus(
+            domain=dctx.domain.value, source=src.name, rpo=rpo,
+            state=assess(last.created_at if last else None,
+                         failure.updated_at if failure else None, rpo, when,
+                         newest_attempt_stuck_since=attempt.stuck_since if attempt else None),
+            last_verified_id=last.backup_id if last else None,
+            last_verified_at=last.created_at if last else None,
+            age=(when - last.created_at) if last else None,
+            last_failure_id=failure.backup_id if failure else None,
+            last_failure_step=failure.error_step.value
+            if failure and failure.error_step else None,
+            last_failure_error=failure.error if failure else None,
+            last_failure_at=failure.updated_at if failure else None,
+            newest_attempt=attempt))
+    return rows
+
+
 def _print_status(rows: list[SourceStatus]) -> None:
     color = {Freshness.FRESH: "green", Freshness.LATE: "yellow", Freshness.STUCK: "magenta",
-             Freshness.FAILING: "red"}
+             Freshness.FAILING: "red", Freshness.UNREACHABLE: "red"}
 
     def attempt_text(a: AttemptStatus | None) -> str:
         """E.g. "upload running, no progress for 14m; nobody holds its lease: ...". """
@@ -218,7 +237,7 @@ def retry(
         dctx = context_for(cfg, ref.domain)
         cfg.source(ref.domain, ref.source)
         wanted = _parse_step(from_step) if from_step else None
-        queue = dispatcher(ctx)
+        queue = dispatcher(ctx, ref.domain)
         step = _resume_point(dctx, backup_id, queue.journal().get(backup_id), wanted)
         started = queue.start_run(ref.domain.value, ref.source, backup_id, start_at=step,
                                   mode="retry", note=f"retried by {operator()}")
@@ -262,7 +281,7 @@ def cancel(
         ref = BackupRef.parse(backup_id)
         cfg = config_from(config)
         cfg.source(ref.domain, ref.source)
-        queue = dispatcher(ctx)
+        queue = dispatcher(ctx, ref.domain)
         record = queue.journal().get(backup_id)
         if record is not None and record.state is BackupState.VERIFIED:
             raise ConfigError(f"backup {backup_id} is verified; cancel stops unfinished "

@@ -124,7 +124,7 @@ def drill(
         dctx = context_for(cfg, d)
         if source:
             cfg.source(d, source)
-        queue = dispatcher(ctx)
+        queue = dispatcher(ctx, d)
         task_id = queue.restore_drill(d.value, source)
         err.print(f"restore drill queued in backup.{d.value} (task {task_id})")
         try:

@@ -69,5 +69,5 @@ def demo(
     from regionvault.demo import run_demo
 
     # the workers are reached once the stack is up and its endpoints are in the environment
-    code = guarded(lambda: run_demo(data_dir, out, err, lambda: dispatcher(ctx)))
+    code = guarded(lambda: run_demo(data_dir, out, err, lambda d: dispatcher(ctx, d)))
     raise typer.Exit(code)

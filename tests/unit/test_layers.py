@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from regionvault.dispatch import Dispatcher, Started, TaskResult
+from regionvault.domains import Domain
 from regionvault.journal import ClaimMode, Journal
 from regionvault.lease import LeaseStore, RedisLeaseStore
 from regionvault.manifest import Step
@@ -321,14 +322,14 @@ def _run(workers: _FakeWorkers, *args: str) -> tuple[int, str]:
 
     from regionvault.cli import app
 
-    connected: list[_FakeWorkers] = []
+    connected: list[Domain] = []
 
-    def connect() -> Dispatcher:
-        connected.append(workers)
+    def connect(domain: Domain) -> Dispatcher:
+        connected.append(domain)
         return workers
 
     result = CliRunner().invoke(app, list(args), obj=connect)
-    assert len(connected) <= 1, "connected more than once"
+    assert len(connected) == len(set(connected)), f"connected more than once: {connected}"
     if not connected:
         workers.calls.append(("never connected", ()))
     return result.exit_code, result.output
