@@ -20,9 +20,9 @@ from typing import Annotated
 import typer
 
 from regionvault import cli
-from regionvault.cli.common import ConfigOption, err, guarded
+from regionvault.cli.common import ConfigOption, config_from, err, guarded
 from regionvault.dispatch import Dispatcher
-from regionvault.domains import Domain
+from regionvault.domains import Domain, parse_domain
 
 #: the commands that are Celery's own (listed after the core's)
 celery_commands = typer.Typer()
@@ -57,6 +57,9 @@ def flower(
         "--oauth2-redirect-uri", help="Flower OAuth: redirect URI")] = None,
     dev_no_auth: Annotated[bool, typer.Option(
         "--dev-no-auth", help="run WITHOUT authentication (development only)")] = False,
+    domain: Annotated[str | None, typer.Option(
+        "--domain", "-d", help="serve this domain's broker (a domain with its own broker has "
+        "its own Flower); default: the shared broker")] = None,
     config: ConfigOption = None,
 ) -> None:
     """Run Flower for the app, with Retry on failed tasks and a Backups page.
@@ -66,6 +69,14 @@ def flower(
     """
 
     def run() -> None:
+        if config is not None:  # (`main` does this; a caller of `app` may not)
+            os.environ["REGIONVAULT_CONFIG"] = str(config.resolve())
+        if domain is not None:
+            # a process of the domain, as its workers and beat are: it connects to the
+            # domain's broker (workers.app reads this when it is first imported, below)
+            served = parse_domain(domain)
+            config_from(config).domain(served)  # a domain not configured: one sentence
+            os.environ["REGIONVAULT_DOMAIN"] = served.value
         from workers.flowerui import app as flowerui
         from workers.flowerui.access import basic_auth_from
 
@@ -79,8 +90,6 @@ def flower(
             flower_args=[*flower_args, *ctx.args], dev_no_auth=dev_no_auth,
             warn=lambda message: err.print(f"[bold yellow]{message}[/]", highlight=False,
                                            soft_wrap=True))
-        if config is not None:  # (`main` does this; a caller of `app` may not)
-            os.environ["REGIONVAULT_CONFIG"] = str(config.resolve())
         # the Celery app (and so the configuration) only once the options are known good
         from workers.app import app as celery_app
 

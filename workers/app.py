@@ -97,6 +97,17 @@ _STATE: dict[str, Any] = {"config": None, "domain": None}
 _CLIENTS: dict[tuple[str, str], Celery] = {}
 
 
+def domains_of(capp: Celery) -> tuple[list[Domain], dict[Domain, str | None]]:
+    """The configured domains whose broker ``capp`` is connected to, and every other domain
+    with the address of its own Flower (``flower_url``, None when not configured). Without a
+    configuration every domain is taken to be on ``capp``'s broker."""
+    config: Config | None = _STATE["config"]
+    if config is None:
+        return list(Domain), {}
+    here = [d for d in config.domains if app_for(d) is capp]
+    return here, {d: config.domain(d).flower_url for d in config.domains if d not in here}
+
+
 def app_for(domain: Domain | str) -> Celery:
     """The app that reaches ``domain``'s broker and result backend: this process's own app
     when they are the same (every domain on the shared broker; a domain's own worker), else

@@ -35,6 +35,10 @@ def dev(
         "--concurrency", min=1, max=64,
         help="pool processes of each domain's worker (steps of one domain run in parallel)")]
     = 1,
+    per_domain_brokers: Annotated[bool, typer.Option(
+        "--per-domain-brokers",
+        help="a broker, a beat and a Flower per domain (the strict-residency topology)")]
+    = False,
 ) -> None:
     """Run the embedded stack in the foreground until Ctrl-C or SIGTERM."""
     from regionvault.devstack.stack import DevStack
@@ -42,7 +46,8 @@ def dev(
     def run() -> None:
         # the sample sources include the Journeys ones (MariaDB, Bigtable, Cloud Files)
         stack = DevStack(data_dir=data_dir, config_file=config, concurrency=concurrency,
-                         journeys=config is None, say=lambda m: err.print(f"[dim]{m}[/]"))
+                         journeys=config is None, per_domain_brokers=per_domain_brokers,
+                         say=lambda m: err.print(f"[dim]{m}[/]"))
         stack.start()
         try:
             out.print(f"\n[bold green]regionvault dev stack is up[/]; environment in "
@@ -50,6 +55,10 @@ def dev(
             for key, value in sorted(stack.env.items()):
                 if "PASSWORD" not in key:
                     out.print(f"  {key}={value}", highlight=False)
+            for domain, port in sorted(stack.flower_ports.items(),
+                                       key=lambda item: item[0].value if item[0] else ""):
+                out.print(f"  Flower of {domain.value if domain else 'the shared broker'}: "
+                          f"http://127.0.0.1:{port}", highlight=False)
             out.print(f"\n  source {stack.env_file}   # then: regionvault list\n"
                       "Ctrl-C stops everything.")
             _stay_until_signal()

@@ -21,11 +21,16 @@ KMS_DOMAINS: tuple[Domain, ...] = (Domain.EU,)
 
 @dataclass(frozen=True)
 class SampleSource:
+    #: the source's name; ``{domain}`` in it is replaced by each domain's (a name of its own
+    #: in every domain, for tests that look for one domain's names where they must not be)
     name: str
     data_class: str
     seed_sql: str
     #: (sql, expected value) run by restore drills on the restored copy
     check: tuple[str, str] | None = None
+
+    def name_in(self, domain: Domain) -> str:
+        return self.name.replace("{domain}", domain.value)
 
 
 SAMPLE_SOURCES: tuple[SampleSource, ...] = (
@@ -65,8 +70,8 @@ def keyring_files(keys_dir: Path) -> dict[Domain, Path]:
     return {domain: keys_dir / f"{domain.value}.keyring.json" for domain in Domain}
 
 
-def _source_entry(src: SampleSource, dsn_file: Path) -> dict[str, Any]:
-    entry: dict[str, Any] = {"name": src.name, "kind": "postgres", "data_class": src.data_class,
+def _source_entry(src: SampleSource, name: str, dsn_file: Path) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": name, "kind": "postgres", "data_class": src.data_class,
                              "dsn": {"file": str(dsn_file)}}
     if src.check is not None:
         entry["check"] = {"sql": src.check[0], "expect": src.check[1]}
@@ -94,7 +99,9 @@ def sample_config(*, data_dir: Path, sources: tuple[SampleSource, ...],
                         "wrappers": ["aws-kms", "local"] if domain in KMS_DOMAINS
                         else ["local"]},
             "schedule": "0 2 * * *",
-            "sources": [_source_entry(src, dsn_files[(domain, src.name)]) for src in sources],
+            "sources": [_source_entry(src, src.name_in(domain),
+                                      dsn_files[(domain, src.name_in(domain))])
+                        for src in sources],
             "drill": {"schedule": "0 4 * * 0", "scratch_dsn": {"file": str(scratch_dsn_file)}},
             "restore_targets": {"scratch": {"file": str(restore_target_files[domain])}},
         }

@@ -35,6 +35,7 @@ from regionvault.devstack import journeys, sample
 from regionvault.devstack.bigtable import BigtableService, start_bigtable
 from regionvault.devstack.mariadb import MariaDBService, start_mariadb
 from regionvault.devstack.services import (
+    DevstackError,
     GCSService,
     KMSService,
     ManagedProcess,
@@ -105,11 +106,18 @@ class DevStack:
     #: also the Autopilot Journeys sample (``devstack.journeys``): MariaDB, a Bigtable
     #: emulator and Swift (Cloud Files) servers, and two au sources placed on swift + gcs
     journeys: bool = False
+    #: a Redis-protocol broker per domain (``domains.<d>.broker_url`` in the sample
+    #: configuration), and a beat and a Flower per domain: the per-domain topology
+    per_domain_brokers: bool = False
     say: Say = field(default=lambda _: None)
 
     group: ServiceGroup = field(default_factory=ServiceGroup, init=False)
     env: dict[str, str] = field(default_factory=dict, init=False)
     redis: RedisService | None = field(default=None, init=False)
+    #: each domain's own broker (``per_domain_brokers``)
+    domain_brokers: dict[Domain, RedisService] = field(default_factory=dict, init=False)
+    #: where each Flower listens: a domain's own, or None's for the shared broker's
+    flower_ports: dict[Domain | None, int] = field(default_factory=dict, init=False)
     postgres: PostgresService | None = field(default=None, init=False)
     s3: S3Service | None = field(default=None, init=False)
     gcs: GCSService | None = field(default=None, init=False)
@@ -131,6 +139,9 @@ class DevStack:
     def start(self) -> DevStack:
         self.data_dir = self.data_dir.resolve()
         self.logs.mkdir(parents=True, exist_ok=True)
+        if self.per_domain_brokers and self.config_file is not None:
+            raise DevstackError("per-domain brokers come from your configuration file "
+                                "(domains.<d>.broker_url); drop --per-domain-brokers")
         try:
             self._start_servers()
             config_path = self.config_file or self._write_sample_config()
@@ -156,6 +167,11 @@ class DevStack:
     def _start_servers(self) -> None:
         self.say("starting Redis-protocol server")
         self.redis = self.group.add(start_redis(self.data_dir / "redis"))
+        if self.per_domain_brokers:
+            for domain in Domain:
+                self.say(f"starting the broker of {domain.value}")
+                self.domain_brokers[domain] = self.group.add(
+                    start_redis(self.data_dir / f"redis-{domain.value}"))
         self.say("starting PostgreSQL")
         self.postgres = self.group.add(start_postgres(self.data_dir / "postgres"))
         self.say("starting S3 emulator (moto)")
@@ -212,11 +228,12 @@ class DevStack:
         dsn_files: dict[tuple[Domain, str], Path] = {}
         for domain in Domain:
             for src in self.sources:
-                db = sample.database_name(domain, src.name)
+                name = src.name_in(domain)
+                db = sample.database_name(domain, name)
                 self.postgres.create_database(db)
                 sample.seed(self.postgres.dsn(db), domain, src)
-                dsn_files[(domain, src.name)] = self._secret_file(
-                    secrets_dir / f"{domain.value}-{src.name}.dsn", self.postgres.dsn(db))
+                dsn_files[(domain, name)] = self._secret_file(
+                    secrets_dir / f"{domain.value}-{name}.dsn", self.postgres.dsn(db))
         self.say(f"seeded {len(dsn_files)} sample databases")
         # drills create and drop their scratch databases on the same server
         scratch = self._secret_file(secrets_dir / "scratch.dsn", self.postgres.dsn())
@@ -233,6 +250,12 @@ class DevStack:
         data = sample.sample_config(
             data_dir=self.data_dir, sources=self.sources, dsn_files=dsn_files,
             keyring_files=keyrings, scratch_dsn_file=scratch, restore_target_files=targets)
+        if self.per_domain_brokers:
+            for domain, broker in self.domain_brokers.items():
+                data["domains"][domain.value]["broker_url"] = broker.url
+                if self.flower:
+                    port = self.flower_ports.setdefault(domain, free_port())
+                    data["domains"][domain.value]["flower_url"] = f"http://127.0.0.1:{port}"
         if self.journeys:
             au = data["domains"][journeys.DOMAIN.value]
             entries = self._journeys_entries(secrets_dir)
@@ -347,11 +370,18 @@ class DevStack:
         if process is not None:
             process.stop()
 
-    def workers_answering(self, names: Collection[str], timeout: float = 1.0) -> set[str]:
+    def broker_of(self, domain: Domain | None) -> str:
+        """The broker URL of ``domain``'s processes (the shared one for None)."""
+        if self.config is not None:
+            return self.config.broker_for(domain)
+        return self.env["REGIONVAULT_BROKER_URL"]
+
+    def workers_answering(self, names: Collection[str], timeout: float = 1.0,
+                          domain: Domain | None = None) -> set[str]:
         """Which of the workers ``names`` answer a ping within ``timeout`` seconds, asked with
-        ``celery inspect ping`` on the stack's broker (a bare Celery: the answer needs no
+        ``celery inspect ping`` on ``domain``'s broker (a bare Celery: the answer needs no
         configuration of ours). A broker that is down or restarting answers nothing."""
-        argv = [sys.executable, "-m", "celery", "--broker", self.env["REGIONVAULT_BROKER_URL"],
+        argv = [sys.executable, "-m", "celery", "--broker", self.broker_of(domain),
                 "inspect", "ping", "--destination", ",".join(sorted(names)),
                 "--timeout", str(timeout), "--json"]
         try:
@@ -377,7 +407,11 @@ class DevStack:
                     raise ServiceStartError(
                         f"the worker of domain {domain.value!r} exited during start-up",
                         service=proc.name, log_tail=proc.tail())
-            answered = self.workers_answering(wanted)
+            # each worker answers on its own domain's broker
+            for domain in domains:
+                name = self.worker_name(domain)
+                if name not in answered:
+                    answered |= self.workers_answering({name}, domain=domain)
             if wanted <= answered:
                 return
             time.sleep(0.2)
@@ -385,15 +419,30 @@ class DevStack:
             f"workers {', '.join(sorted(wanted - answered))} did not answer a ping in "
             f"{timeout:.0f}s", service="workers")
 
+    def _broker_groups(self) -> list[Domain | None]:
+        """One entry per broker the stack's domains use: None for the shared broker (when a
+        domain is on it), and each domain that has its own. A beat and a Flower run for each,
+        with ``REGIONVAULT_DOMAIN`` set for a domain's own."""
+        assert self.config is not None
+        shared: list[Domain | None] = [None] if self.config.shared_broker_domains() else []
+        return shared + [d for d in self.config.domains if self.config.has_own_broker(d)]
+
     def _start_beat(self) -> None:
-        self.say("starting beat")
-        self.group.add(start_process(
-            "beat", self._celery("beat", "--loglevel", "INFO", "--schedule",
-                                 str(self.data_dir / "beat-schedule")),
-            log_path=self.logs / "beat.log", env=self.celery_env(), cwd=Path.cwd()))
+        for domain in self._broker_groups():
+            suffix = f"-{domain.value}" if domain else ""
+            self.say(f"starting beat{' of ' + domain.value if domain else ''}")
+            self.group.add(start_process(
+                f"beat{suffix}", self._celery("beat", "--loglevel", "INFO", "--schedule",
+                                              str(self.data_dir / f"beat-schedule{suffix}")),
+                log_path=self.logs / f"beat{suffix}.log", env=self.celery_env(domain),
+                cwd=Path.cwd()))
 
     def _start_flower(self) -> None:
-        port = free_port()
+        for domain in self._broker_groups():
+            self._start_one_flower(domain)
+
+    def _start_one_flower(self, domain: Domain | None) -> None:
+        port = self.flower_ports.setdefault(domain, free_port())
         password_file = self.data_dir / "secrets" / "flower-password"
         password_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not password_file.exists():
@@ -403,14 +452,19 @@ class DevStack:
         # `regionvault flower` reads user:password from a file, never from its command line
         auth_file = self._secret_file(password_file.with_name("flower-basic-auth"),
                                       f"operator:{password}")
-        self.say(f"starting Flower on http://127.0.0.1:{port}")
+        suffix = f"-{domain.value}" if domain else ""
+        self.say(f"starting Flower{' of ' + domain.value if domain else ''} on "
+                 f"http://127.0.0.1:{port}")
         process = start_process(
-            "flower", [sys.executable, "-m", "regionvault_cli",  # what `regionvault` runs
-                       "flower", "--address=127.0.0.1", f"--port={port}",
-                       f"--basic-auth-file={auth_file}"],
-            log_path=self.logs / "flower.log", env=self.celery_env(), cwd=Path.cwd())
+            f"flower{suffix}", [sys.executable, "-m", "regionvault_cli",  # `regionvault`
+                                "flower", "--address=127.0.0.1", f"--port={port}",
+                                f"--basic-auth-file={auth_file}",
+                                *(["--domain", domain.value] if domain else [])],
+            log_path=self.logs / f"flower{suffix}.log", env=self.celery_env(),
+            cwd=Path.cwd())
         self.group.add(process)
-        self.env["REGIONVAULT_FLOWER_URL"] = f"http://127.0.0.1:{port}"
+        # the shared broker's Flower, else the first domain's
+        self.env.setdefault("REGIONVAULT_FLOWER_URL", f"http://127.0.0.1:{port}")
         self.env["REGIONVAULT_FLOWER_USER"] = "operator"
         self._write_env_file()
         deadline = time.monotonic() + 30

@@ -90,6 +90,10 @@ class RegionvaultFlower(Flower):
         # made once: each holds a connection pool, used from Flower's thread pool
         self.journal = Journal.from_url(backend)
         self.retry_marks = RetryMarks.for_app(self.capp)
+        from workers.app import domains_of  # (the app reads its configuration on import)
+
+        # the domains whose broker this Flower watches, and where the others' Flowers are
+        self.domains_here, self.flowers_elsewhere = domains_of(self.capp)
         ours = handlers.routes()
         if options is not None and options.url_prefix:
             ours = [rewrite_handler(h, options.url_prefix) for h in ours]

@@ -21,7 +21,7 @@ from flower.views.tasks import TaskView
 from tornado import web
 from tornado.ioloop import IOLoop
 
-from regionvault.domains import Domain
+from regionvault.domains import Domain, parse_domain
 from regionvault.journal import BackupRecord
 from regionvault.manifest import STEPS
 from workers.flowerui.access import operator_name
@@ -136,6 +136,16 @@ class BackupsPage(BaseHandler, _Blocking):
         if domain and domain not in {d.value for d in Domain}:
             valid = ", ".join(d.value for d in Domain)
             raise web.HTTPError(400, f"unknown domain {domain!r} (domains: {valid})")
+        here: list[Domain] = self.application.domains_here
+        elsewhere: dict[Domain, str | None] = self.application.flowers_elsewhere
+        if domain and parse_domain(domain) in elsewhere:
+            # that domain's journal lives in its own broker, which this Flower never reads
+            url = elsewhere[parse_domain(domain)]
+            if url is None:
+                raise web.HTTPError(404, f"domain {domain} has its own broker and Flower, "
+                                         "and no flower_url is configured for it")
+            self.redirect(f"{url.rstrip('/')}/backups?domain={domain}")
+            return
         limit = self.get_argument("limit", 100, type=int)
         if not 1 <= limit <= MAX_BACKUPS:
             raise web.HTTPError(400, f"limit must be between 1 and {MAX_BACKUPS}")
@@ -146,7 +156,8 @@ class BackupsPage(BaseHandler, _Blocking):
             raise web.HTTPError(503, f"the backup journal could not be read ({exc})") from exc
         events = self.application.events
         self.render("backups.html", records=records, steps=STEPS, domain=domain,
-                    domains=[d.value for d in Domain], limit=limit, state_badge=state_badge,
+                    domains=[d.value for d in here], limit=limit, state_badge=state_badge,
+                    elsewhere={d.value: url for d, url in elsewhere.items()},
                     # a step not sent yet (after a failure) has a task id but no task page
                     known_task=lambda task_id: get_task_by_id(events, task_id) is not None)
 
