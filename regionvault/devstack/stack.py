@@ -337,6 +337,9 @@ class DevStack:
     def celery_env(self, domain: Domain | None = None) -> dict[str, str]:
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         env.pop("REGIONVAULT_DOMAIN", None)
+        # the dev server's admin DSN is for the developer's psql (dev.env); no process of
+        # regionvault needs it, and it opens every domain's sample databases
+        env.pop("REGIONVAULT_DEV_POSTGRES", None)
         if domain is not None:
             env["REGIONVAULT_DOMAIN"] = domain.value
         return env
