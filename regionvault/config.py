@@ -51,6 +51,14 @@ ENV_OVERRIDES = {
     "REGIONVAULT_SPOOL_DIR": "spool_dir",
 }
 
+#: environment variable -> what it overrides in each configured domain (``{D}``: US, EU, AU):
+#: a domain's own broker URL may carry a password, which a Secret gives to that domain's
+#: pods only, never the shared configuration file
+DOMAIN_ENV_OVERRIDES = {
+    "REGIONVAULT_BROKER_URL_{D}": "broker_url",
+    "REGIONVAULT_RESULT_BACKEND_{D}": "result_backend",
+}
+
 
 class DataClass(StrEnum):
     """What a backup holds; decides its retention and its object-key prefix."""
@@ -711,6 +719,12 @@ def parse_config(data: Any, *, origin: str, env: Mapping[str, str] | None = None
     for var, dotted in ENV_OVERRIDES.items():
         if env.get(var):
             _set_dotted(data, dotted, env[var])
+    domains = data.get("domains")
+    for name, dcfg in domains.items() if isinstance(domains, dict) else ():
+        for pattern, field in DOMAIN_ENV_OVERRIDES.items():
+            value = env.get(pattern.format(D=str(name).upper()))
+            if value and isinstance(dcfg, dict):  # only a domain the file configures
+                dcfg[field] = value
     try:
         return Config.model_validate(data)
     except ValidationError as exc:

@@ -127,3 +127,15 @@ def test_a_dispatcher_refuses_work_of_another_domain(process_app: Any) -> None:
         eu.discard("us.accounts.20261201T000000Z.00000000", "us", "accounts")
     with pytest.raises(ValueError, match="cannot send work of domain 'au'"):
         eu.restore_drill("au", None)
+
+
+def test_a_domains_broker_url_may_come_from_its_own_environment_variable() -> None:
+    data = config_data("us", "eu")
+    data["domains"]["eu"]["broker_url"] = "redis://redis-eu:6379/0"
+    env = {"REGIONVAULT_BROKER_URL_EU": EU_BROKER, "REGIONVAULT_RESULT_BACKEND_EU": EU_BACKEND,
+           "REGIONVAULT_BROKER_URL_AU": "redis://redis-au:6379/0"}
+    config = parse_config(data, origin="test", env=env)
+    assert config.broker_for(Domain.EU) == EU_BROKER
+    assert config.backend_for(Domain.EU) == EU_BACKEND
+    assert Domain.AU not in config.domains  # a variable never configures a domain
+    assert not config.has_own_broker(Domain.US)
