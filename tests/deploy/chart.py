@@ -9,10 +9,15 @@ from __future__ import annotations
 import copy
 import functools
 import json
-from collections.abc import Iterator
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import helm_python as helm
 import yaml
@@ -34,6 +39,25 @@ Obj = dict[str, Any]
 
 def production_values() -> dict[str, Any]:
     return yaml.safe_load(PRODUCTION_VALUES.read_text())
+
+
+def production_shared_values() -> dict[str, Any]:
+    """The production example on the shared topology: one password-protected Redis for every
+    domain (the chart's default topology), so that its objects are rendered and checked too."""
+    return merged(production_values(), {
+        "broker": {
+            "perDomain": False,
+            "url": "redis://regionvault-broker.backups.svc:6379/0",
+            "existingSecret": "regionvault-broker",
+            "urlKey": "url",
+            "networkPeers": [{"podSelector": {"matchLabels": {
+                "app.kubernetes.io/name": "redis",
+                "app.kubernetes.io/instance": "regionvault-broker"}}}],
+        },
+        "keda": {"passwordSecret": "regionvault-broker", "passwordKey": "password"},
+        "flower": {"ingress": {"host": "backups.example.com",
+                               "tlsSecretName": "backups-example-com-tls"}},
+    })
 
 
 def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -85,6 +109,30 @@ class Rendered:
 
     def enabled_domains(self) -> set[str]:
         return {d for d, v in self.values["domains"].items() if v["enabled"]}
+
+    def per_domain_brokers(self) -> bool:
+        return bool(self.values["broker"]["perDomain"])
+
+    def brokers(self) -> set[str | None]:
+        """Who has a broker: every enabled domain with broker.perDomain, else None (shared)."""
+        return set(self.enabled_domains()) if self.per_domain_brokers() else {None}
+
+    def served(self, component: str) -> dict[str | None, Obj]:
+        """The Deployments of a component (beat, flower) by the domain their container serves
+        (its REGIONVAULT_DOMAIN; None for none), checking that no two serve the same one."""
+        found: dict[str | None, Obj] = {}
+        for deployment in self.deployments(component):
+            (c,) = pod_spec(deployment)["containers"]
+            served = env(c).get("REGIONVAULT_DOMAIN", {}).get("value")
+            assert served not in found, f"two {component} Deployments serve {served}"
+            found[served] = deployment
+        return found
+
+    def policies_for(self, deployment: Obj) -> list[Obj]:
+        """The NetworkPolicies that select a Deployment's pods."""
+        pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        return [p for p in self.of_kind("NetworkPolicy")
+                if p["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()]
 
     def config(self) -> dict[str, Any]:
         """The regionvault configuration in the generated ConfigMap."""
@@ -200,3 +248,84 @@ def check_worker_guard(domain: str, consumed: list[str]) -> None:
     problem = guard.queue_problem(parse_domain(domain), set(consumed))
     if problem is not None:
         raise RuntimeError(problem)
+
+
+# --- what a process started from a pod's spec connects to ----------------------------------------
+
+#: run in a fresh interpreter: import the Celery app exactly as a worker, beat or Flower does
+#: (workers/app.py reads REGIONVAULT_CONFIG and REGIONVAULT_DOMAIN when it is imported) and say
+#: where it connects and what its beat would publish
+_PROBE = """
+import json
+from workers.app import app
+print(json.dumps({
+    "broker_url": app.conf.broker_url,
+    "result_backend": app.conf.result_backend,
+    "beat": sorted([name, entry["kwargs"]["domain"], entry["options"]["queue"]]
+                   for name, entry in (app.conf.beat_schedule or {}).items()),
+}))
+"""
+
+
+@dataclass(frozen=True)
+class ProcessView:
+    """Where a regionvault process connects, as its own Celery app reports it."""
+
+    broker_url: str
+    result_backend: str
+    #: (entry name, domain, queue) of every beat schedule entry it would publish
+    beat: tuple[tuple[str, str, str], ...]
+
+
+@functools.lru_cache(maxsize=64)
+def _probe(config_text: str, env_items: tuple[tuple[str, str], ...]) -> ProcessView:
+    with tempfile.TemporaryDirectory() as tmp:
+        config_file = Path(tmp) / "config.yaml"
+        config_file.write_text(config_text)
+        # nothing of this test process's environment (a REGIONVAULT_* or CELERY_* of the
+        # developer's shell) may leak into what is measured
+        process_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": tmp,
+                       **dict(env_items), "REGIONVAULT_CONFIG": str(config_file)}
+        out = subprocess.run([sys.executable, "-c", _PROBE], env=process_env, cwd=REPO,
+                             capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout.strip().splitlines()[-1])
+    return ProcessView(data["broker_url"], data["result_backend"],
+                       tuple((str(n), str(d), str(q)) for n, d, q in data["beat"]))
+
+
+def process_view(config_text: str, env: Mapping[str, str]) -> ProcessView:
+    """Start the app of a process with this configuration file and these REGIONVAULT_*
+    variables (the rest of its environment does not decide where it connects)."""
+    wanted = {k: v for k, v in env.items() if k.startswith("REGIONVAULT_")}
+    return _probe(config_text, tuple(sorted(wanted.items())))
+
+
+def secret_placeholder(name: str, key: str) -> str:
+    """What a variable taken from a Secret holds in a probe: a URL naming the Secret."""
+    return f"redis://:secret@{name}--{key}.from-secret.invalid:6379/0"
+
+
+def container_env_values(c: Obj) -> dict[str, str]:
+    """A container's environment as its process sees it (values from a Secret stand in as
+    ``secret_placeholder``)."""
+    values: dict[str, str] = {}
+    for name, entry in env(c).items():
+        if "value" in entry:
+            values[name] = str(entry["value"])
+        elif "secretKeyRef" in entry.get("valueFrom", {}):
+            ref = entry["valueFrom"]["secretKeyRef"]
+            values[name] = secret_placeholder(ref["name"], ref["key"])
+    return values
+
+
+def pod_process_view(rendered: Rendered, deployment: Obj) -> ProcessView:
+    """Where the process of a Deployment's (single regionvault) container connects."""
+    (cm,) = rendered.of_kind("ConfigMap")
+    (c,) = pod_spec(deployment)["containers"]
+    return process_view(cm["data"]["config.yaml"], container_env_values(c))
+
+
+def host_port(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or 6379}"

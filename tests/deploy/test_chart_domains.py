@@ -85,7 +85,8 @@ def test_each_worker_mounts_exactly_its_own_domains_secret(rendered: Rendered) -
 def test_no_deployment_mounts_two_domains_secrets(rendered: Rendered) -> None:
     owners = domain_secrets(rendered)
     deployments = rendered.of_kind("Deployment")
-    assert len(deployments) == len(rendered.workers()) + 2  # + beat and Flower
+    # + a beat and a Flower per broker (the shared one, or each domain's own)
+    assert len(deployments) == len(rendered.workers()) + 2 * len(rendered.brokers())
     for deployment in deployments:
         held = {owners[s] for s in secret_names(deployment) if s in owners}
         assert len(held) <= 1, (deployment["metadata"]["name"], held)
@@ -124,10 +125,10 @@ def test_configuration_points_each_domain_only_at_its_own_secret_files(
 
 
 def test_each_pool_has_its_own_network_policy(rendered: Rendered) -> None:
-    policies = {labels(p).get(DOMAIN_LABEL): p for p in rendered.of_kind("NetworkPolicy")}
     values = rendered.values
     for domain, deployment in rendered.workers().items():
-        policy = policies[domain]
+        (policy,) = rendered.policies_for(deployment)
+        assert labels(policy)[DOMAIN_LABEL] == domain
         selector = deployment["spec"]["selector"]["matchLabels"]
         assert policy["spec"]["podSelector"]["matchLabels"] == selector
         assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
@@ -149,7 +150,8 @@ def test_each_pool_has_its_own_network_policy(rendered: Rendered) -> None:
 
 def test_production_sources_of_one_domain_are_not_reachable_from_another() -> None:
     rendered = render(production_values())
-    policies = {labels(p).get(DOMAIN_LABEL): p for p in rendered.of_kind("NetworkPolicy")}
+    workers = rendered.workers()
+    policies = {d: p for d in workers for p in rendered.policies_for(workers[d])}
     eu_peers = [p for rule in policies["eu"]["spec"]["egress"] for p in rule["to"]]
     us_peers = [p for rule in policies["us"]["spec"]["egress"] for p in rule["to"]]
     assert {"ipBlock": {"cidr": "10.20.20.0/24"}} in eu_peers  # eu's accounts

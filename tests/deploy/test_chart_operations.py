@@ -19,6 +19,7 @@ from tests.deploy.chart import (
     labels,
     merged,
     pod_spec,
+    production_shared_values,
     production_values,
     render,
 )
@@ -37,32 +38,40 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
         production_values(), {"beat": {"replicas": 3, "persistence": {"enabled": True}}}),
     "one-domain-only": {"domains": {"us": {"enabled": False}, "au": {"enabled": False},
                                     "eu": {"autoscaling": {"enabled": True}}}},
+    "production-shared-broker": production_shared_values(),
+    "defaults-per-domain-one-disabled": {"broker": {"perDomain": True},
+                                         "domains": {"au": {"enabled": False}}},
 }
 
 
-# --- beat: one scheduler, always ---------------------------------------------------------------
+# --- beat: one scheduler per broker, always -------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", COMBINATIONS)
-def test_beat_is_exactly_one_recreated_scheduler(name: str) -> None:
+def test_exactly_one_recreated_beat_per_broker(name: str) -> None:
     rendered = render(COMBINATIONS[name])
-    (beat,) = rendered.deployments("beat")
-    assert beat["spec"]["replicas"] == 1
-    assert beat["spec"]["strategy"] == {"type": "Recreate"}
-    assert argv(container(beat, "beat"))[:4] == ["celery", "-A", "workers", "beat"]
-    # Nothing else runs a scheduler (a worker with -B/--beat would be a second one).
+    beats = rendered.served("beat")
+    # one for the shared broker, or one for each enabled domain's own broker (and never for a
+    # disabled domain)
+    assert set(beats) == rendered.brokers()
+    for beat in beats.values():
+        assert beat["spec"]["replicas"] == 1
+        assert beat["spec"]["strategy"] == {"type": "Recreate"}
+        assert argv(container(beat, "beat"))[:4] == ["celery", "-A", "workers", "beat"]
+    # Nothing else runs a scheduler (a worker with -B/--beat would be another one).
     for deployment in rendered.of_kind("Deployment"):
+        if deployment in beats.values():
+            continue
         for c in pod_spec(deployment)["containers"]:
             args = argv(c)
-            if deployment is not beat:
-                assert "beat" not in args[:4] and "-B" not in args and "--beat" not in args
+            assert "beat" not in args[:4] and "-B" not in args and "--beat" not in args
 
 
 @pytest.mark.parametrize("name", COMBINATIONS)
 def test_autoscalers_target_only_worker_pools(name: str) -> None:
     rendered = render(COMBINATIONS[name])
     workers = {d["metadata"]["name"]: d for d in rendered.workers().values()}
-    (beat,) = rendered.deployments("beat")
+    beats = {b["metadata"]["name"] for b in rendered.deployments("beat")}
     scalers = rendered.of_kind("ScaledObject") + rendered.of_kind("HorizontalPodAutoscaler")
     autoscaled = {d for d, v in rendered.values["domains"].items()
                   if v["enabled"] and v["autoscaling"]["enabled"]}
@@ -70,14 +79,14 @@ def test_autoscalers_target_only_worker_pools(name: str) -> None:
     for scaler in scalers:
         target = scaler["spec"]["scaleTargetRef"]
         assert target["kind"] == "Deployment"
-        assert target["name"] != beat["metadata"]["name"]
+        assert target["name"] not in beats
         assert target["name"] in workers
         # a scaled Deployment leaves replicas to the scaler, so an upgrade does not reset it
         assert "replicas" not in workers[target["name"]]["spec"]
 
 
-def test_keda_scales_each_pool_on_its_own_queue() -> None:
-    rendered = render(production_values())
+def test_keda_scales_each_pool_on_its_own_queue_on_the_shared_broker() -> None:
+    rendered = render(production_shared_values())
     values = rendered.values
     scaled = {labels(s)["regionvault.io/domain"]: s for s in rendered.of_kind("ScaledObject")}
     assert set(scaled) == {"us", "eu"}  # au runs a fixed number of workers
@@ -127,21 +136,28 @@ def test_flower_without_auth_renders_in_development_only() -> None:
     assert rendered.config()["development"] is True
 
 
-def test_flower_takes_its_credentials_from_the_secret() -> None:
-    rendered = render(production_values())
-    (flower,) = rendered.deployments("flower")
-    c = container(flower, "flower")
-    assert argv(c)[:2] == ["regionvault", "flower"]
-    assert "--dev-no-auth" not in argv(c)
-    ref = env(c)["REGIONVAULT_FLOWER_BASIC_AUTH"]["valueFrom"]["secretKeyRef"]
-    assert ref == {"name": "regionvault-flower-auth", "key": "basic-auth"}
-    assert not any("basic-auth" in arg or "basic_auth" in arg for arg in argv(c))
-    service = rendered.named("Service", flower["metadata"]["name"])
-    pod_labels = flower["spec"]["template"]["metadata"]["labels"]
-    assert service["spec"]["selector"].items() <= pod_labels.items()
-    (ingress,) = rendered.of_kind("Ingress")
-    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
-    assert backend["name"] == service["metadata"]["name"]
+@pytest.mark.parametrize("values", [production_values, production_shared_values])
+def test_flower_takes_its_credentials_from_the_secret(values: Any) -> None:
+    rendered = render(values())
+    flowers = rendered.served("flower")
+    assert set(flowers) == rendered.brokers()
+    ingresses = {i["metadata"]["name"]: i for i in rendered.of_kind("Ingress")}
+    assert len(ingresses) == len(flowers)
+    for flower in flowers.values():
+        c = container(flower, "flower")
+        assert argv(c)[:2] == ["regionvault", "flower"]
+        assert "--dev-no-auth" not in argv(c)
+        ref = env(c)["REGIONVAULT_FLOWER_BASIC_AUTH"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "regionvault-flower-auth", "key": "basic-auth"}
+        assert not any("basic-auth" in arg or "basic_auth" in arg for arg in argv(c))
+        service = rendered.named("Service", flower["metadata"]["name"])
+        pod_labels = flower["spec"]["template"]["metadata"]["labels"]
+        assert service["spec"]["selector"].items() <= pod_labels.items()
+        ingress = ingresses[flower["metadata"]["name"]]
+        backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+        assert backend["name"] == service["metadata"]["name"]
+    hosts = [i["spec"]["rules"][0]["host"] for i in ingresses.values()]
+    assert len(set(hosts)) == len(hosts)  # each Flower under a host of its own
 
 
 def test_disabled_flower_needs_no_auth() -> None:
@@ -152,7 +168,8 @@ def test_disabled_flower_needs_no_auth() -> None:
 # --- the generated configuration ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["defaults", "production", "one-domain-only"])
+@pytest.mark.parametrize("name", ["defaults", "production", "one-domain-only",
+                                  "production-shared-broker", "defaults-per-domain-one-disabled"])
 def test_configmap_holds_a_valid_regionvault_configuration(name: str) -> None:
     rendered = render(COMBINATIONS[name])
     config = parse_config(rendered.config(), origin="the chart's ConfigMap", env={})
@@ -290,7 +307,8 @@ def test_spool_is_one_volume_per_domain_shared_by_its_pool() -> None:
         claim = claims[volume["persistentVolumeClaim"]["claimName"]]
         assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
         assert labels(claim)["regionvault.io/domain"] == domain
-    assert len(claims) == 4  # three spools and beat's state
+    # three spools and the state of each beat (one per domain's broker in production)
+    assert len(claims) == 3 + len(rendered.served("beat")) == 6
 
 
 def test_single_worker_without_autoscaling_gets_an_emptydir_spool() -> None:

@@ -27,6 +27,7 @@ from tests.deploy.chart import (
     KUBERNETES_VERSION,
     Obj,
     merged,
+    production_shared_values,
     production_values,
     render,
 )
@@ -67,6 +68,9 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "metrics": {"podMonitor": {"enabled": False}, "serviceMonitor": {"enabled": True}}}),
     "development-no-flower-auth": {"development": True,
                                    "flower": {"auth": {"existingSecret": ""}}},
+    "production-shared-broker": production_shared_values(),
+    "defaults-per-domain": {"broker": {"perDomain": True},
+                            "domains": {d: {"autoscaling": {"enabled": True}} for d in DOMAINS}},
 }
 
 
@@ -83,7 +87,8 @@ def test_every_rendered_manifest_is_valid(name: str) -> None:
 
 
 def test_production_values_render_every_kind_the_chart_can_make() -> None:
-    kinds = {o["kind"] for o in render(VALUE_SETS["production"]).objects}
+    kinds = {o["kind"] for name in ("production", "production-shared-broker")
+             for o in render(VALUE_SETS[name]).objects}
     assert kinds >= {"ConfigMap", "Deployment", "ServiceAccount", "PersistentVolumeClaim",
                      "PodDisruptionBudget", "ScaledObject", "TriggerAuthentication",
                      "NetworkPolicy", "PodMonitor", "Service", "Ingress"}
@@ -144,7 +149,12 @@ def test_notes_name_every_enabled_pool() -> None:
     for domain in DOMAINS:
         assert f"rv-regionvault-worker-{domain}" in rendered.notes
         assert f"queue backup.{domain}" in rendered.notes
-    assert "exactly one pod" in rendered.notes
+        # production runs a broker per domain: each one's beat and Flower are named
+        assert f"deployment/rv-regionvault-beat-{domain} (exactly one pod)" in rendered.notes
+        assert f"svc/rv-regionvault-flower-{domain} 5555" in rendered.notes
+    shared = render(VALUE_SETS["production-shared-broker"]).notes
+    assert "deployment/rv-regionvault-beat (always exactly one pod)" in shared
+    assert "svc/rv-regionvault-flower 5555" in shared
 
 
 # --- values.yaml is documented line by line ---------------------------------------------------

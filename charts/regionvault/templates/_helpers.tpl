@@ -132,7 +132,8 @@ Checks of a domain's values, with errors that name the value to fix. Call with
 {{- end }}
 {{- end }}
 
-{{/* Environment every regionvault container shares: configuration and broker credentials. */}}
+{{/* Environment every regionvault container shares: configuration and, for the shared broker,
+its credentials (with broker.perDomain the chart refuses broker.existingSecret: no pod uses it). */}}
 {{- define "regionvault.commonEnv" -}}
 - name: REGIONVAULT_CONFIG
   value: /etc/regionvault/config.yaml
@@ -170,15 +171,135 @@ Checks of a domain's values, with errors that name the value to fix. Call with
   mountPath: /tmp
 {{- end }}
 
-{{/* Egress every component needs: cluster DNS and the broker. */}}
+{{/*
+Egress every component needs: cluster DNS and its broker. Call with (dict "root" $ "domain" D):
+a process of domain D with broker.perDomain reaches D's broker (domains.D.broker.networkPeers,
+on the port of its URL) and no other; otherwise the shared broker.
+*/}}
 {{- define "regionvault.baseEgress" -}}
+{{- $root := .root }}
 - to:
-    {{- toYaml .Values.networkPolicy.dnsPeers | nindent 4 }}
+    {{- toYaml $root.Values.networkPolicy.dnsPeers | nindent 4 }}
   ports:
     - {protocol: UDP, port: 53}
     - {protocol: TCP, port: 53}
+{{- if and $root.Values.broker.perDomain .domain }}
+{{- $b := (get $root.Values.domains .domain).broker }}
+# The broker of domain {{ .domain }}, and no other domain's.
 - to:
-    {{- toYaml .Values.broker.networkPeers | nindent 4 }}
+    {{- toYaml $b.networkPeers | nindent 4 }}
   ports:
-    - {protocol: TCP, port: {{ int .Values.broker.port }}}
+    - {protocol: TCP, port: {{ include "regionvault.urlPort" $b.url }}}
+{{- else }}
+- to:
+    {{- toYaml $root.Values.broker.networkPeers | nindent 4 }}
+  ports:
+    - {protocol: TCP, port: {{ int $root.Values.broker.port }}}
+{{- end }}
+{{- end }}
+
+{{/* The port of a redis:// or rediss:// URL (6379 when it names none). */}}
+{{- define "regionvault.urlPort" -}}
+{{- $host := (urlParse .).host }}
+{{- if regexMatch ":[0-9]+$" $host }}{{ regexFind "[0-9]+$" $host }}{{ else }}6379{{ end }}
+{{- end }}
+
+{{/* host:port of a redis:// or rediss:// URL (port 6379 when it names none). */}}
+{{- define "regionvault.urlHostPort" -}}
+{{- $host := (urlParse .).host }}
+{{- if regexMatch ":[0-9]+$" $host }}{{ $host }}{{ else }}{{ printf "%s:6379" $host }}{{ end }}
+{{- end }}
+
+{{/*
+The brokers the installation runs on, as a JSON list: the enabled domains' names with
+broker.perDomain, else [""] (the shared broker). Beat and Flower are rendered once per entry:
+  range $domain := fromJsonArray (include "regionvault.brokerDomains" $)
+*/}}
+{{- define "regionvault.brokerDomains" -}}
+{{- if .Values.broker.perDomain }}
+{{- $names := list }}
+{{- range $name := splitList " " (include "regionvault.knownDomains" .) }}
+{{- $d := get $.Values.domains $name }}
+{{- if and $d $d.enabled }}{{ $names = append $names $name }}{{ end }}
+{{- end }}
+{{- toJson $names }}
+{{- else }}
+{{- toJson (list "") }}
+{{- end }}
+{{- end }}
+
+{{/*
+Where domain D's own Flower is opened (its flower_url): domains.D.flower.url, else the address
+of its Ingress host, else nothing. Call with (dict "root" $ "d" $domainValues).
+*/}}
+{{- define "regionvault.flowerUrl" -}}
+{{- $f := .d.flower }}
+{{- if $f.url }}
+{{- $f.url }}
+{{- else if and $f.host .root.Values.flower.ingress.enabled }}
+{{- $prefix := trimAll "/" .root.Values.flower.urlPrefix }}
+{{- printf "%s://%s%s" (ternary "https" "http" (not (empty $f.tlsSecretName))) $f.host (ternary "" (printf "/%s" $prefix) (empty $prefix)) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Checks of broker.perDomain across the domains, with errors that name the value to fix. Renders
+nothing. A domain broker's URL goes into the ConfigMap and regionvault reads it from there only,
+so it may not carry credentials; two domains on one host:port would be the shared topology
+under another name; and the shared broker's credentials are refused rather than ignored.
+*/}}
+{{- define "regionvault.checkBrokers" -}}
+{{- if .Values.broker.perDomain }}
+{{- if .Values.broker.existingSecret }}
+{{- fail "broker.existingSecret is set, but with broker.perDomain every pod connects to its own domain's broker (domains.<name>.broker.url) and none would use it: remove broker.existingSecret" }}
+{{- end }}
+{{- if .Values.keda.passwordSecret }}
+{{- fail "keda.passwordSecret is set, but with broker.perDomain each pool's KEDA trigger reads its own domain's broker (domains.<name>.broker), which takes no password: remove keda.passwordSecret" }}
+{{- end }}
+{{- $seen := dict }}
+{{- range $name := fromJsonArray (include "regionvault.brokerDomains" .) }}
+{{- $b := (get $.Values.domains $name).broker }}
+{{- range $field, $url := dict "url" $b.url "resultBackend" $b.resultBackend }}
+{{- if $url }}
+{{- $u := urlParse $url }}
+{{- if not (has $u.scheme (list "redis" "rediss")) }}
+{{- fail (printf "domains.%s.broker.%s must be a redis:// or rediss:// URL (got %q)" $name $field $url) }}
+{{- end }}
+{{- if and (eq $u.scheme "rediss") (not (regexMatch "(^|&)ssl_cert_reqs=" $u.query)) }}
+{{- fail (printf "domains.%s.broker.%s is a rediss:// URL without ssl_cert_reqs, which Celery refuses: add ?ssl_cert_reqs=required" $name $field) }}
+{{- end }}
+{{- if $u.userinfo }}
+{{- fail (printf "domains.%s.broker.%s carries a user or password, but it is written into a ConfigMap: give the URL without credentials (regionvault reads a domain's broker only from its configuration) and fence the broker with NetworkPolicies" $name $field) }}
+{{- end }}
+{{- $hostPort := include "regionvault.urlHostPort" $url }}
+{{- $owner := get $seen $hostPort }}
+{{- if and $owner (ne $owner $name) }}
+{{- fail (printf "domains.%s.broker and domains.%s.broker are both %s: with broker.perDomain each domain has a broker of its own (or set broker.perDomain false for one shared broker)" $owner $name $hostPort) }}
+{{- end }}
+{{- $_ := set $seen $hostPort $name }}
+{{- end }}
+{{- end }}
+{{- if not $b.url }}
+{{- fail (printf "domains.%s.broker.url is empty: with broker.perDomain each enabled domain needs its own broker" $name) }}
+{{- end }}
+{{- if not $b.networkPeers }}
+{{- fail (printf "domains.%s.broker.networkPeers is empty: name where domain %s's broker runs, so that its pods may reach it (and no other broker)" $name $name) }}
+{{- end }}
+{{- if and $.Values.flower.enabled $.Values.flower.ingress.enabled (not (get $.Values.domains $name).flower.host) }}
+{{- fail (printf "domains.%s.flower.host is empty: with broker.perDomain and flower.ingress.enabled each domain's Flower is served under a host of its own" $name) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The required node affinity that keeps a pod of domain D on nodes inside D. */}}
+{{- define "regionvault.regionAffinity" -}}
+nodeAffinity:
+  requiredDuringSchedulingIgnoredDuringExecution:
+    nodeSelectorTerms:
+      - matchExpressions:
+          - key: topology.kubernetes.io/region
+            operator: In
+            values:
+              {{- toYaml . | nindent 14 }}
 {{- end }}
