@@ -47,9 +47,12 @@ browser:
 # The servers of the other source and store kinds, from Debian's packages, each started by the
 # tests and the dev stack on free ports (never the machine's own MariaDB on 3306): MariaDB,
 # OpenStack Swift with memcached for its tempauth tokens (Rackspace Cloud Files), and the Bigtable
-# emulator (Google's apt repository).
+# emulator (Google's apt repository). Also iproute2 and nftables: tests/netns puts each domain's
+# servers and workers in a network namespace of its own, fenced by routes and nftables rules.
 servers:
 	@missing=""; \
+	command -v ip >/dev/null || test -x /usr/sbin/ip || test -x /sbin/ip || missing="$$missing iproute2"; \
+	command -v nft >/dev/null || test -x /usr/sbin/nft || missing="$$missing nftables"; \
 	command -v mariadbd >/dev/null || test -x /usr/sbin/mariadbd || missing="$$missing mariadb-server"; \
 	test -x /usr/bin/swift-proxy-server || missing="$$missing swift swift-proxy swift-account swift-container swift-object"; \
 	command -v memcached >/dev/null || missing="$$missing memcached"; \

@@ -7,6 +7,11 @@ not come up before the deadline (or exits), ``ServiceStartError`` names the serv
 end of its log. Every service has ``stop()``: the graceful signal first, a wait, then SIGKILL to
 the whole process group so that no helper process outlives the stack.
 
+The servers listen on 127.0.0.1 unless told ``host=``: a test of residency at the network layer
+(tests/netns) gives each domain's servers the address of that domain's network namespace and
+starts them inside it with ``netns=`` (``ip netns exec``, which needs root). The readiness checks
+then talk to that address, from our own namespace.
+
 The servers:
 
 - Redis protocol: ``redis-server`` from PATH if there is one, else the ``valkey-server`` that the
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import ipaddress
 import os
 import pwd
 import shutil
@@ -49,7 +55,7 @@ from typing import IO, Any, Protocol, TypeVar
 from regionvault.childenv import child_environment
 from regionvault.errors import RegionvaultError
 
-#: the only address any service binds to
+#: the address services bind to unless a caller gives another (``host=``)
 HOST = "127.0.0.1"
 #: the unprivileged system user that runs PostgreSQL when we are root
 PG_SYSTEM_USER = "embedded_postgres"
@@ -79,6 +85,10 @@ class ServiceStopError(DevstackError):
 
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that nothing listens on right now.
+
+    A server started in another network namespace (``netns=``) gets a port from here too: a
+    namespace that the caller just made has no listeners but ours, and the readiness checks
+    catch the rare port two of ours picked alike (the second exits on "address in use").
 
     The kernel picks it (bind to port 0), so it never collides with a well-known port in use.
     There is a small window between closing this socket and the server binding the port. The
@@ -231,6 +241,7 @@ def start_process(
     user: str | None = None,
     stop_signal: signal.Signals = signal.SIGTERM,
     signal_group: bool = True,
+    netns: str | None = None,
 ) -> ManagedProcess:
     """Start ``argv`` in a new session with stdout and stderr appended to ``log_path``.
 
@@ -240,7 +251,14 @@ def start_process(
     runs the process as that system user (we must be root); its primary group is used and
     root's supplementary groups are dropped, so the server keeps no root group membership.
     ``stop_signal`` and ``signal_group`` say how ``stop()`` asks it to exit gracefully.
+
+    ``netns`` runs it inside that network namespace (made by ``ip netns add``; we must be
+    root): ``ip netns exec NAME argv``. ``ip`` enters the namespace and then *execs* the
+    program, and so does ``setpriv``, which drops to ``user`` inside the namespace (entering a
+    namespace needs root, so the user cannot be switched before): the pid, the process group
+    and the signals of ``stop()`` are the server's own.
     """
+    argv, user = _in_namespace(argv, netns, user)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     # Append, with a header line: a restarted service keeps the history of its earlier runs.
     log_file = open(log_path, "ab")  # noqa: SIM115 - owned by the ManagedProcess, closed in stop()
@@ -279,6 +297,31 @@ def start_process(
         stop_signal=stop_signal,
         signal_group=signal_group,
     )
+
+
+def _in_namespace(argv: Sequence[str | os.PathLike[str]], netns: str | None,
+                  user: str | None) -> tuple[list[str | os.PathLike[str]], str | None]:
+    """``argv`` (and the user to switch to in Popen) for running in network namespace
+    ``netns``; unchanged without one."""
+    if netns is None:
+        return list(argv), user
+    prefix: list[str | os.PathLike[str]] = [_system_program("ip", package="iproute2"),
+                                            "netns", "exec", netns]
+    if user is not None:
+        entry = pwd.getpwnam(user)
+        prefix += [_system_program("setpriv", package="util-linux"),
+                   f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups", "--"]
+    return [*prefix, *argv], None
+
+
+def _system_program(name: str, *, package: str) -> str:
+    """The path of a system tool (``ip``, ``setpriv``), also where root's sbin is not on PATH."""
+    found = shutil.which(name) or next(
+        (str(p) for p in (Path("/usr/sbin") / name, Path("/sbin") / name, Path("/usr/bin") / name)
+         if p.is_file()), None)
+    if found is None:
+        raise DevstackError(f"{name} is not installed: apt-get install {package}")
+    return found
 
 
 def wait_until(
@@ -407,14 +450,15 @@ def _describe(member: object) -> str:
 
 @dataclass(frozen=True)
 class RedisService:
-    """A Redis-protocol server (redis-server or valkey-server) on 127.0.0.1."""
+    """A Redis-protocol server (redis-server or valkey-server) on ``host`` (127.0.0.1)."""
 
     port: int
     process: ManagedProcess
+    host: str = HOST
 
     @property
     def url(self) -> str:
-        return f"redis://{HOST}:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     def stop(self, timeout: float = 10) -> None:
         self.process.stop(timeout)
@@ -436,17 +480,19 @@ def redis_server_binary() -> Path:
 
 
 def start_redis(workdir: Path, *, timeout: float = DEFAULT_START_TIMEOUT,
-                port: int | None = None, persistent: bool = False) -> RedisService:
+                port: int | None = None, persistent: bool = False, host: str = HOST,
+                netns: str | None = None) -> RedisService:
     """Start a throw-away Redis-protocol server; its log is ``workdir/redis.log``.
 
     ``persistent`` keeps an append-only file in ``workdir`` (fsync on every write), so that a
     server killed and started again on the same ``port`` comes back with its data, as a broker
-    with persistence does; the fault suite restarts brokers both ways."""
+    with persistence does; the fault suite restarts brokers both ways. ``host`` is the address
+    it listens on, ``netns`` the network namespace it runs in (see ``start_process``)."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     argv: list[str | os.PathLike[str]] = [
         redis_server_binary(),
-        "--bind", HOST,
+        "--bind", host,
         "--port", str(port),
         # No RDB snapshots; AOF only when asked: a dev broker needs no durability.
         "--save", "",
@@ -454,12 +500,17 @@ def start_redis(workdir: Path, *, timeout: float = DEFAULT_START_TIMEOUT,
         "--appendfsync", "always",
         "--dir", str(workdir),
     ]  # fmt: skip
-    process = start_process("redis", argv, log_path=workdir / "redis.log", cwd=workdir)
+    if not _is_loopback(host):
+        # Protected mode answers clients from anywhere but loopback with an error while the
+        # server has no password; a server given another address is there to be reached.
+        argv += ["--protected-mode", "no"]
+    process = start_process("redis", argv, log_path=workdir / "redis.log", cwd=workdir,
+                            netns=netns)
 
     def pong() -> bool:
         import redis
 
-        client = redis.Redis(host=HOST, port=port, socket_connect_timeout=1, socket_timeout=1)
+        client = redis.Redis(host=host, port=port, socket_connect_timeout=1, socket_timeout=1)
         try:
             # redis-py returns True only when the server answered +PONG.
             if client.ping() is not True:
@@ -477,9 +528,9 @@ def start_redis(workdir: Path, *, timeout: float = DEFAULT_START_TIMEOUT,
             client.close()
 
     _wait_or_stop(
-        pong, timeout=timeout, what=f"PING on {HOST}:{port} answers PONG", process=process
+        pong, timeout=timeout, what=f"PING on {host}:{port} answers PONG", process=process
     )
-    return RedisService(port=port, process=process)
+    return RedisService(port=port, process=process, host=host)
 
 
 # --- PostgreSQL -------------------------------------------------------------------------------
@@ -510,7 +561,8 @@ def pg_bin_dir() -> Path:
 
 @dataclass(frozen=True)
 class PostgresService:
-    """A PostgreSQL server on 127.0.0.1 with trust authentication for the superuser postgres."""
+    """A PostgreSQL server on ``host`` (127.0.0.1) with trust authentication for the superuser
+    postgres."""
 
     port: int
     process: ManagedProcess
@@ -597,6 +649,13 @@ def _pg_run_as() -> str | None:
     return PG_SYSTEM_USER
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def _hand_over(path: Path, user: str | None) -> None:
     """Make ``path`` owned by ``user`` and reachable by it through every parent directory."""
     if user is None:
@@ -615,7 +674,8 @@ def _hand_over(path: Path, user: str | None) -> None:
 
 
 def start_postgres(workdir: Path, *, timeout: float = 60.0, bin_dir: Path | None = None,
-                   password: str | None = None) -> PostgresService:
+                   password: str | None = None, host: str = HOST,
+                   netns: str | None = None) -> PostgresService:
     """Start PostgreSQL with its cluster in ``workdir/pgdata`` and its log in ``workdir``.
 
     Runs ``initdb`` (log: ``initdb.log``) unless ``pgdata`` already holds a cluster, then
@@ -630,7 +690,12 @@ def start_postgres(workdir: Path, *, timeout: float = 60.0, bin_dir: Path | None
     production, must carry it. The returned service then talks to its server over the unix
     socket, which stays trusted: its ``host`` is the socket directory, percent-encoded, and its
     ``dsn()`` carries no password. A client that must use the password connects to
-    ``127.0.0.1`` on ``port`` itself.
+    ``host`` on ``port`` itself.
+
+    ``host`` is the address it listens on, ``netns`` the network namespace it runs in (see
+    ``start_process``). A server on an address other than loopback also lets in its directly
+    connected subnets (``samenet`` in pg_hba.conf): where it is a test host's, in a namespace
+    of its own, that is its namespace's clients and the host side of its veth.
     """
     bin_dir = bin_dir or pg_bin_dir()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -641,13 +706,17 @@ def start_postgres(workdir: Path, *, timeout: float = 60.0, bin_dir: Path | None
         data_dir.mkdir(exist_ok=True)
         _hand_over(data_dir, user)
         _initdb(bin_dir, data_dir, log_path=workdir / "initdb.log", user=user)
-    if password is not None:
+    if password is not None or not _is_loopback(host):
         # read when the server starts; written by us (root, or the same user as the server)
-        (data_dir / "pg_hba.conf").write_text(
-            "# regionvault devstack: the unix socket is trusted, TCP needs the password\n"
-            "local all all trust\n"
-            "host all all 127.0.0.1/32 scram-sha-256\n"
-            "host all all ::1/128 scram-sha-256\n")
+        method = "trust" if password is None else "scram-sha-256"
+        lines = ["# regionvault devstack: the unix socket is trusted"
+                 + (", TCP needs the password" if password is not None else ""),
+                 "local all all trust",
+                 f"host all all 127.0.0.1/32 {method}",
+                 f"host all all ::1/128 {method}"]
+        if not _is_loopback(host):
+            lines.append(f"host all all samenet {method}")
+        (data_dir / "pg_hba.conf").write_text("\n".join(lines) + "\n")
 
     port = free_port()
     socket_dir, tmp_socket_dir = _pg_socket_dir(workdir, port)
@@ -656,7 +725,7 @@ def start_postgres(workdir: Path, *, timeout: float = 60.0, bin_dir: Path | None
     argv: list[str | os.PathLike[str]] = [
         bin_dir / "postgres",
         "-D", data_dir,
-        "-h", HOST,
+        "-h", host,
         "-p", str(port),
         "-k", socket_dir,
         "-c", "fsync=off",
@@ -673,6 +742,7 @@ def start_postgres(workdir: Path, *, timeout: float = 60.0, bin_dir: Path | None
         # background processes behind the postmaster's back.
         stop_signal=signal.SIGINT,
         signal_group=False,
+        netns=netns,
     )
     service = PostgresService(
         port=port,
@@ -681,7 +751,7 @@ def start_postgres(workdir: Path, *, timeout: float = 60.0, bin_dir: Path | None
         socket_dir=socket_dir,
         bin_dir=bin_dir,
         # with a password, TCP is closed to a DSN without one: the service uses the socket
-        host=HOST if password is None else urllib.parse.quote(str(socket_dir), safe=""),
+        host=host if password is None else urllib.parse.quote(str(socket_dir), safe=""),
         _tmp_socket_dir=tmp_socket_dir,
     )
 
@@ -796,7 +866,7 @@ def _pg_socket_dir(workdir: Path, port: int) -> tuple[Path, Path | None]:
 
 
 class S3Service:
-    """An S3 API (moto_server) on 127.0.0.1.
+    """An S3 API (moto_server) on ``host`` (127.0.0.1), in network namespace ``netns`` if any.
 
     Not a frozen dataclass: ``restart()`` replaces the process. moto keeps everything in memory,
     so a restart comes back on the same port with no buckets and no objects: tests that simulate
@@ -804,15 +874,17 @@ class S3Service:
     """
 
     def __init__(self, *, port: int, workdir: Path, process: ManagedProcess,
-                 name: str = "s3") -> None:
+                 name: str = "s3", host: str = HOST, netns: str | None = None) -> None:
         self.port = port
         self.workdir = workdir
         self.process = process
         self.name = name
+        self.host = host
+        self.netns = netns
 
     @property
     def endpoint(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def stop(self, timeout: float = 10) -> None:
         self.process.stop(timeout)
@@ -822,7 +894,8 @@ class S3Service:
         self.stop()
         # The listening socket is gone with the process; werkzeug sets SO_REUSEADDR, so
         # connections left in TIME_WAIT do not keep the new server from binding.
-        self.process = _launch_moto(self.port, self.workdir, timeout=timeout, name=self.name)
+        self.process = _launch_moto(self.port, self.workdir, timeout=timeout, name=self.name,
+                                    host=self.host, netns=self.netns)
 
     def __repr__(self) -> str:
         return f"S3Service(endpoint={self.endpoint!r}, process={self.process!r})"
@@ -836,29 +909,35 @@ class KMSService(S3Service):
         return f"KMSService(endpoint={self.endpoint!r}, process={self.process!r})"
 
 
-def start_kms(workdir: Path, *, timeout: float = DEFAULT_START_TIMEOUT) -> KMSService:
+def start_kms(workdir: Path, *, timeout: float = DEFAULT_START_TIMEOUT, host: str = HOST,
+              netns: str | None = None) -> KMSService:
     """Start a moto_server for KMS; its log is ``workdir/kms.log``."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    return KMSService(port=port, workdir=workdir, name="kms",
-                      process=_launch_moto(port, workdir, timeout=timeout, name="kms"))
+    return KMSService(port=port, workdir=workdir, name="kms", host=host, netns=netns,
+                      process=_launch_moto(port, workdir, timeout=timeout, name="kms",
+                                           host=host, netns=netns))
 
 
-def start_s3(workdir: Path, *, timeout: float = DEFAULT_START_TIMEOUT) -> S3Service:
-    """Start moto_server; its log is ``workdir/s3.log``."""
+def start_s3(workdir: Path, *, timeout: float = DEFAULT_START_TIMEOUT, host: str = HOST,
+             netns: str | None = None) -> S3Service:
+    """Start moto_server; its log is ``workdir/s3.log`` (one line per request it served).
+    ``host`` is the address it listens on, ``netns`` the network namespace it runs in (see
+    ``start_process``)."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     return S3Service(
-        port=port, workdir=workdir, process=_launch_moto(port, workdir, timeout=timeout)
+        port=port, workdir=workdir, host=host, netns=netns,
+        process=_launch_moto(port, workdir, timeout=timeout, host=host, netns=netns),
     )
 
 
-def _launch_moto(port: int, workdir: Path, *, timeout: float,
-                 name: str = "s3") -> ManagedProcess:
+def _launch_moto(port: int, workdir: Path, *, timeout: float, name: str = "s3",
+                 host: str = HOST, netns: str | None = None) -> ManagedProcess:
     argv: list[str | os.PathLike[str]] = [
         _python_script("moto_server", package="moto[server]"),
         "-H",
-        HOST,
+        host,
         "-p",
         str(port),
     ]
@@ -868,8 +947,9 @@ def _launch_moto(port: int, workdir: Path, *, timeout: float,
         log_path=workdir / f"{name}.log",
         cwd=workdir,
         env=_PYTHON_SERVER_ENV,
+        netns=netns,
     )
-    endpoint = f"http://{HOST}:{port}/"
+    endpoint = f"http://{host}:{port}/"
     _wait_or_stop(lambda: _http_answers(endpoint), timeout=timeout,
                   what=f"GET {endpoint} answers", process=process)  # fmt: skip
     return process
@@ -880,34 +960,39 @@ def _launch_moto(port: int, workdir: Path, *, timeout: float,
 
 @dataclass(frozen=True)
 class GCSService:
-    """A GCS JSON API (gcp-storage-emulator, in memory) on 127.0.0.1."""
+    """A GCS JSON API (gcp-storage-emulator, in memory) on ``host`` (127.0.0.1)."""
 
     port: int
     process: ManagedProcess
+    host: str = HOST
 
     @property
     def endpoint(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def stop(self, timeout: float = 10) -> None:
         self.process.stop(timeout)
 
 
-def start_gcs(workdir: Path, *, timeout: float = DEFAULT_START_TIMEOUT) -> GCSService:
-    """Start gcp-storage-emulator with in-memory storage; its log is ``workdir/gcs.log``."""
+def start_gcs(workdir: Path, *, timeout: float = DEFAULT_START_TIMEOUT, host: str = HOST,
+              netns: str | None = None) -> GCSService:
+    """Start gcp-storage-emulator with in-memory storage; its log is ``workdir/gcs.log``.
+    ``host`` is the address it listens on, ``netns`` the network namespace it runs in (see
+    ``start_process``)."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     argv: list[str | os.PathLike[str]] = [
         _python_script("gcp-storage-emulator", package="gcp-storage-emulator"),
-        "start", "--host", HOST, "--port", str(port), "--in-memory",
+        "start", "--host", host, "--port", str(port), "--in-memory",
     ]  # fmt: skip
     process = start_process(
-        "gcs", argv, log_path=workdir / "gcs.log", cwd=workdir, env=_PYTHON_SERVER_ENV
+        "gcs", argv, log_path=workdir / "gcs.log", cwd=workdir, env=_PYTHON_SERVER_ENV,
+        netns=netns,
     )
-    url = f"http://{HOST}:{port}/storage/v1/b"
+    url = f"http://{host}:{port}/storage/v1/b"
     _wait_or_stop(lambda: _http_answers(url), timeout=timeout, what=f"GET {url} answers",
                   process=process)  # fmt: skip
-    return GCSService(port=port, process=process)
+    return GCSService(port=port, process=process, host=host)
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -916,8 +1001,8 @@ def start_gcs(workdir: Path, *, timeout: float = DEFAULT_START_TIMEOUT) -> GCSSe
 # quote its tail in an error.
 _PYTHON_SERVER_ENV = {"PYTHONUNBUFFERED": "1"}
 
-# Readiness probes go straight to 127.0.0.1: an http_proxy in the environment must not
-# intercept them.
+# Readiness probes go straight to the server's address: an http_proxy in the environment must
+# not intercept them.
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 

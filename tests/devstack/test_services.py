@@ -182,6 +182,81 @@ def test_gcs_bucket_blob_roundtrip_and_stop(tmp_path: Path, group: ServiceGroup)
     assert_gone(service.process, service.port)
 
 
+def reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def test_servers_listen_on_the_address_they_are_given(tmp_path: Path,
+                                                      group: ServiceGroup) -> None:
+    # 127.0.0.2 is loopback too, but not the default: a probe or URL that still said
+    # 127.0.0.1 would not find the server
+    redis_service = group.add(start_redis(tmp_path / "redis", host="127.0.0.2"))
+    s3 = group.add(start_s3(tmp_path / "s3", host="127.0.0.2"))
+    gcs = group.add(start_gcs(tmp_path / "gcs", host="127.0.0.2"))
+
+    assert redis_service.url == f"redis://127.0.0.2:{redis_service.port}/0"
+    assert s3.endpoint == f"http://127.0.0.2:{s3.port}"
+    assert gcs.endpoint == f"http://127.0.0.2:{gcs.port}"
+    for port in (redis_service.port, s3.port, gcs.port):
+        assert reachable("127.0.0.2", port)
+        assert not reachable(HOST, port), f"port {port} also listens on {HOST}"
+
+    s3.restart()
+    assert s3.endpoint == f"http://127.0.0.2:{s3.port}" and reachable("127.0.0.2", s3.port)
+
+
+def _uid_of(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
+
+
+def test_servers_run_inside_a_network_namespace_and_stop_there(
+        tmp_path: Path, group: ServiceGroup) -> None:
+    import pwd
+
+    from regionvault.domains import Domain
+    from tests.netns.fence import Fence, netns_inode_of
+
+    with Fence([Domain.EU]) as fence:
+        net = fence.nets[Domain.EU]
+        where = {"host": net.address, "netns": net.netns}
+        redis_service = group.add(start_redis(tmp_path / "redis", **where))
+        postgres = group.add(start_postgres(tmp_path / "postgres", **where))
+        s3 = group.add(start_s3(tmp_path / "s3", **where))
+
+        # `ip netns exec` (and setpriv, for PostgreSQL as its unprivileged user) exec the
+        # server: the pid we hold is the server's own, and it runs in the namespace
+        for service, program in ((redis_service, "redis-server"), (postgres, "postgres")):
+            pid = service.process.pid
+            assert netns_inode_of(pid) == net.inode() != netns_inode_of(os.getpid())
+            assert Path(f"/proc/{pid}/comm").read_text().strip() == program
+        assert "moto_server" in Path(f"/proc/{s3.process.pid}/cmdline").read_text()
+        assert netns_inode_of(s3.process.pid) == net.inode()
+        if os.geteuid() == 0:
+            assert _uid_of(postgres.process.pid) == pwd.getpwnam("embedded_postgres").pw_uid
+        # reached over the veth from our namespace, with trust for the namespace's subnet
+        assert postgres.dsn() == f"postgresql://postgres@{net.address}:{postgres.port}/postgres"
+        assert postgres.execute("postgres", "SELECT 1") == [(1,)]
+        assert redis_service.url == f"redis://{net.address}:{redis_service.port}/0"
+
+        s3.restart()  # comes back in the same namespace, on the same address
+        assert netns_inode_of(s3.process.pid) == net.inode()
+        assert reachable(net.address, s3.port)
+
+        for service in (redis_service, postgres, s3):
+            port = service.port
+            service.stop()
+            assert not service.process.alive()
+            with pytest.raises(ProcessLookupError):
+                os.kill(service.process.pid, 0)
+            assert not service.process.group_alive()
+            assert not reachable(net.address, port)
+
+
 def test_wait_until_reports_an_exited_process_with_its_log(tmp_path: Path) -> None:
     process = start_process(
         "doomed",
