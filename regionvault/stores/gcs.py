@@ -67,6 +67,7 @@ from regionvault.stores.streams import (
     CheckedReader,
     TranslatingReader,
     check_lock_mode,
+    connection_failure,
     delete_every_version,
     delete_noncurrent,
     lock_date,
@@ -155,7 +156,8 @@ def translate_error(exc: BaseException, where: str, action: str) -> StoreError:
         )
     if isinstance(exc, _CONNECTION_ERRORS):
         return TransientStoreError(
-            f"cannot {action} {where}: the connection to GCS failed ({type(exc).__name__}); "
+            f"cannot {action} {where}: the connection to GCS failed "
+            f"({connection_failure(exc)}); "
             "retry later"
         )
     return PermanentStoreError(

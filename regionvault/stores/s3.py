@@ -67,6 +67,7 @@ from regionvault.stores.streams import (
     ResumeChooser,
     TranslatingReader,
     check_lock_mode,
+    connection_failure,
     delete_every_version,
     delete_noncurrent,
     lock_date,
@@ -166,7 +167,7 @@ def translate_error(exc: BaseException, where: str, action: str) -> StoreError:
         )
     if isinstance(exc, _CONNECTION_ERRORS):
         return TransientStoreError(
-            f"cannot {action} {where}: the connection to S3 failed ({type(exc).__name__}); "
+            f"cannot {action} {where}: the connection to S3 failed ({connection_failure(exc)}); "
             "retry later"
         )
     if isinstance(exc, FlexibleChecksumError):

@@ -21,6 +21,28 @@ V = TypeVar("V")
 LOCK_MODES = frozenset({"governance", "compliance"})
 
 
+def connection_failure(exc: BaseException) -> str:
+    """What a client's connection error says, with the reason the operating system gave
+    when one is inside it (``EndpointConnectionError: Network is unreachable``): a fenced
+    network, a refused port and a DNS failure need different people at 3 a.m."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.strerror:
+            return f"{type(exc).__name__}: {current.strerror}"
+        # botocore keeps the urllib3 error it wraps in kwargs["error"], not as a cause
+        wrapped = getattr(current, "kwargs", {}).get("error") if isinstance(
+            getattr(current, "kwargs", None), dict) else None
+        pending += [e for e in (wrapped, current.__cause__, current.__context__, *(
+            a for a in current.args if isinstance(a, BaseException)))
+            if isinstance(e, BaseException)]
+    return type(exc).__name__
+
+
 def check_lock_mode(lock_mode: str | None, bucket: str) -> str | None:
     """``lock_mode`` if it is one a store knows (or None); a ``ValueError`` naming it if not."""
     if lock_mode is not None and lock_mode not in LOCK_MODES:

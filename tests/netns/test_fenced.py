@@ -136,7 +136,8 @@ def test_eu_pool_pointed_at_the_us_s3_endpoint_fails_at_the_network_layer(
         assert record.steps[Step.ENCRYPT].state is StepState.DONE
         # ...and the upload could not connect: no answer from any S3, not a refusal by one
         assert record.error_step is Step.UPLOAD, record
-        assert "the connection to S3 failed" in record.error, record.error
+        assert "the connection to S3 failed (EndpointConnectionError: Network is unreachable)" \
+            in record.error, record.error
         # the worker logs the failed task with its causes (after the journal has it): the
         # connection to the us address never left the namespace
         unreachable = [line for line in log_lines(worker, "[Errno 101] Network is unreachable",
