@@ -306,24 +306,31 @@ def secret_placeholder(name: str, key: str) -> str:
     return f"redis://:secret@{name}--{key}.from-secret.invalid:6379/0"
 
 
-def container_env_values(c: Obj) -> dict[str, str]:
-    """A container's environment as its process sees it (values from a Secret stand in as
-    ``secret_placeholder``)."""
+#: what the test puts into Secrets: (Secret name, key) -> value
+SecretValues = Mapping[tuple[str, str], str]
+
+
+def container_env_values(c: Obj, secrets: SecretValues | None = None) -> dict[str, str]:
+    """A container's environment as its process sees it: a value from a Secret is the one
+    ``secrets`` gives for that Secret and key, else ``secret_placeholder``."""
     values: dict[str, str] = {}
     for name, entry in env(c).items():
         if "value" in entry:
             values[name] = str(entry["value"])
         elif "secretKeyRef" in entry.get("valueFrom", {}):
             ref = entry["valueFrom"]["secretKeyRef"]
-            values[name] = secret_placeholder(ref["name"], ref["key"])
+            key = (ref["name"], ref["key"])
+            values[name] = (secrets or {}).get(key) or secret_placeholder(*key)
     return values
 
 
-def pod_process_view(rendered: Rendered, deployment: Obj) -> ProcessView:
-    """Where the process of a Deployment's (single regionvault) container connects."""
+def pod_process_view(rendered: Rendered, deployment: Obj,
+                     secrets: SecretValues | None = None) -> ProcessView:
+    """Where the process of a Deployment's (single regionvault) container connects, its
+    Secrets holding ``secrets``."""
     (cm,) = rendered.of_kind("ConfigMap")
     (c,) = pod_spec(deployment)["containers"]
-    return process_view(cm["data"]["config.yaml"], container_env_values(c))
+    return process_view(cm["data"]["config.yaml"], container_env_values(c, secrets))
 
 
 def host_port(url: str) -> str:

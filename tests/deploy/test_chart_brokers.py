@@ -5,7 +5,10 @@ With ``broker.perDomain`` every domain's worker, beat and Flower is started with
 ``REGIONVAULT_DOMAIN``, and the app (workers/app.py, imported in a fresh interpreter with the
 rendered configuration and the pod's environment) connects it to that domain's broker and no
 other; its NetworkPolicy allows that broker and no other; its KEDA trigger reads that broker.
-Without it, one broker, one beat and one Flower serve every domain, as before.
+A domain broker's password comes from a Secret of that domain alone
+(``domains.<d>.broker.existingSecret``), as ``REGIONVAULT_BROKER_URL_<D>`` in that domain's pods
+and a TriggerAuthentication of that domain's KEDA trigger, never in another domain's pods nor in
+the ConfigMap. Without it, one broker, one beat and one Flower serve every domain, as before.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import helm_python as helm
 import pytest
@@ -40,6 +44,7 @@ from tests.deploy.chart import (
     production_shared_values,
     production_values,
     render,
+    secret_names,
     secret_placeholder,
 )
 from tests.deploy.compose import env_after_script, shell_commands
@@ -52,11 +57,63 @@ PER_DOMAIN: dict[str, dict[str, Any]] = {
         "domains": {"au": {"enabled": False},
                     "eu": {"broker": {"resultBackend": "redis://regionvault-results-eu:6380/1"}}},
     },
+    # eu's result backend on a Redis of its own, with its own password; us's without a Secret
+    "production-eu-backend-secret-us-open": merged(production_values(), {"domains": {
+        "eu": {"broker": {"resultBackend": "redis://regionvault-results-eu.backups.svc:6380/1",
+                          "resultBackendKey": "result-backend"}},
+        "us": {"broker": {"existingSecret": ""}}}}),
 }
 SHARED: dict[str, dict[str, Any]] = {
     "defaults": {},
     "production-shared-broker": production_shared_values(),
 }
+
+
+BROKER_ENV = ("REGIONVAULT_BROKER_URL", "REGIONVAULT_RESULT_BACKEND")
+
+
+def password_of(domain: str) -> str:
+    """The password of a domain's broker in these tests."""
+    return f"pw-of-{domain}-broker"
+
+
+def with_password(url: str, password: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=f":{password}@{parts.netloc}"))
+
+
+def broker_secrets(values: dict[str, Any]) -> dict[tuple[str, str], str]:
+    """What the test puts into each domain's broker Secret: its URLs with that domain's
+    password, and the bare password for KEDA."""
+    held: dict[tuple[str, str], str] = {}
+    for domain, d in values["domains"].items():
+        b = d["broker"]
+        if not b["existingSecret"]:
+            continue
+        held[(b["existingSecret"], b["urlKey"])] = with_password(b["url"], password_of(domain))
+        if b["resultBackendKey"]:
+            held[(b["existingSecret"], b["resultBackendKey"])] = with_password(
+                b["resultBackend"], password_of(domain))
+        if b["passwordKey"]:
+            held[(b["existingSecret"], b["passwordKey"])] = password_of(domain)
+    return held
+
+
+def expected_urls(values: dict[str, Any], domain: str) -> tuple[str, str]:
+    """Broker and result backend a process of ``domain`` must connect to, read off the
+    values alone: with a Secret, its URLs with the password the test put there."""
+    b = values["domains"][domain]["broker"]
+    broker, backend = b["url"], b["resultBackend"]
+    if b["existingSecret"]:
+        broker = with_password(broker, password_of(domain))
+        if b["resultBackendKey"]:
+            backend = with_password(backend, password_of(domain))
+    return broker, backend or broker
+
+
+def broker_env(c: Obj) -> dict[str, Obj]:
+    """A container's variables that say where a broker is (shared or a domain's)."""
+    return {name: e for name, e in env(c).items() if name.startswith(BROKER_ENV)}
 
 
 def own_hosts(rendered: Rendered, domain: str) -> set[str]:
@@ -71,19 +128,39 @@ def egress_peers(policy: Obj) -> list[Obj]:
 
 def assert_pinned(rendered: Rendered, domain: str, deployment: Obj) -> None:
     """The pods of ``deployment`` serve ``domain`` and reach its broker and no other: the
-    process connects there, nothing in the pod names another domain's broker, and its
-    NetworkPolicy lets it reach its own broker's peers, on its port, and no other's."""
+    process connects there (with the password of its own broker's Secret, if it has one),
+    nothing in the pod names another domain's broker or its Secret, and its NetworkPolicy lets
+    it reach its own broker's peers, on its port, and no other's."""
     name = deployment["metadata"]["name"]
     assert labels(deployment)[DOMAIN_LABEL] == domain, name
     (c,) = pod_spec(deployment)["containers"]
     assert env(c)["REGIONVAULT_DOMAIN"]["value"] == domain, name
     config = rendered.config()["domains"][domain]
-    view = pod_process_view(rendered, deployment)
-    assert view.broker_url == config["broker_url"], name
-    assert view.result_backend == config.get("result_backend", config["broker_url"]), name
+    own = rendered.values["domains"][domain]["broker"]
+    # the ConfigMap names the broker without credentials; the process, started with the
+    # pod's environment and Secrets holding what broker_secrets says, connects with them
+    assert config["broker_url"] == own["url"], name
+    assert config.get("result_backend", "") == own["resultBackend"], name
+    view = pod_process_view(rendered, deployment, broker_secrets(rendered.values))
+    assert (view.broker_url, view.result_backend) == expected_urls(rendered.values, domain), name
     mine = own_hosts(rendered, domain)
     assert {host_port(view.broker_url), host_port(view.result_backend)} <= mine, name
+    # its own broker's Secret and no other: exactly REGIONVAULT_BROKER_URL_<D> (and
+    # REGIONVAULT_RESULT_BACKEND_<D>) from it, only when it has one
+    expected_env = {}
+    if own["existingSecret"]:
+        expected_env[f"REGIONVAULT_BROKER_URL_{domain.upper()}"] = own["urlKey"]
+        if own["resultBackendKey"]:
+            expected_env[f"REGIONVAULT_RESULT_BACKEND_{domain.upper()}"] = own["resultBackendKey"]
+    refs = {var: e["valueFrom"]["secretKeyRef"] for var, e in broker_env(c).items()}
+    assert {var: ref["key"] for var, ref in refs.items()} == expected_env, name
+    assert {ref["name"] for ref in refs.values()} <= {own["existingSecret"]}, name
     others = set(DOMAINS) - {domain}
+    theirs = {s for o in others for s in (rendered.values["domains"][o]["secretName"],
+                                          rendered.values["domains"][o]["broker"]["existingSecret"])}
+    assert not secret_names(deployment) & (theirs - {""}), name
+    for other in others:
+        assert password_of(other) not in view.broker_url + view.result_backend, (name, other)
     text = json.dumps(deployment)
     for other in others:
         for hp in own_hosts(rendered, other):
@@ -91,7 +168,6 @@ def assert_pinned(rendered: Rendered, domain: str, deployment: Obj) -> None:
     # the network: its own broker's peers on its port, never another domain's broker
     (policy,) = rendered.policies_for(deployment)
     peers = egress_peers(policy)
-    own = rendered.values["domains"][domain]["broker"]
     port = host_port(own["url"]).split(":")[1]
     assert {"to": own["networkPeers"],
             "ports": [{"protocol": "TCP", "port": int(port)}]} in policy["spec"]["egress"], name
@@ -180,17 +256,20 @@ def test_worker_probes_ping_the_worker_on_its_own_broker(name: str) -> None:
     broker the worker consumes from, or every probe of every pod fails."""
     rendered = render({**PER_DOMAIN, **SHARED}[name])
     (configmap,) = rendered.of_kind("ConfigMap")
+    secrets = broker_secrets(rendered.values)
     for domain, deployment in rendered.workers().items():
         worker = container(deployment, "worker")
-        own = pod_process_view(rendered, deployment)
+        own = pod_process_view(rendered, deployment, secrets)
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             shell, flag, script = worker[probe]["exec"]["command"]
             assert (shell, flag) == ("sh", "-c")
             (ping,) = shell_commands(script)
             assert ping[:5] == ["celery", "-A", "workers", "inspect", "ping"]
-            probe_env = env_after_script(container_env_values(worker), script)
+            probe_env = env_after_script(container_env_values(worker, secrets), script)
             view = process_view(configmap["data"]["config.yaml"], probe_env)
             assert view.broker_url == own.broker_url, (name, domain, probe)
+            if rendered.per_domain_brokers():  # with its own broker's password, if any
+                assert view.broker_url == expected_urls(rendered.values, domain)[0]
     # not vacuous: with broker.perDomain a ping that drops the domain asks on no broker of it
     rendered = render(production_values())
     worker = container(rendered.workers()["eu"], "worker")
@@ -201,18 +280,29 @@ def test_worker_probes_ping_the_worker_on_its_own_broker(name: str) -> None:
 
 def test_keda_reads_each_pools_queue_on_its_own_broker() -> None:
     rendered = render(production_values())
-    assert rendered.of_kind("TriggerAuthentication") == []
+    auths = {a["metadata"]["name"]: a for a in rendered.of_kind("TriggerAuthentication")}
     scaled = {labels(s)[DOMAIN_LABEL]: s for s in rendered.of_kind("ScaledObject")}
     assert set(scaled) == {"us", "eu"}  # au runs a fixed number of workers
     for domain, obj in scaled.items():
         (trigger,) = obj["spec"]["triggers"]
-        url = rendered.values["domains"][domain]["broker"]["url"]
+        broker = rendered.values["domains"][domain]["broker"]
+        url = broker["url"]
         assert trigger["metadata"]["listName"] == f"backup.{domain}"
         assert trigger["metadata"]["address"] == host_port(url)
         assert trigger["metadata"]["databaseIndex"] == "0"
         tls = "true" if url.startswith("rediss:") else "false"
         assert trigger["metadata"]["enableTLS"] == tls
-        assert "authenticationRef" not in trigger
+        # the password: from this domain's broker Secret, through a TriggerAuthentication of
+        # this domain that no other domain's trigger uses
+        auth = auths[trigger["authenticationRef"]["name"]]
+        assert labels(auth)[DOMAIN_LABEL] == domain
+        assert auth["spec"] == {"secretTargetRef": [
+            {"parameter": "password", "name": broker["existingSecret"],
+             "key": broker["passwordKey"]}]}
+        assert broker_secrets(rendered.values)[(broker["existingSecret"], broker["passwordKey"])] \
+            == password_of(domain)
+    refs = [s["spec"]["triggers"][0]["authenticationRef"]["name"] for s in scaled.values()]
+    assert len(set(refs)) == len(refs) == len(auths)  # one each, none shared, none left over
     assert scaled["eu"]["spec"]["triggers"][0]["metadata"]["enableTLS"] == "true"
     # KEDA's own address of a broker, when its operator reaches it by another name
     rendered = render(merged(production_values(), {"domains": {"us": {"broker": {
@@ -221,6 +311,52 @@ def test_keda_reads_each_pools_queue_on_its_own_broker() -> None:
     (trigger,) = scaled["us"]["spec"]["triggers"]
     assert trigger["metadata"]["address"] == "broker-us.backups.svc:6379"
     assert trigger["metadata"]["databaseIndex"] == "3"
+    # a broker without a Secret: its trigger connects without a password
+    rendered = render(PER_DOMAIN["production-eu-backend-secret-us-open"])
+    scaled = {labels(s)[DOMAIN_LABEL]: s for s in rendered.of_kind("ScaledObject")}
+    assert "authenticationRef" not in scaled["us"]["spec"]["triggers"][0]
+    (auth,) = rendered.of_kind("TriggerAuthentication")
+    assert labels(auth)[DOMAIN_LABEL] == "eu"
+
+
+def test_a_domains_broker_secret_reaches_only_that_domains_pods() -> None:
+    """REGIONVAULT_BROKER_URL_<D> from D's broker Secret is in D's worker (and so its probes),
+    beat and Flower, and in no pod of another domain; nothing of it is in the ConfigMap."""
+    rendered = render(production_values())
+    secrets = broker_secrets(rendered.values)
+    assert {name for name, _ in secrets} == {f"regionvault-broker-{d}" for d in DOMAINS}
+    (configmap,) = rendered.of_kind("ConfigMap")
+    for domain in DOMAINS:
+        assert password_of(domain) not in json.dumps(configmap)
+    holders: dict[str, set[str]] = {d: set() for d in DOMAINS}
+    for deployment in rendered.of_kind("Deployment"):
+        served = labels(deployment)[DOMAIN_LABEL]
+        (c,) = pod_spec(deployment)["containers"]
+        for var, entry in broker_env(c).items():
+            ref = entry["valueFrom"]["secretKeyRef"]
+            assert (var, ref["name"]) == (f"REGIONVAULT_BROKER_URL_{served.upper()}",
+                                          f"regionvault-broker-{served}"), served
+            holders[served].add(labels(deployment)["app.kubernetes.io/component"])
+        for other in set(DOMAINS) - {served}:
+            assert f"regionvault-broker-{other}" not in secret_names(deployment)
+        # the process started from this pod connects with its own domain's password
+        view = pod_process_view(rendered, deployment, secrets)
+        assert urlsplit(view.broker_url).password == password_of(served)
+        assert urlsplit(view.result_backend).password == password_of(served)
+    assert holders == {d: {"worker", "beat", "flower"} for d in DOMAINS}
+    # the result backend's own Secret key, and a domain whose broker has no Secret
+    rendered = render(PER_DOMAIN["production-eu-backend-secret-us-open"])
+    eu = rendered.workers()["eu"]
+    assert set(broker_env(container(eu, "worker"))) == {"REGIONVAULT_BROKER_URL_EU",
+                                                        "REGIONVAULT_RESULT_BACKEND_EU"}
+    view = pod_process_view(rendered, eu, broker_secrets(rendered.values))
+    assert view.result_backend == with_password(
+        "redis://regionvault-results-eu.backups.svc:6380/1", password_of("eu"))
+    for deployment in rendered.of_kind("Deployment"):
+        if labels(deployment)[DOMAIN_LABEL] == "us":
+            assert broker_env(pod_spec(deployment)["containers"][0]) == {}
+            assert pod_process_view(rendered, deployment).broker_url == \
+                "redis://regionvault-broker-us.backups.svc:6379/0"
 
 
 def test_the_production_example_runs_a_broker_per_domain() -> None:
@@ -254,6 +390,9 @@ def test_off_keeps_one_shared_broker_beat_and_flower(name: str) -> None:
               else rendered.values["broker"]["url"])
     assert config["broker_url"] == rendered.values["broker"]["url"]
     for deployment in [*rendered.workers().values(), beat, flower]:
+        # the domains' broker Secrets (set in the production example) are unused here
+        (c,) = pod_spec(deployment)["containers"]
+        assert set(broker_env(c)) <= set(BROKER_ENV), deployment["metadata"]["name"]
         view = pod_process_view(rendered, deployment)
         assert view.broker_url == view.result_backend == shared, deployment["metadata"]["name"]
         (policy,) = rendered.policies_for(deployment)
@@ -286,6 +425,18 @@ def test_the_pinning_check_fails_on_a_pod_that_reaches_another_broker() -> None:
         {"name": "EXTRA", "value": "redis://regionvault-broker-us.backups.svc:6379/0"})
     with pytest.raises(AssertionError):
         assert_pinned(rendered, "eu", flower)
+    # a pod that reads another domain's broker Secret, even under an unused name
+    flower = copy.deepcopy(rendered.served("flower")["eu"])
+    container(flower, "flower")["env"].append({"name": "UNUSED", "valueFrom": {
+        "secretKeyRef": {"name": "regionvault-broker-us", "key": "url"}}})
+    with pytest.raises(AssertionError):
+        assert_pinned(rendered, "eu", flower)
+    # a pod of eu without its broker's credentials: its process connects without a password
+    beat = copy.deepcopy(rendered.served("beat")["eu"])
+    (c,) = pod_spec(beat)["containers"]
+    c["env"] = [e for e in c["env"] if e["name"] != "REGIONVAULT_BROKER_URL_EU"]
+    with pytest.raises(AssertionError):
+        assert_pinned(rendered, "eu", beat)
     # a NetworkPolicy that also lets eu's pods reach us's broker
     us_peers = rendered.values["domains"]["us"]["broker"]["networkPeers"]
     widened = render(merged(production_values(), {"domains": {"eu": {"networkPolicy": {
@@ -321,6 +472,28 @@ def test_the_flower_command_takes_the_domain_it_serves() -> None:
      r"domains\.eu\.broker\.url is a rediss:// URL without ssl_cert_reqs"),
     ({"domains": {"au": {"broker": {"networkPeers": []}}}},
      r"domains\.au\.broker\.networkPeers is empty"),
+    ({"domains": {"eu": {"broker": {"url": "redis://:hunter2@redis-eu:6379/0",
+                                    "existingSecret": "regionvault-broker-eu"}}}},
+     r"domains\.eu\.broker\.url carries a user or password.*domains\.eu\.broker\.existingSecret"),
+    ({"domains": {"eu": {"broker": {"existingSecret": "regionvault-eu"}}}},
+     r"domains\.eu\.broker\.existingSecret is regionvault-eu, the domain's own Secret"),
+    ({"domains": {"eu": {"broker": {"existingSecret": "regionvault-us"}}}},
+     r"domains\.eu\.broker\.existingSecret is regionvault-us, domain us's Secret"),
+    ({"domains": {"us": {"broker": {"existingSecret": "regionvault-brokers"}},
+                  "au": {"broker": {"existingSecret": "regionvault-brokers"}}}},
+     r"domains\.(us|au)\.broker\.existingSecret and domains\.(us|au)\.broker\.existingSecret "
+     r"are both regionvault-brokers"),
+    ({"domains": {"eu": {"broker": {"existingSecret": "regionvault-broker-eu", "urlKey": ""}}}},
+     r"domains\.eu\.broker\.urlKey is empty"),
+    ({"domains": {"eu": {"broker": {"existingSecret": "regionvault-broker-eu",
+                                    "resultBackendKey": "result-backend"}}}},
+     r"domains\.eu\.broker\.resultBackendKey is set but resultBackend is empty"),
+    ({"domains": {"eu": {"broker": {"resultBackend": "redis://results-eu:6379/0",
+                                    "resultBackendKey": "result-backend"}}}},
+     r"domains\.eu\.broker\.resultBackendKey is set but existingSecret is empty"),
+    ({"domains": {"eu": {"autoscaling": {"enabled": True}, "broker": {
+        "existingSecret": "regionvault-broker-eu", "passwordKey": ""}}}},
+     r"domains\.eu\.broker\.passwordKey is empty, but KEDA scales domain eu's pool"),
     ({"broker": {"existingSecret": "regionvault-broker"}}, r"broker\.existingSecret is set"),
     ({"keda": {"passwordSecret": "regionvault-broker"}}, r"keda\.passwordSecret is set"),
     ({"flower": {"ingress": {"enabled": True}}}, r"domains\.us\.flower\.host is empty"),

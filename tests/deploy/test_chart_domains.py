@@ -69,12 +69,15 @@ def test_each_worker_consumes_exactly_its_own_queue(rendered: Rendered) -> None:
 
 def test_each_worker_mounts_exactly_its_own_domains_secret(rendered: Rendered) -> None:
     owners = domain_secrets(rendered)
-    broker_secret = rendered.values["broker"]["existingSecret"]
     for domain, deployment in rendered.workers().items():
         own = rendered.values["domains"][domain]["secretName"]
+        # besides it, only the broker's credentials: the shared broker's, or with
+        # broker.perDomain its own domain's broker's
+        broker = (rendered.values["domains"][domain]["broker"] if rendered.per_domain_brokers()
+                  else rendered.values["broker"])
         secrets = secret_names(deployment)
         assert {s for s in secrets if s in owners} == {own}
-        assert secrets - {own} <= ({broker_secret} - {""})
+        assert secrets - {own} <= ({broker["existingSecret"]} - {""})
         worker = container(deployment, "worker")
         mounts = {m["name"]: m["mountPath"] for m in worker["volumeMounts"]}
         (volume,) = [v for v in pod_spec(deployment)["volumes"]

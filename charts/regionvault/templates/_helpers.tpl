@@ -153,6 +153,35 @@ its credentials (with broker.perDomain the chart refuses broker.existingSecret: 
 {{- end }}
 {{- end }}
 
+{{/*
+The credentials of domain D's own broker (broker.perDomain, domains.D.broker.existingSecret),
+for D's processes only: call with (dict "root" $ "domain" D) in D's worker, beat and Flower
+containers; renders nothing for the shared broker or a broker without a Secret. regionvault
+reads REGIONVAULT_BROKER_URL_<D> and REGIONVAULT_RESULT_BACKEND_<D> over domains.D.broker_url
+and result_backend (regionvault/config.py DOMAIN_ENV_OVERRIDES), so the ConfigMap keeps a URL
+without credentials and the password reaches D's pods and no other's.
+*/}}
+{{- define "regionvault.domainBrokerEnv" -}}
+{{- if and .root.Values.broker.perDomain .domain }}
+{{- $b := (get .root.Values.domains .domain).broker }}
+{{- with $b.existingSecret }}
+# The URL of domain {{ $.domain }}'s broker with its password (over the ConfigMap's).
+- name: REGIONVAULT_BROKER_URL_{{ upper $.domain }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $b.urlKey }}
+{{- if $b.resultBackendKey }}
+- name: REGIONVAULT_RESULT_BACKEND_{{ upper $.domain }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $b.resultBackendKey }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/* The configuration volume (the generated ConfigMap) and a writable /tmp. */}}
 {{- define "regionvault.commonVolumes" -}}
 - name: config
@@ -244,17 +273,18 @@ of its Ingress host, else nothing. Call with (dict "root" $ "d" $domainValues).
 
 {{/*
 Checks of broker.perDomain across the domains, with errors that name the value to fix. Renders
-nothing. A domain broker's URL goes into the ConfigMap and regionvault reads it from there only,
-so it may not carry credentials; two domains on one host:port would be the shared topology
-under another name; and the shared broker's credentials are refused rather than ignored.
+nothing. A domain broker's URL goes into the ConfigMap, so it may not carry credentials (they
+come from domains.<name>.broker.existingSecret, which must be that domain's alone); two domains
+on one host:port would be the shared topology under another name; and the shared broker's
+credentials are refused rather than ignored.
 */}}
 {{- define "regionvault.checkBrokers" -}}
 {{- if .Values.broker.perDomain }}
 {{- if .Values.broker.existingSecret }}
-{{- fail "broker.existingSecret is set, but with broker.perDomain every pod connects to its own domain's broker (domains.<name>.broker.url) and none would use it: remove broker.existingSecret" }}
+{{- fail "broker.existingSecret is set, but with broker.perDomain every pod connects to its own domain's broker (domains.<name>.broker.url) and none would use it: remove broker.existingSecret (a domain's broker takes its credentials from domains.<name>.broker.existingSecret)" }}
 {{- end }}
 {{- if .Values.keda.passwordSecret }}
-{{- fail "keda.passwordSecret is set, but with broker.perDomain each pool's KEDA trigger reads its own domain's broker (domains.<name>.broker), which takes no password: remove keda.passwordSecret" }}
+{{- fail "keda.passwordSecret is set, but with broker.perDomain each pool's KEDA trigger reads its own domain's broker (domains.<name>.broker), with the password from domains.<name>.broker.existingSecret (key passwordKey): remove keda.passwordSecret" }}
 {{- end }}
 {{- $seen := dict }}
 {{- range $name := fromJsonArray (include "regionvault.brokerDomains" .) }}
@@ -269,7 +299,7 @@ under another name; and the shared broker's credentials are refused rather than 
 {{- fail (printf "domains.%s.broker.%s is a rediss:// URL without ssl_cert_reqs, which Celery refuses: add ?ssl_cert_reqs=required" $name $field) }}
 {{- end }}
 {{- if $u.userinfo }}
-{{- fail (printf "domains.%s.broker.%s carries a user or password, but it is written into a ConfigMap: give the URL without credentials (regionvault reads a domain's broker only from its configuration) and fence the broker with NetworkPolicies" $name $field) }}
+{{- fail (printf "domains.%s.broker.%s carries a user or password, but it is written into a ConfigMap: give the URL without credentials there, and the URL with them in a Secret named by domains.%s.broker.existingSecret (key urlKey, or resultBackendKey for the result backend)" $name $field $name) }}
 {{- end }}
 {{- $hostPort := include "regionvault.urlHostPort" $url }}
 {{- $owner := get $seen $hostPort }}
@@ -284,6 +314,34 @@ under another name; and the shared broker's credentials are refused rather than 
 {{- end }}
 {{- if not $b.networkPeers }}
 {{- fail (printf "domains.%s.broker.networkPeers is empty: name where domain %s's broker runs, so that its pods may reach it (and no other broker)" $name $name) }}
+{{- end }}
+{{- $secret := $b.existingSecret }}
+{{- if $secret }}
+{{- if not $b.urlKey }}
+{{- fail (printf "domains.%s.broker.urlKey is empty: name the key of Secret %s holding domain %s's broker URL with its password" $name $secret $name) }}
+{{- end }}
+{{- if and $b.resultBackendKey (not $b.resultBackend) }}
+{{- fail (printf "domains.%s.broker.resultBackendKey is set but resultBackend is empty: give the result backend's URL without credentials in resultBackend too (the ConfigMap and the NetworkPolicies name its host)" $name) }}
+{{- end }}
+{{- range $other, $od := $.Values.domains }}
+{{- if eq $secret $od.secretName }}
+{{- if eq $other $name }}
+{{- fail (printf "domains.%s.broker.existingSecret is %s, the domain's own Secret (its key and DSNs): beat and Flower would read it too; put the broker's credentials in a Secret of their own" $name $secret) }}
+{{- else }}
+{{- fail (printf "domains.%s.broker.existingSecret is %s, domain %s's Secret: a domain's broker credentials go in a Secret of that domain alone" $name $secret $other) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- range $other := fromJsonArray (include "regionvault.brokerDomains" $) }}
+{{- if and (ne $other $name) (eq $secret (toString (get $.Values.domains $other).broker.existingSecret)) }}
+{{- fail (printf "domains.%s.broker.existingSecret and domains.%s.broker.existingSecret are both %s: each domain's broker credentials go in a Secret of that domain alone, read by no other domain's pods" $other $name $secret) }}
+{{- end }}
+{{- end }}
+{{- else if $b.resultBackendKey }}
+{{- fail (printf "domains.%s.broker.resultBackendKey is set but existingSecret is empty: name the Secret that holds it" $name) }}
+{{- end }}
+{{- if and $.Values.keda.enabled (get $.Values.domains $name).autoscaling.enabled $b.existingSecret (not $b.passwordKey) }}
+{{- fail (printf "domains.%s.broker.passwordKey is empty, but KEDA scales domain %s's pool and its redis trigger needs the broker's password on its own: add it under a key of Secret %s and name that key" $name $name $b.existingSecret) }}
 {{- end }}
 {{- if and $.Values.flower.enabled $.Values.flower.ingress.enabled (not (get $.Values.domains $name).flower.host) }}
 {{- fail (printf "domains.%s.flower.host is empty: with broker.perDomain and flower.ingress.enabled each domain's Flower is served under a host of its own" $name) }}
