@@ -14,10 +14,11 @@ Celery with backoff for a bounded window, permanent ones fail at once with their
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,6 +30,7 @@ from regionvault.chain import StepOutcome
 from regionvault.config import TaskRetryConfig
 from regionvault.context import DomainContext
 from regionvault.errors import (
+    BackupBusy,
     KeyServiceUnavailable,
     LeaseLost,
     ResidencyError,
@@ -90,17 +92,24 @@ def retry_delay(attempt: int, settings: TaskRetryConfig, *,
     return planned(attempt) * (0.5 + 0.5 * rng())
 
 
-def checked_context(backup_id: str, domain: str, source: str, run: int = 0) -> DomainContext:
-    """The domain context, after checking the three arguments agree with each other, that
-    the backup was not cancelled (a cancelled chain's later steps end here, quietly) and that
-    the message's run is not stale (a newer run owns the backup: this copy ends here too).
-    The journal is read once for both."""
+def agreeing_context(backup_id: str, domain: str, source: str) -> DomainContext:
+    """The domain context, after checking that the three arguments agree with each other (the
+    backup id names its domain and source)."""
     ref = BackupRef.parse(backup_id)
     if ref.domain.value != domain or ref.source != source:
         raise ResidencyError(
             f"backup {backup_id} is of domain {ref.domain.value!r} and source {ref.source!r}, "
             f"but the task names domain {domain!r} and source {source!r}; refused"
         )
+    return context_for(domain)
+
+
+def checked_context(backup_id: str, domain: str, source: str, run: int = 0) -> DomainContext:
+    """The domain context, after checking the three arguments agree with each other, that
+    the backup was not cancelled (a cancelled chain's later steps end here, quietly) and that
+    the message's run is not stale (a newer run owns the backup: this copy ends here too).
+    The journal is read once for both."""
+    ctx = agreeing_context(backup_id, domain, source)
     cancelled, current = journal().admission(backup_id)
     if cancelled:
         log.info("backup %s was cancelled: step not run", backup_id)
@@ -110,7 +119,7 @@ def checked_context(backup_id: str, domain: str, source: str, run: int = 0) -> D
         log.info("backup %s: run %d owns the backup, this message is of run %d; not run",
                  backup_id, current, run)
         raise Ignore()
-    return context_for(domain)
+    return ctx
 
 
 def acquire(store: LeaseStore, backup_id: str, owner: str, *, step: Step, run: int,
@@ -142,9 +151,10 @@ def acquire(store: LeaseStore, backup_id: str, owner: str, *, step: Step, run: i
 
 
 def progress_reporter(task: Any, heartbeat: Heartbeat | None = None) -> Progress:
-    """Forward a step's progress to the result backend at most once a second (metadata
-    only); stop a step that lost its lease at the next report. The first report comes after
-    a second: a short step writes no progress at all (nothing reads it before then)."""
+    """Forward a step's (or a restore's) progress to the result backend at most once a
+    second (metadata only: the backup, the stage, the store, byte counts); stop a step that
+    lost its lease at the next report. The first report comes after a second: short work
+    writes no progress at all (nothing reads it before then)."""
     started = time.monotonic()
     last = started
 
@@ -156,10 +166,34 @@ def progress_reporter(task: Any, heartbeat: Heartbeat | None = None) -> Progress
         if now - last >= PROGRESS_INTERVAL_SECONDS and task.request.id:
             last = now
             task.update_state(state="PROGRESS", meta={
-                "step": p.step, "bytes": p.done, "total": p.total,
-                "elapsed": round(now - started, 1)})
+                "backup_id": p.backup_id, "step": p.step, "store": p.store, "bytes": p.done,
+                "total": p.total, "elapsed": round(now - started, 1)})
 
     return report
+
+
+@contextlib.contextmanager
+def owning(task: Any, ctx: DomainContext, backup_id: str, step: Step) -> Iterator[Ownership]:
+    """Own the backup for work outside any chain run (an operator's verify): take its lease
+    as a step sent by hand does (run 0), renew it while the block runs, release it after.
+    A backup that another live owner works on is refused (``BackupBusy``), naming it."""
+    ttl_ms = int(worker_config().reconcile.lease_seconds * 1000)
+    store = leases()
+    got = acquire(store, backup_id, owner_id(str(task.request.id or "")), step=step, run=0,
+                  floor=ctx.spool.fence(backup_id), ttl_ms=ttl_ms)
+    if isinstance(got, Holder):
+        raise BackupBusy(
+            f"backup {backup_id} is being worked on by {got.owner} (step {got.step} of run "
+            f"{got.run}); try again when it is done (regionvault watch {backup_id})")
+    heartbeat = Heartbeat(store, got, ttl_ms).start()
+    try:
+        yield heartbeat.ownership()
+    finally:
+        heartbeat.stop()
+        try:
+            store.release(got)
+        except redis.RedisError as exc:  # it expires by itself
+            log.warning("lease of %s not released: %s", backup_id, exc)
 
 
 def _record(backup_id: str, step: Step, state: StepState, **fields: Any) -> None:
@@ -307,5 +341,5 @@ def finish(outcome: StepOutcome, domain: str, source: str) -> dict[str, object]:
     return {**outcome.as_dict(), "domain": domain, "source": source}
 
 
-__all__ = ["STEP_OPTIONS", "checked_context", "finish", "progress_reporter",
-           "retry_delay", "run_step"]
+__all__ = ["STEP_OPTIONS", "agreeing_context", "checked_context", "finish", "owning",
+           "progress_reporter", "retry_delay", "run_step"]

@@ -1,8 +1,14 @@
-"""Commands about backups: start one, check the set-up, list, show and verify."""
+"""Commands about backups: start one, check the set-up, list, show and verify.
+
+``check`` and ``verify`` read a domain's keys and DSNs: they run on the domain's own workers
+(``--local``: in this process, on a machine inside the domain), so that the operator's
+process holds no domain's secrets, let alone two domains'."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -20,9 +26,9 @@ from regionvault.cli.common import (
     out,
 )
 from regionvault.context import DomainContext
-from regionvault.dispatch import Dispatcher
-from regionvault.domains import parse_domain
-from regionvault.errors import BackupBusy, ConfigError
+from regionvault.dispatch import Dispatcher, WorkersUnreachable
+from regionvault.domains import Domain, parse_domain
+from regionvault.errors import BackupBusy, ConfigError, RegionvaultError
 from regionvault.manifest import BackupRef, Manifest, new_backup_id
 
 if TYPE_CHECKING:
@@ -96,35 +102,138 @@ def _refuse_if_in_flight(queue: Dispatcher, domain: str, source: str) -> None:
 
 @app.command()
 def check(
+    ctx: typer.Context,
     domain: Annotated[str | None, typer.Option("--domain", "-d")] = None,
+    local: Annotated[bool, typer.Option(
+        "--local", help="check here, reading the keys and DSNs in this process (a machine "
+        "inside the domain), not on the domain's workers")] = False,
+    timeout: Annotated[float, typer.Option(
+        help="seconds each domain's workers have to answer")] = 120,
     config: ConfigOption = None,
 ) -> None:
-    """Preflight: configuration valid, keys and DSNs readable, buckets in their regions,
-    buckets' lifecycle rules as the retention policy requires (exit 3 naming a rule that is
-    missing or weaker)."""
+    """Preflight, on each domain's own workers (one domain with --domain), with their
+    configuration: keys and DSNs readable, buckets in their regions, buckets' lifecycle rules
+    as the retention policy requires.
 
-    def run() -> None:
-        from regionvault.cli.keys import report_keys
-        from regionvault.cli.provision import EXIT_NOT_COMPLIANT, report_rules
-        from regionvault.sources import open_source
+    Exit 3 naming a rule that is missing or weaker (or a key in use that is not held), 2 for
+    keys or DSNs that cannot be read, 4 for a domain whose workers do not answer within
+    --timeout (the other domains are still checked); with several, the highest."""
 
+    def run() -> int:
         cfg = config_from(config)
         domains = [parse_domain(domain)] if domain else list(cfg.domains)
-        rules_ok = True
         for d in domains:
-            ctx = context_for(cfg, d)
-            keys_ok = report_keys(ctx)
-            for src in ctx.dcfg.sources:
-                open_source(d, src)  # reads the DSN: a missing secret fails here
-            for name in ctx.store_names:  # s3, gcs, and the Cloud Files container if any
-                ctx.ensure_resident(name)
-            out.print(f"domain {d.value}: keys, {len(ctx.dcfg.sources)} source DSNs and "
-                      f"{len(ctx.store_names)} buckets ({', '.join(ctx.store_names)}) ok")
-            rules_ok = report_rules(ctx) and rules_ok and keys_ok
-        if not rules_ok:
-            raise typer.Exit(EXIT_NOT_COMPLIANT)
+            cfg.domain(d)  # a domain not configured: refused before anything is sent
+        if local:
+            return max(check_domain(context_for(cfg, d)) for d in domains)
+        return _check_on_workers(ctx, domains, timeout)
 
-    guarded(run)
+    code = guarded(run)
+    if code:
+        raise typer.Exit(code)
+
+
+@dataclass(frozen=True)
+class DomainCheck:
+    """What ``check`` found in one domain, as the lines it prints: made where the domain's
+    secrets are (its worker, or this process with --local), printed by the command line. No
+    secret is in it: key ids, bucket names, rules, and errors that name where a secret was
+    looked for."""
+
+    domain: str
+    out: tuple[str, ...]
+    err: tuple[str, ...]
+    #: 0, 3 (a rule missing or weaker, a key in use not held) or the stopping error's code
+    exit_code: int
+
+    def as_dict(self) -> dict[str, object]:
+        return {"domain": self.domain, "out": list(self.out), "err": list(self.err),
+                "exit_code": self.exit_code}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> DomainCheck:
+        return cls(domain=str(data["domain"]), out=tuple(str(x) for x in data["out"]),
+                   err=tuple(str(x) for x in data["err"]), exit_code=int(data["exit_code"]))
+
+    def print(self) -> None:
+        for line in self.out:
+            out.print(line, markup=False, highlight=False, soft_wrap=True)
+        for line in self.err:
+            err.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def check_domain(ctx: DomainContext) -> int:
+    """Check one domain in this process, printing as it goes; the domain's exit code. An
+    error that stops the check (a DSN or key that cannot be read) is printed as one sentence
+    and gives its own exit code: the other domains are still checked."""
+    from regionvault.cli.keys import report_keys
+    from regionvault.cli.provision import EXIT_NOT_COMPLIANT, report_rules
+    from regionvault.sources import open_source
+
+    d = ctx.domain
+    try:
+        keys_ok = report_keys(ctx)
+        for src in ctx.dcfg.sources:
+            open_source(d, src)  # reads the DSN: a missing secret fails here
+        for name in ctx.store_names:  # s3, gcs, and the Cloud Files container if any
+            ctx.ensure_resident(name)
+        out.print(f"domain {d.value}: keys, {len(ctx.dcfg.sources)} source DSNs and "
+                  f"{len(ctx.store_names)} buckets ({', '.join(ctx.store_names)}) ok")
+        rules_ok = report_rules(ctx)
+    except RegionvaultError as exc:
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        return exc.exit_code
+    return 0 if rules_ok and keys_ok else EXIT_NOT_COMPLIANT
+
+
+def check_captured(ctx: DomainContext) -> DomainCheck:
+    """``check_domain``, its output kept rather than printed (what a worker returns)."""
+    with out.capture() as printed, err.capture() as complained:
+        code = check_domain(ctx)
+    return DomainCheck(ctx.domain.value, tuple(printed.get().splitlines()),
+                       tuple(complained.get().splitlines()), code)
+
+
+def _check_on_workers(ctx: typer.Context, domains: list[Domain], timeout: float) -> int:
+    """Send every domain's check to its own workers at once, then print each report as it
+    comes; a domain that cannot be reached, or whose workers do not answer in time, is
+    reported (exit 4) and the others still are."""
+    sent: dict[Domain, tuple[Dispatcher, str]] = {}
+    codes = [0]
+    for d in domains:
+        try:
+            queue = dispatcher(ctx, d)
+            sent[d] = (queue, queue.check(d.value, within=timeout))
+        except WorkersUnreachable as exc:
+            codes.append(_unreachable(d, str(exc), exc.exit_code))
+    deadline = time.monotonic() + timeout
+    for d, (queue, task_id) in sent.items():
+        try:
+            outcome = queue.wait(task_id, timeout=max(deadline - time.monotonic(), 0.1))
+        except TimeoutError:
+            codes.append(_unreachable(
+                d, f"its workers did not answer within {timeout:.0f}s (task {task_id}; "
+                   "dropped unrun unless a worker has started it)",
+                WorkersUnreachable.exit_code))
+            continue
+        except WorkersUnreachable as exc:
+            codes.append(_unreachable(d, str(exc), exc.exit_code))
+            continue
+        if not outcome.ok:
+            err.print(f"[bold red]error:[/] domain {d.value}: the check failed on its workers: "
+                      f"{escape(outcome.error)}", highlight=False, soft_wrap=True)
+            codes.append(outcome.raised.exit_code if outcome.raised else 1)
+            continue
+        report = DomainCheck.from_dict(outcome.value)
+        report.print()
+        codes.append(report.exit_code)
+    return max(codes)
+
+
+def _unreachable(d: Domain, why: str, code: int) -> int:
+    err.print(f"[bold red]domain {d.value} not checked:[/] {escape(why)}", highlight=False,
+              soft_wrap=True)
+    return code
 
 
 # --- catalogue -------------------------------------------------------------------------------
@@ -219,17 +328,43 @@ def show(backup_id: str, config: ConfigOption = None) -> None:
 
 @app.command()
 def verify(
+    ctx: typer.Context,
     backup_id: str,
     deep: Annotated[bool, typer.Option("--deep", help="read both copies back")] = False,
+    local: Annotated[bool, typer.Option(
+        "--local", help="verify here (a machine inside the domain), not on its workers")]
+    = False,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the workers")] = 3600,
     config: ConfigOption = None,
 ) -> None:
-    """Verify a backup's two copies against its manifest (run here, not on a worker)."""
+    """Verify a backup's two copies against its manifest, on the domain's own workers (with
+    --local: in this process); exit 0 only when verified."""
 
     def run() -> None:
-        from regionvault import chain
-
         ref = BackupRef.parse(backup_id)
-        outcome = chain.verify(context_for(config_from(config), ref.domain), backup_id, deep=deep)
-        out.print(f"backup {backup_id} verified: {outcome.detail}")
+        cfg = config_from(config)
+        cfg.source(ref.domain, ref.source)  # unknown domain or source: refused here
+        if local:
+            from regionvault import chain
+
+            detail = chain.verify(context_for(cfg, ref.domain), backup_id, deep=deep).detail
+        else:
+            queue = dispatcher(ctx, ref.domain)
+            task_id = queue.verify(backup_id, ref.domain.value, ref.source, deep=deep)
+            detail = finished(queue, task_id, timeout, f"the verification of {backup_id}",
+                              ref.domain)["detail"]
+        out.print(f"backup {backup_id} verified: {detail}")
 
     guarded(run)
+
+
+def finished(queue: Dispatcher, task_id: str, timeout: float, what: str,
+             domain: Domain) -> Any:
+    """What the task ``task_id`` returned, once it ends; raised as its own error when it
+    failed (the same sentence and exit code as in this process)."""
+    try:
+        return queue.wait(task_id, timeout=timeout).unwrap()
+    except TimeoutError:
+        raise RegionvaultError(
+            f"{what} did not finish within {timeout:.0f}s; it is still running on the "
+            f"workers of domain {domain.value!r} (task {task_id}, in Flower)") from None

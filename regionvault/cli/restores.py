@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -27,8 +30,10 @@ from regionvault.cli.common import (
     guarded,
     out,
 )
-from regionvault.domains import parse_domain
-from regionvault.errors import ConfigError
+from regionvault.context import DomainContext
+from regionvault.dispatch import Dispatcher, NotAReference, RestoreRequest, RestoreTarget
+from regionvault.domains import Domain, parse_domain
+from regionvault.errors import ConfigError, RegionvaultError
 from regionvault.manifest import BackupRef
 
 
@@ -44,9 +49,12 @@ def parse_time(value: str) -> datetime:
 
 @app.command()
 def restore(
+    ctx: typer.Context,
     backup_id: Annotated[str | None, typer.Argument(help="a backup id; or use --domain/--source")]
     = None,
-    target: Annotated[str, typer.Option("--target", help="DSN of the database to restore into")]
+    target: Annotated[str, typer.Option(
+        "--target", help="where to restore: a restore target of the domain (restore_targets), "
+        "or a reference its workers resolve, env:VAR or file:/path; with --local also a DSN")]
     = "",
     domain: Annotated[str | None, typer.Option("--domain", "-d")] = None,
     source: Annotated[str | None, typer.Option("--source", "-s")] = None,
@@ -57,53 +65,140 @@ def restore(
         "primary, then its replica")] = "auto",
     clean: Annotated[bool, typer.Option(
         "--clean", help="replace the contents of a non-empty target")] = False,
+    local: Annotated[bool, typer.Option(
+        "--local", help="restore from this process (a machine inside the domain), not on the "
+        "domain's workers")] = False,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the workers")] = 4 * 3600,
     config: ConfigOption = None,
 ) -> None:
-    """Fetch, verify, decrypt and restore a backup into a target database (streaming)."""
+    """Fetch, verify, decrypt and restore a backup into a target database (streaming), on
+    the domain's own workers (with --local: in this process)."""
 
     def run() -> None:
-        from regionvault.progress import ProgressReport
-        from regionvault.restore import restore as do_restore
-        from regionvault.restore import select_backup
-
         if not target:
-            raise ConfigError("--target is required: the DSN of the database to restore into")
+            raise ConfigError("--target is required: a restore target of the domain, or "
+                              "env:VAR or file:/path (with --local, also a DSN)")
         cfg = config_from(config)
         if backup_id:
             if domain or source or at:
                 raise ConfigError("give a backup id, or --domain and --source (and --at), "
                                   "not both")
-            chosen = backup_id
-            ctx = context_for(cfg, BackupRef.parse(chosen).domain)
+            ref = BackupRef.parse(backup_id)
+            d, src = ref.domain, ref.source
         else:
             if not (domain and source):
                 raise ConfigError("give a backup id, or --domain and --source to restore the "
                                   "newest verified backup")
-            ctx = context_for(cfg, parse_domain(domain))
-            when = parse_time(at) if at else ctx.clock()
-            role = None if from_store == "auto" else from_store
-            chosen = select_backup(ctx, source, when, role=role).backup_id
-            err.print(f"selected backup {chosen}")
-        with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                      TransferSpeedColumn(), TimeElapsedColumn(), console=err,
-                      transient=True) as bar:
-            task = bar.add_task("starting", total=None)
-
-            def show(p: ProgressReport) -> None:
-                bar.update(task, description=f"{p.step} from {p.store}", completed=p.done,
-                           total=p.total)
-
-            result = do_restore(ctx, chosen, target, from_store=from_store, clean=clean,
-                                progress=show)
-        if result.fallback_reason:
-            err.print(f"[yellow]fell back to GCS[/]: {result.fallback_reason}",
-                      highlight=False, soft_wrap=True)
-        if result.warning:
-            err.print(f"[yellow]warning[/]: {result.warning}", highlight=False, soft_wrap=True)
-        out.print(f"restored backup {chosen} from {result.store}: {result.bytes_read:,} bytes "
-                  f"read, {result.plaintext_bytes:,} bytes of dump, {result.seconds:.1f}s")
+            d, src = parse_domain(domain), source
+        cfg.source(d, src)  # unknown domain or source: refused before anything is read
+        when = parse_time(at) if at else None
+        if local:
+            _restore_here(context_for(cfg, d), backup_id, src, target, when, from_store, clean)
+            return
+        try:
+            into = RestoreTarget.parse(target)
+        except NotAReference:
+            raise ConfigError(
+                f"--target is neither a restore target of domain {d.value!r} "
+                f"({_configured(cfg.domain(d).restore_targets)}) nor a reference its workers "
+                "resolve (env:VAR or file:/path), and a DSN is never sent to the workers (its "
+                "value is not shown): give one of those, or restore from a machine inside the "
+                "domain with --local") from None
+        into.check_configured(cfg.domain(d), d.value)
+        request = RestoreRequest(domain=d.value, source=src, target=into, backup_id=backup_id,
+                                 at=when, from_store=from_store, clean=clean)
+        queue = dispatcher(ctx, d)
+        task_id = queue.restore(request)
+        err.print(f"restore queued in backup.{d.value} (task {task_id})", highlight=False)
+        result = _follow_restore(queue, task_id, timeout, d, selected=not backup_id)
+        _print_restored(result["backup_id"], result["store"], result["bytes"],
+                        result["plaintext_bytes"], result["seconds"],
+                        result.get("fallback_reason"), result.get("warning"))
 
     guarded(run)
+
+
+def _configured(targets: Mapping[str, object]) -> str:
+    return "configured: " + (", ".join(sorted(targets)) or "none")
+
+
+def _bar() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                    TransferSpeedColumn(), TimeElapsedColumn(), console=err, transient=True)
+
+
+def _restore_here(ctx: DomainContext, backup_id: str | None, source: str, target: str,
+                  when: datetime | None, from_store: str, clean: bool) -> None:
+    """``restore --local``: choose, fetch, decrypt and restore in this process."""
+    from regionvault.progress import ProgressReport
+    from regionvault.restore import restore as do_restore
+    from regionvault.restore import select_backup
+
+    try:  # a restore target's name or a reference, read here; else the DSN itself
+        dsn = RestoreTarget.parse(target).read(ctx.dcfg, ctx.domain.value)
+    except NotAReference:
+        dsn = target
+    if backup_id:
+        chosen = backup_id
+    else:
+        role = None if from_store == "auto" else from_store
+        chosen = select_backup(ctx, source, when or ctx.clock(), role=role).backup_id
+        err.print(f"selected backup {chosen}")
+    with _bar() as bar:
+        task = bar.add_task("starting", total=None)
+
+        def show(p: ProgressReport) -> None:
+            bar.update(task, description=f"{p.step} from {p.store}", completed=p.done,
+                       total=p.total)
+
+        result = do_restore(ctx, chosen, dsn, from_store=from_store, clean=clean,
+                            progress=show)
+    _print_restored(chosen, result.store, result.bytes_read, result.plaintext_bytes,
+                    result.seconds, result.fallback_reason, result.warning)
+
+
+def _follow_restore(queue: Dispatcher, task_id: str, timeout: float, domain: Domain, *,
+                    selected: bool) -> Any:
+    """Show the restore's progress as the worker reports it, until it ends; what it
+    returned (its own error, raised, when it failed)."""
+    deadline = time.monotonic() + timeout
+    shown = ""
+    with _bar() as bar:
+        task = bar.add_task("queued", total=None)
+        while True:
+            report = queue.progress(task_id) or {}
+            if selected and report.get("backup_id") and not shown:
+                shown = str(report["backup_id"])
+                err.print(f"selected backup {shown}")
+            if report:
+                bar.update(task, description=f"{report.get('step')} from {report.get('store')}",
+                           completed=report.get("bytes") or 0, total=report.get("total"))
+            try:
+                outcome = queue.wait(task_id, timeout=min(1.0, max(deadline - time.monotonic(),
+                                                                   0.1)))
+                break
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    raise RegionvaultError(
+                        f"the restore did not finish within {timeout:.0f}s; it is still "
+                        f"running on the workers of domain {domain.value!r} (task {task_id}, "
+                        "in Flower)"
+                    ) from None
+    result = outcome.unwrap()
+    if selected and not shown:
+        err.print(f"selected backup {result['backup_id']}")
+    return result
+
+
+def _print_restored(backup_id: str, store: str, bytes_read: int, plaintext_bytes: int,
+                    seconds: float, fallback_reason: str | None, warning: str | None) -> None:
+    if fallback_reason:
+        err.print(f"[yellow]fell back to GCS[/]: {escape(fallback_reason)}", highlight=False,
+                  soft_wrap=True)
+    if warning:
+        err.print(f"[yellow]warning[/]: {escape(warning)}", highlight=False, soft_wrap=True)
+    out.print(f"restored backup {backup_id} from {store}: {bytes_read:,} bytes read, "
+              f"{plaintext_bytes:,} bytes of dump, {seconds:.1f}s")
 
 
 @app.command()
@@ -111,19 +206,30 @@ def drill(
     ctx: typer.Context,
     domain: Annotated[str, typer.Option("--domain", "-d")],
     source: Annotated[str | None, typer.Option("--source", "-s")] = None,
+    local: Annotated[bool, typer.Option(
+        "--local", help="drill from this process (a machine inside the domain), not on the "
+        "domain's workers")] = False,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the drill")] = 3600,
     config: ConfigOption = None,
 ) -> None:
-    """Run a restore drill now, on the domain's own workers, and show its report."""
+    """Run a restore drill now, on the domain's own workers (with --local: in this process),
+    and show its report; exit 0 only if it passed."""
 
     def run() -> None:
-        from regionvault.drill import DrillFailed, list_reports
+        from regionvault.drill import DrillFailed, list_reports, run_drill
 
         cfg = config_from(config)
         d = parse_domain(domain)
         dctx = context_for(cfg, d)
         if source:
             cfg.source(d, source)
+        if local:
+            report = run_drill(dctx, [source] if source else None)
+            _print_report_sources(report)
+            if not report.passed:
+                raise DrillFailed(report.summary())
+            out.print(f"[green]restore drill {report.drill_id} passed[/]")
+            return
         queue = dispatcher(ctx, d)
         task_id = queue.restore_drill(d.value, source)
         err.print(f"restore drill queued in backup.{d.value} (task {task_id})")

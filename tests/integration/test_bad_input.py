@@ -50,7 +50,8 @@ CASES = {
                                     "domains.eu.sources.0.name"),
     "source-with-dotdot-in-config": (["list"], _rename_first_source(".."),
                                      "no '/' or '.'"),
-    "missing-dsn-variable": (["check", "--domain", "eu"], _dsn_from_missing_env,
+    # --local: the changed configuration is this process's only (the workers keep theirs)
+    "missing-dsn-variable": (["check", "--domain", "eu", "--local"], _dsn_from_missing_env,
                              "environment variable RV_TEST_NO_SUCH_DSN is missing"),
     "bad-backup-id": (["show", "eu/../../etc"], None, "is not a backup id"),
 }

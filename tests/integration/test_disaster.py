@@ -63,7 +63,7 @@ def test_auto_rejects_a_corrupted_s3_copy_and_restores_from_gcs(
 
     target = _fresh(outage_stack, "auto_corrupt")
     result = regionvault_cli(outage_stack, "restore", backup_id, "--from", "auto",
-                             "--target", target)
+                             "--target", target, "--local")
     assert result.returncode == 0, result.stderr
     assert f"restored backup {backup_id} from gcs" in result.stdout
     assert "fell back to GCS" in result.stderr
@@ -77,7 +77,7 @@ def test_auto_restores_from_gcs_when_s3_is_stopped(
     outage_stack.s3.stop()
     target = _fresh(outage_stack, "auto_outage")
     result = regionvault_cli(outage_stack, "restore", eu_backups["accounts"], "--from", "auto",
-                             "--target", target)
+                             "--target", target, "--local")
     assert result.returncode == 0, result.stderr
     assert "from gcs" in result.stdout
     assert "fell back to GCS" in result.stderr and "S3" in result.stderr

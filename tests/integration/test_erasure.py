@@ -135,7 +135,7 @@ def _restore_fails_erased(stack: DevStack, backup_id: str, role: str) -> str:
     stack.postgres.drop_database(name)
     stack.postgres.create_database(name)
     result = regionvault_cli(stack, "restore", backup_id, "--from", role,
-                             "--target", stack.postgres.dsn(name))
+                             "--target", stack.postgres.dsn(name), "--local")
     assert result.returncode != 0
     assert "erased on" in result.stderr, result.stderr
     return result.stderr

@@ -67,7 +67,7 @@ def _restores(stack: DevStack, backup_id: str, role: str, name: str,
     stack.postgres.drop_database(name)
     stack.postgres.create_database(name)
     result = regionvault_cli(stack, "restore", backup_id, "--from", role,
-                             "--target", stack.postgres.dsn(name), env=env)
+                             "--target", stack.postgres.dsn(name), "--local", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"from {role}" in result.stdout
     source = BackupRef.parse(backup_id).source

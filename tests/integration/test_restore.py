@@ -9,6 +9,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import pytest
@@ -40,7 +41,8 @@ def _entries(stack: DevStack, db: str) -> set[str]:
     return {r[0] for r in stack.postgres.execute(db, "SELECT customer FROM entries")}
 
 
-def test_at_restores_exactly_the_rows_of_the_chosen_backup(stack: DevStack, fresh_db: str) -> None:
+def test_at_restores_exactly_the_rows_of_the_chosen_backup(stack: DevStack, fresh_db: str,
+                                                            tmp_path: Path) -> None:
     assert stack.postgres is not None
     source_db = sample.database_name(Domain.US, "ledger")
     taken = []
@@ -52,9 +54,11 @@ def test_at_restores_exactly_the_rows_of_the_chosen_backup(stack: DevStack, fres
         taken.append((backup_id, manifest.created_at, _entries(stack, source_db)))
 
     chosen_id, chosen_at, rows_then = taken[1]
+    # chosen and restored on the domain's worker, which reads the target's DSN from a file
+    target = tmp_path / "target.dsn"
+    target.write_text(stack.postgres.dsn(fresh_db))
     result = regionvault_cli(stack, "restore", "--domain", "us", "--source", "ledger",
-                             "--at", chosen_at.isoformat(), "--target",
-                             stack.postgres.dsn(fresh_db))
+                             "--at", chosen_at.isoformat(), "--target", f"file:{target}")
     assert result.returncode == 0, result.stderr
     assert f"selected backup {chosen_id}" in result.stderr
     restored = _entries(stack, fresh_db)
@@ -70,7 +74,7 @@ def test_non_empty_target_is_refused_without_clean_and_unchanged(
                                      "INSERT INTO precious VALUES ('keep me')")
     target = stack.postgres.dsn(fresh_db)
 
-    refused = regionvault_cli(stack, "restore", backup_id, "--target", target)
+    refused = regionvault_cli(stack, "restore", backup_id, "--target", target, "--local")
     assert refused.returncode == 2
     assert "the target database is not empty" in refused.stderr
     assert "--clean" in refused.stderr
@@ -79,7 +83,8 @@ def test_non_empty_target_is_refused_without_clean_and_unchanged(
     assert tables == {"precious"}
     assert stack.postgres.execute(fresh_db, "SELECT v FROM precious") == [("keep me",)]
 
-    cleaned = regionvault_cli(stack, "restore", backup_id, "--target", target, "--clean")
+    cleaned = regionvault_cli(stack, "restore", backup_id, "--target", target, "--clean",
+                              "--local")
     assert cleaned.returncode == 0, cleaned.stderr
     expected = sample.fingerprint(stack.postgres.dsn(sample.database_name(Domain.EU, "catalog")))
     restored = sample.fingerprint(target)

@@ -430,7 +430,7 @@ def regionvault(config_file: Path, *args: str) -> subprocess.CompletedProcess[st
 
 
 def test_the_cli_exit_codes(buckets: Buckets) -> None:
-    before = regionvault(buckets.config_file, "check", "--domain", "eu")
+    before = regionvault(buckets.config_file, "check", "--domain", "eu", "--local")
     assert before.returncode == 3, before.stderr
     assert f"s3://{buckets.s3}: lifecycle rule '{RULE_PII}' is missing" in before.stderr
 
@@ -441,13 +441,13 @@ def test_the_cli_exit_codes(buckets: Buckets) -> None:
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("already in place, nothing written") == 2
 
-    ok = regionvault(buckets.config_file, "check", "--domain", "eu")
+    ok = regionvault(buckets.config_file, "check", "--domain", "eu", "--local")
     assert ok.returncode == 0, ok.stderr
     assert "2 buckets (s3, gcs) ok" in ok.stdout
     assert "lifecycle rules of both buckets as the policy requires" in ok.stdout
 
     buckets.s3_client.delete_bucket_lifecycle(Bucket=buckets.s3)
-    deleted = regionvault(buckets.config_file, "check", "--domain", "eu")
+    deleted = regionvault(buckets.config_file, "check", "--domain", "eu", "--local")
     assert deleted.returncode == 3
     assert f"error: s3://{buckets.s3}: lifecycle rule '{RULE_PII}' is missing" in deleted.stderr
     assert f"lifecycle rule '{RULE_ABORT_UPLOADS}' is missing" in deleted.stderr
@@ -612,7 +612,7 @@ def test_the_cli_provisions_and_checks_the_lock(
         "backups locked in governance mode until their expiry)" in provisioned.stdout
     assert f"gs://{domain.gcs}: bucket created with object lock" in provisioned.stdout
 
-    ok = regionvault(domain.config_file, "check", "--domain", "eu")
+    ok = regionvault(domain.config_file, "check", "--domain", "eu", "--local")
     assert ok.returncode == 0, ok.stderr
     assert f"s3://{domain.s3}: object lock on, versioned; backups locked in governance mode" \
         in ok.stdout
@@ -624,7 +624,7 @@ def test_the_cli_provisions_and_checks_the_lock(
     (tmp_path / "other").mkdir()
     other = lock_domain(tmp_path / "other", moto_server, gcs_recorder, s3_client, gcs_client,
                         s3_bucket=plain, gcs_bucket=domain.gcs)
-    missing = regionvault(other.config_file, "check", "--domain", "eu")
+    missing = regionvault(other.config_file, "check", "--domain", "eu", "--local")
     assert missing.returncode == 3
     assert f"error: s3://{plain}: object lock (governance mode) is configured for domain eu " \
         "but the bucket cannot lock objects" in missing.stderr

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
-from regionvault.dispatch import Dispatcher, Started, TaskResult
+from regionvault.dispatch import Dispatcher, RestoreRequest, Started, TaskResult
 from regionvault.domains import Domain
 from regionvault.journal import ClaimMode, Journal
 from regionvault.lease import LeaseStore, RedisLeaseStore
@@ -297,6 +297,18 @@ class _FakeWorkers:
     def restore_drill(self, domain: str, source: str | None) -> str:
         self.calls.append(("restore_drill", (domain, source)))
         return "task-drill"
+
+    def verify(self, backup_id: str, domain: str, source: str, *, deep: bool) -> str:
+        self.calls.append(("verify", (backup_id, domain, source, deep)))
+        return "task-verify"
+
+    def check(self, domain: str, *, within: float) -> str:
+        self.calls.append(("check", (domain, within)))
+        return "task-check"
+
+    def restore(self, request: RestoreRequest) -> str:
+        self.calls.append(("restore", (request,)))
+        return "task-restore"
 
     def wait(self, task_id: str, *, timeout: float) -> TaskResult:
         return TaskResult(task_id, ok=True, value={"detail": "nothing was left"})
