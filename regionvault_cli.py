@@ -99,7 +99,7 @@ def flower(
 
 
 #: what `regionvault` runs: every command of the core and Celery's own, at the top level
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=cli.app.info.help)
+app = typer.Typer(no_args_is_help=True, help=cli.app.info.help)
 app.add_typer(cli.app)
 app.add_typer(celery_commands)
 
