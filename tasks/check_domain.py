@@ -3,7 +3,8 @@ DSNs, its stores' regions and lifecycle rules are checked where its secrets are,
 operator's process never reads them (and no process reads two domains').
 
 The result is what the command prints for the domain (``regionvault.cli.backups``'s
-``DomainCheck``): lines and an exit code, no secret in them.
+``DomainCheck``): lines, the same as fields (``check --json``) and an exit code, no secret in
+them.
 """
 
 from __future__ import annotations

@@ -21,9 +21,10 @@ from regionvault.cli.common import (
     operator,
     out,
 )
+from regionvault.cli.jsonout import print_document, print_event, status_document
 from regionvault.cli.restores import parse_time
 from regionvault.config import shown_url
-from regionvault.context import DomainContext
+from regionvault.context import DomainContext, utc_now
 from regionvault.dispatch import Dispatcher
 from regionvault.domains import parse_domain
 from regionvault.errors import BackupBusy, ConfigError, NotFound, RegionvaultError
@@ -52,8 +53,13 @@ def watch(
     ctx: typer.Context,
     backup_id: str,
     timeout: Annotated[float, typer.Option(help="seconds to follow")] = 3600,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="print only JSON events, one a line (schema regionvault/event/v1)")]
+    = False,
 ) -> None:
-    """Follow a backup's chain live until it is verified, fails or is cancelled."""
+    """Follow a backup's chain live until it is verified, fails or is cancelled (exit 0 only
+    if verified). With --json: a ``step`` event per step transition, ``progress`` events
+    while a step moves bytes, and an ``end`` event with the final state."""
 
     def run() -> None:
         from regionvault.follow import follow
@@ -63,8 +69,8 @@ def watch(
         if queue.journal().get(backup_id) is None:
             raise NotFound(f"backup {backup_id} is not in the journal (finished backups: "
                            f"regionvault show {backup_id})")
-        if not follow(queue.journal(), backup_id, out, queue.progress,
-                      timeout=timeout).verified:
+        if not follow(queue.journal(), backup_id, err if as_json else out, queue.progress,
+                      timeout=timeout, emit=print_event if as_json else None).verified:
             raise typer.Exit(1)
 
     guarded(run)
@@ -76,6 +82,8 @@ def status(
     domain: Annotated[str | None, typer.Option("--domain", "-d")] = None,
     now: Annotated[str | None, typer.Option(
         "--now", help="judge freshness as of this time (ISO 8601), e.g. to test alerts")] = None,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="print only the JSON document (schema regionvault/status/v1)")] = False,
     config: ConfigOption = None,
 ) -> None:
     """Freshness per source: exit 0 if all fresh, 3 if any late, 4 if any stuck or failing.
@@ -103,7 +111,10 @@ def status(
                 rows += [SourceStatus(domain=d.value, source=src.name, rpo=dctx.dcfg.rpo_for(src),
                                       state=Freshness.UNREACHABLE)
                          for src in dctx.dcfg.sources]
-        _print_status(rows)
+        if as_json:
+            print_document(status_document(rows, utc_now()))
+        else:
+            _print_status(rows)
         return EXIT_CODES[worst([r.state for r in rows])]
 
     code = guarded(run)

@@ -270,28 +270,34 @@ def _print_report_sources(report: object) -> None:
 def drills(
     domain: Annotated[str | None, typer.Option("--domain", "-d")] = None,
     limit: Annotated[int, typer.Option(help="reports per domain")] = 10,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="print only the JSON document (schema regionvault/drills/v1)")] = False,
     config: ConfigOption = None,
 ) -> None:
     """List recent restore drill reports (read from the domain's buckets)."""
 
     def run() -> None:
+        from regionvault.cli.jsonout import drill_summary, drills_document, print_document
+        from regionvault.context import utc_now
         from regionvault.drill import list_reports
 
         cfg = config_from(config)
         domains = [parse_domain(domain)] if domain else list(cfg.domains)
+        reports = [report for d in domains
+                   for report in list_reports(context_for(cfg, d), limit=limit)]
+        if as_json:
+            print_document(drills_document(reports, utc_now()))
+            return
         table = Table("drill", "domain", "started", "sources", "max RTO", "max RPO", "result")
-        for d in domains:
-            for report in list_reports(context_for(cfg, d), limit=limit):
-                rtos = [s.rto_seconds for s in report.sources if s.rto_seconds is not None]
-                rpos = [s.rpo_seconds for s in report.sources if s.rpo_seconds is not None]
-                failed = [s.source for s in report.sources if not s.passed]
-                table.add_row(report.drill_id, report.domain,
-                              report.started_at.strftime("%Y-%m-%d %H:%M:%SZ"),
-                              str(len(report.sources)),
-                              f"{max(rtos):.1f}s" if rtos else "-",
-                              format_age(max(rpos) if rpos else None),
-                              "[green]passed[/]" if report.passed
-                              else f"[red]failed[/]: {', '.join(failed)}")
+        for report in reports:
+            max_rto, max_rpo, failed = drill_summary(report)
+            table.add_row(report.drill_id, report.domain,
+                          report.started_at.strftime("%Y-%m-%d %H:%M:%SZ"),
+                          str(len(report.sources)),
+                          f"{max_rto:.1f}s" if max_rto is not None else "-",
+                          format_age(max_rpo),
+                          "[green]passed[/]" if report.passed
+                          else f"[red]failed[/]: {', '.join(failed)}")
         out.print(table)
 
     guarded(run)
