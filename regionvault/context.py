@@ -1,6 +1,9 @@
 """Everything a step needs for one domain: configuration, stores, keys, spool and clock.
 
 Built lazily so that a worker of domain D only ever reads D's secrets and opens D's buckets.
+While tracing is on (``regionvault.tracing``) the stores it builds are wrapped once here
+(``stores.traced``), so every store call of every step is a span; stores given to it (unit
+tests) are used as they are.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from regionvault.keyring import Keyring, KeyringSource, KeyWrapper
 from regionvault.manifest import class_prefix
 from regionvault.spool import Spool
 from regionvault.stores.base import ObjectStore
+from regionvault.stores.traced import traced
 
 Clock = Callable[[], datetime]
 
@@ -69,23 +73,23 @@ class DomainContext:
     def s3(self) -> ObjectStore:
         from regionvault.stores.s3 import S3Store
 
-        return S3Store(self.dcfg.s3_bucket, self.dcfg.aws_region,
+        return traced(S3Store(self.dcfg.s3_bucket, self.dcfg.aws_region,
                        endpoint_url=self.config.s3_endpoint_for(self.domain),
                        part_size=self.config.s3.part_size_mib * MIB,
                        max_bytes_per_second=_rate(self.config.s3.max_upload_mib_per_second),
                        upload_concurrency=self.config.s3.upload_concurrency,
-                       lock_mode=self.lock_mode)
+                       lock_mode=self.lock_mode))
 
     @cached_property
     def gcs(self) -> ObjectStore:
         from regionvault.stores.gcs import GCSStore
 
-        return GCSStore(self.dcfg.gcs_bucket, self.dcfg.gcp_location,
+        return traced(GCSStore(self.dcfg.gcs_bucket, self.dcfg.gcp_location,
                         project=self.config.gcs.project,
                         endpoint_url=self.config.gcs_endpoint_for(self.domain),
                         anonymous=self.config.development,
                         chunk_size=self.config.gcs.chunk_size_mib * MIB,
-                        lock_mode=self.lock_mode)
+                        lock_mode=self.lock_mode))
 
     @cached_property
     def swift(self) -> ObjectStore:
@@ -100,13 +104,13 @@ class DomainContext:
         # the same backstop the S3 and GCS rules hold (regionvault.provision)
         backstop = pii_backstop(class_prefix(self.domain, DataClass.PII),
                                 backstop_pii_days(self.config.retention))
-        return SwiftStore(
+        return traced(SwiftStore(
             swift.container, swift.region, auth_url=self.config.swift.auth_url,
             user=swift.user,
             key=swift.api_key.read(f"the Cloud Files API key of domain {self.domain.value!r}"),
             tenant=swift.tenant, segment_size=self.config.swift.segment_size_mib * MIB,
             lock_mode=self.lock_mode, insecure_http_ok=self.config.development,
-            delete_after=backstop)
+            delete_after=backstop))
 
     @property
     def store_names(self) -> tuple[str, ...]:

@@ -102,6 +102,9 @@ class Claim:
     chain_id: str
     #: the backup's state when the claim was refused
     state: str = ""
+    #: the backup's trace (a W3C traceparent) if a step of an earlier run started one: the
+    #: new run continues it (``regionvault.tracing``); "" for a backup never traced
+    trace: str = ""
 
 
 ClaimMode = Literal["new", "retry", "resume"]
@@ -114,14 +117,15 @@ local mode, now, ttl = ARGV[1], ARGV[4], ARGV[7]
 local state = redis.call('HGET', key, 'state')
 local run = tonumber(redis.call('HGET', key, 'run') or '0')
 local chain = redis.call('HGET', key, 'chain') or ''
+local trace = redis.call('HGET', key, 'trace') or ''
 if mode == 'new' and redis.call('EXISTS', key) == 1 then
-  return {0, run, chain, state or ''}
+  return {0, run, chain, state or '', trace}
 end
 if mode == 'retry' and (state == 'queued' or state == 'running' or state == 'cancelled') then
-  return {0, run, chain, state}
+  return {0, run, chain, state, trace}
 end
 if mode == 'resume' and (run ~= tonumber(ARGV[2]) or state == 'cancelled') then
-  return {0, run, chain, state or ''}
+  return {0, run, chain, state or '', trace}
 end
 run = run + 1
 redis.call('HSETNX', key, 'created_at', now)
@@ -136,7 +140,7 @@ end
 redis.call('EXPIRE', key, ttl)
 redis.call('ZADD', index, ARGV[8], ARGV[9])
 redis.call('EXPIRE', index, ttl)
-return {1, run, ARGV[3], 'queued'}
+return {1, run, ARGV[3], 'queued', trace}
 """
 
 
@@ -171,12 +175,40 @@ class Journal:
         ref = BackupRef.parse(backup_id)
         when = at or _now()
         later = [s.value for s in STEPS[STEPS.index(start_at):]]
-        accepted, run, chain, state = self._claim(
+        accepted, run, chain, state, trace = self._claim(
             keys=[_KEY.format(backup_id), _INDEX.format(ref.domain.value)],
             args=[mode, expected_run, str(uuid4()), when.isoformat(), ref.domain.value,
                   ref.source, TTL_SECONDS, when.timestamp(), backup_id, *later])
         return Claim(accepted=bool(int(accepted)), run=int(run), chain_id=str(chain),
-                     state=str(state))
+                     state=str(state), trace=str(trace))
+
+    def trace_of(self, backup_id: str, step: Step) -> tuple[str, str, str]:
+        """(the backup's trace, the span of ``step``'s last attempt, the span of the attempt
+        that failed last) as traceparents, "" where there is none: what a traced step
+        continues and links to."""
+        trace, last, failed = self._redis.hmget(
+            _KEY.format(backup_id), ["trace", f"{step.value}.span", "failed_span"])
+        return str(trace or ""), str(last or ""), str(failed or "")
+
+    def span_failed(self, backup_id: str, span: str) -> None:
+        """``span`` (a step attempt's) failed or will be retried: the next attempt of any
+        step, by Celery's retry, ``retry`` or the reconciler, links to it."""
+        key = _KEY.format(backup_id)
+        pipe = self._redis.pipeline()
+        pipe.hset(key, "failed_span", span)
+        pipe.expire(key, TTL_SECONDS)
+        pipe.execute()
+
+    def traced(self, backup_id: str, step: Step, span: str) -> None:
+        """``span`` is the span of ``step``'s attempt now; the first span recorded for a
+        backup becomes its trace, which every later run continues (no secret: ids only)."""
+        key = _KEY.format(backup_id)
+        pipe = self._redis.pipeline()
+        pipe.hsetnx(key, "trace", span)
+        pipe.hset(key, f"{step.value}.span", span)
+        pipe.hdel(key, "failed_span")  # linked to by this attempt (``trace_of``)
+        pipe.expire(key, TTL_SECONDS)
+        pipe.execute()
 
     def fanout_started(self, domain: str, slot: str) -> None:
         """A scheduled fan-out of ``domain`` for ``slot`` began; ``fanout_done`` ends it."""

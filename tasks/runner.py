@@ -10,6 +10,9 @@
 
 Errors are classified once: transient ones (stores, sources, the broker) are retried by
 Celery with backoff for a bounded window, permanent ones fail at once with their cause.
+
+With tracing on (``regionvault.tracing``) the whole of it is the step's span, in the
+backup's one trace; the store and source calls of the step nest under it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import redis
 from celery.exceptions import Ignore, Reject
 from kombu.exceptions import OperationalError
 
+from regionvault import tracing
 from regionvault.chain import StepOutcome
 from regionvault.config import TaskRetryConfig
 from regionvault.context import DomainContext
@@ -253,11 +257,63 @@ def _fail(exc: BaseException, backup_id: str, step: Step, task_id: str,
 def run_step(task: Any, step: Step, *, backup_id: str, domain: str, source: str, run: int,
              deep: bool, body: StepBody) -> dict[str, object]:
     """Everything a step task does; ``body`` is the core function."""
+    if not tracing.active():
+        return _run_step(task, step, backup_id=backup_id, domain=domain, source=source,
+                         run=run, deep=deep, body=body, sp=tracing.NO_SPAN)
+    with _step_span(task, step, backup_id, domain, source, run) as sp:
+        try:
+            return _run_step(task, step, backup_id=backup_id, domain=domain, source=source,
+                             run=run, deep=deep, body=body, sp=sp)
+        except BaseException:
+            if sp.outcome in ("failed", "retry"):
+                try:
+                    journal().span_failed(backup_id, sp.traceparent)
+                except redis.RedisError as exc:
+                    log.warning("failed span of %s not recorded: %s", backup_id, exc)
+            raise
+
+
+def _step_span(task: Any, step: Step, backup_id: str, domain: str, source: str,
+               run: int) -> contextlib.AbstractContextManager[tracing.Span | tracing.NoSpan]:
+    """The span of this attempt of ``step``, in the backup's one trace.
+
+    Why the journal: a backup's steps run in different processes and, across retries and
+    resumptions, in different runs started by different senders (beat's fan-out, the command
+    line, Flower, the reconciler); only the journal record of the backup is shared by all
+    of them. The first traced step records its span there as the backup's trace, every run
+    is sent under it (``workers.canvas.start_run``) and within a run each step's message
+    carries its predecessor's context (Celery's instrumentation), so a message that arrives
+    without the backup's trace (sent by hand) is put back into it here. Each attempt links
+    to the last attempt of its step and to the attempt that failed last: a retry or a
+    resumption is a new span in the same trace, linked to the one it follows."""
+    trace, last, failed = "", "", ""
+    try:
+        trace, last, failed = journal().trace_of(backup_id, step)
+    except redis.RedisError as exc:  # the trace is for people: the step runs regardless
+        log.warning("trace of %s not read: %s", backup_id, exc)
+    current = tracing.current_traceparent()  # Celery's span of this message
+    parent = None
+    links = list(dict.fromkeys(x for x in (failed, last) if x))
+    if trace and tracing.trace_id_of(current) != tracing.trace_id_of(trace):
+        parent = trace
+        if current:
+            links.append(current)
+    return tracing.span(f"regionvault.step {step.value}", {
+        "domain": domain, "source": source, "backup_id": backup_id, "step": step.value,
+        "run": run, "attempt": int(task.request.retries or 0)}, parent=parent, links=links)
+
+
+def _run_step(task: Any, step: Step, *, backup_id: str, domain: str, source: str, run: int,
+              deep: bool, body: StepBody, sp: tracing.Span | tracing.NoSpan,
+              ) -> dict[str, object]:
     task_id = str(task.request.id or "")
     try:
         ctx = checked_context(backup_id, domain, source, run)
     except redis.RedisError as exc:  # the journal is away: try again, like any transient error
-        return _retry_or_fail(task, exc, backup_id, step, task_id)
+        return _retry_or_fail(task, exc, backup_id, step, task_id, sp)
+    except Ignore:
+        sp.set(outcome="ignored")  # cancelled, or a stale run's message
+        raise
     settings = worker_config().reconcile
     ttl_ms = int(settings.lease_seconds * 1000)
     store = leases()
@@ -265,8 +321,9 @@ def run_step(task: Any, step: Step, *, backup_id: str, domain: str, source: str,
         got = acquire(store, backup_id, owner_id(task_id), step=step, run=run,
                       floor=ctx.spool.fence(backup_id), ttl_ms=ttl_ms)
     except redis.RedisError as exc:
-        return _retry_or_fail(task, exc, backup_id, step, task_id)
+        return _retry_or_fail(task, exc, backup_id, step, task_id, sp)
     if isinstance(got, Holder):
+        sp.set(outcome="stepped_aside")
         log.info("step %s of backup %s steps aside: %s (step %s, run %d) owns the backup",
                  step.value, backup_id, got.owner, got.step, got.run)
         _note(backup_id, f"a duplicate {step.value} (task {task_id}) stepped aside: "
@@ -274,6 +331,11 @@ def run_step(task: Any, step: Step, *, backup_id: str, domain: str, source: str,
         raise Ignore()
     heartbeat = Heartbeat(store, got, ttl_ms).start()
     try:
+        if sp.recording:
+            try:
+                journal().traced(backup_id, step, sp.traceparent)
+            except redis.RedisError as exc:
+                log.warning("span of %s step %s not recorded: %s", backup_id, step.value, exc)
         _record(backup_id, step, StepState.RUNNING, task_id=task_id)
         try:
             if step in SPOOL_WRITERS:
@@ -283,21 +345,26 @@ def run_step(task: Any, step: Step, *, backup_id: str, domain: str, source: str,
                            progress_reporter(task, heartbeat))
             heartbeat.confirm()
         except LeaseLost as exc:
+            sp.set(outcome="lease_lost")
             log.warning("step %s of backup %s stopped: %s", step.value, backup_id, exc)
             raise Ignore() from exc
         except StepOrderError as exc:
             rerun = Step(exc.rerun_step) if exc.rerun_step else None
+            sp.fail(exc)
             _fail(exc, backup_id, step, task_id, rerun)
             raise
         except TRANSIENT as exc:
-            return _retry_or_fail(task, exc, backup_id, step, task_id)
+            return _retry_or_fail(task, exc, backup_id, step, task_id, sp)
         except SpoolFull as exc:  # the spool knows its directory; the step is known here
             named = exc.during(step.value)
+            sp.fail(named)
             _fail(named, backup_id, step, task_id)
             raise named from None
         except Exception as exc:
+            sp.fail(exc)
             _fail(exc, backup_id, step, task_id)
             raise
+        sp.set(outcome="skipped" if outcome.skipped else "done", bytes=outcome.bytes)
         _record(backup_id, step, StepState.DONE, task_id=task_id, detail=outcome.detail)
         if not outcome.skipped or not _next_already_sent(backup_id, step):
             _handoff(step, backup_id, domain, source, run, deep)
@@ -311,8 +378,10 @@ def run_step(task: Any, step: Step, *, backup_id: str, domain: str, source: str,
 
 
 def _retry_or_fail(task: Any, exc: BaseException, backup_id: str, step: Step,
-                   task_id: str) -> dict[str, object]:
+                   task_id: str, sp: tracing.Span | tracing.NoSpan = tracing.NO_SPAN,
+                   ) -> dict[str, object]:
     delay = retry_delay(int(task.request.retries or 0), worker_config().retries)
+    sp.fail(exc, "retry" if delay is not None else "failed")
     if delay is None:
         window = worker_config().retries.window_seconds
         _fail(exc, backup_id, step, task_id)

@@ -151,4 +151,6 @@ def _config_from_environment() -> Config | None:
 app = Celery("regionvault")
 configure(app, _config_from_environment(), worker_domain())
 # The worker signals (residency guard, journal, metrics) are connected by the package
-# (workers/__init__.py), which Python runs before this module whoever imports it.
+# (workers/__init__.py), which Python runs before this module whoever imports it; tracing's
+# (off unless OTEL_* asks for it) are connected here, as the app is made.
+import workers.tracing  # noqa: E402, F401

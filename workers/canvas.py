@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from celery.canvas import Signature
 
+from regionvault import tracing
 from regionvault.dispatch import Started
 from regionvault.domains import queue_name
 from regionvault.journal import ClaimMode
@@ -46,10 +47,15 @@ def step_signature(step: Step, backup_id: str, domain: str, source: str, *, run:
 
 
 def send_step(step: Step, backup_id: str, domain: str, source: str, *, run: int,
-              deep_verify: bool = False, task_id: str | None = None) -> str:
-    """Send one step's message; its task id."""
+              deep_verify: bool = False, task_id: str | None = None,
+              headers: dict[str, str] | None = None) -> str:
+    """Send one step's message; its task id. ``headers``: extra message headers (the
+    backup's ``traceparent``, see ``start_run``)."""
+    options: dict[str, object] = {"task_id": task_id}
+    if headers:
+        options["headers"] = headers
     result = step_signature(step, backup_id, domain, source, run=run,
-                            deep_verify=deep_verify).apply_async(task_id=task_id)
+                            deep_verify=deep_verify).apply_async(**options)
     return str(result.id)
 
 
@@ -68,8 +74,14 @@ def start_run(domain: str, source: str, backup_id: str, *, start_at: Step = Step
     claim = journal.claim(backup_id, start_at, mode=mode, expected_run=expected_run)
     if not claim.accepted:
         return Started(claim)
-    task_id = send_step(start_at, backup_id, domain, source, run=claim.run,
-                        deep_verify=deep_verify, task_id=task_id)
+    # One trace per backup: a run continues the trace the backup's first traced step
+    # started (kept in the journal, returned by the claim), whoever starts the run: the
+    # command line (untraced: the header carries it), the reconciler, Flower's Retry. A
+    # backup not traced yet starts a trace of its own, never a child of the sender's (a
+    # fan-out would otherwise put every source of the domain in one trace).
+    with tracing.sending_under(claim.trace) as headers:
+        task_id = send_step(start_at, backup_id, domain, source, run=claim.run,
+                            deep_verify=deep_verify, task_id=task_id, headers=headers)
     journal.handed_off(backup_id, start_at, task_id)
     if note:
         journal.note(backup_id, f"{note} (run {claim.run}, from step {start_at.value})")

@@ -38,8 +38,11 @@ def open_source(domain: Domain, config: SourceConfig) -> Source:
 def restorer_for(kind: str, name: str) -> Source:
     """A Source of ``kind`` for the restore side only (``check_target``, ``row_counts``,
     ``restore`` into a target DSN): it is given no DSN of the source, so it cannot read or
-    touch the source, and a machine that restores needs no secret of it."""
-    return _build(kind, name, None)
+    touch the source, and a machine that restores needs no secret of it. While tracing is
+    on its calls are spans (``sources.traced``)."""
+    from regionvault.sources.traced import traced_source
+
+    return traced_source(_build(kind, name, None))
 
 
 def scratch_server_for(kind: str) -> ScratchServer:
