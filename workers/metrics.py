@@ -14,7 +14,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -51,6 +51,8 @@ from prometheus_client import (  # noqa: E402
     multiprocess,
     start_http_server,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric  # noqa: E402
+from prometheus_client.registry import Collector  # noqa: E402
 
 log = logging.getLogger("regionvault.metrics")
 
@@ -143,10 +145,111 @@ EXPORTED = {
     "regionvault_integrity_last_sample_timestamp_seconds",
     "regionvault_expiry_removed_total", "regionvault_expiry_quarantined_total",
     "regionvault_expiry_last_sweep_timestamp_seconds", "regionvault_oldest_pii_age_seconds",
+    # computed at scrape time by the exporter's own collectors (below), not by the pool
+    "regionvault_queue_depth", "regionvault_queue_depth_up", "regionvault_source_rpo_seconds",
 }
 
 _started: dict[str, float] = {}
 _DRILL_TASK = task_name("restore_drill")
+
+#: seconds a scrape waits for the broker's answer to LLEN before it leaves the sample out
+BROKER_TIMEOUT_SECONDS = 2.0
+
+
+class QueueDepthCollector(Collector):
+    """``regionvault_queue_depth{domain, queue}``: the messages waiting in the domain's
+    queue, read with LLEN from the domain's own broker at every scrape, and
+    ``regionvault_queue_depth_up`` (1 when the broker answered, else 0).
+
+    Celery's Redis transport keeps a queue's waiting messages in a Redis list named after the
+    queue (``backup.eu``). With message priorities it adds lists named ``backup.eu\x06\x163``
+    and so on (kombu's ``Channel._q_for_pri``); regionvault sends no priorities, so every
+    message is in the plain list. This reads exactly the list KEDA's redis trigger reads
+    (``listName`` in charts/regionvault/templates/autoscaling.yaml), so the graph shows the
+    number the autoscaler acts on. A message a worker has taken (prefetched or running) is no
+    longer in the list: neither counts it.
+
+    A broker that does not answer must not break the scrape: the depth sample is left out,
+    ``regionvault_queue_depth_up`` is 0, and the first failure of an outage is logged."""
+
+    def __init__(self, domain: str, queue: str, broker_url: str,
+                 timeout: float = BROKER_TIMEOUT_SECONDS) -> None:
+        self.domain, self.queue, self.broker_url, self.timeout = domain, queue, broker_url, timeout
+        self._client: Any = None
+        self._failing = False
+
+    def _redis(self) -> Any:
+        if self._client is None:
+            import redis  # kombu's Redis transport needs it: every worker has it
+
+            self._client = redis.Redis.from_url(
+                self.broker_url, socket_timeout=self.timeout,
+                socket_connect_timeout=self.timeout)
+        return self._client
+
+    def depth(self) -> int | None:
+        """The list's length, or None when the broker does not answer."""
+        try:
+            length = int(self._redis().llen(self.queue))
+        except Exception as exc:  # any broker failure means "no sample"
+            if not self._failing:
+                log.warning("queue depth of %s not exported: the broker of domain %s does not "
+                            "answer (%s)", self.queue, self.domain, exc)
+            self._failing = True
+            return None
+        if self._failing:
+            log.info("the broker of domain %s answers again: queue depth of %s exported",
+                     self.domain, self.queue)
+        self._failing = False
+        return length
+
+    def collect(self) -> Iterator[Metric]:
+        labels = [self.domain, self.queue]
+        length = self.depth()
+        up = GaugeMetricFamily("regionvault_queue_depth_up",
+                               "1 when the domain's broker answered the scrape's LLEN, else 0",
+                               labels=["domain", "queue"])
+        up.add_metric(labels, 0 if length is None else 1)
+        yield up
+        if length is not None:
+            depth = GaugeMetricFamily(
+                "regionvault_queue_depth",
+                "Messages waiting in the domain's Celery queue (the Redis list KEDA reads)",
+                labels=["domain", "queue"])
+            depth.add_metric(labels, length)
+            yield depth
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # no broker call at registration
+
+
+class SourceRPOCollector(Collector):
+    """``regionvault_source_rpo_seconds{domain, source}``: each source's recovery point
+    objective from the worker's configuration, so that dashboards compare a source's age
+    (``time() - regionvault_last_verified_backup_timestamp_seconds``) with its own RPO."""
+
+    def __init__(self, domain: str, rpo_seconds: Mapping[str, float]) -> None:
+        self.domain, self.rpo_seconds = domain, dict(rpo_seconds)
+
+    def collect(self) -> Iterator[Metric]:
+        rpo = GaugeMetricFamily("regionvault_source_rpo_seconds",
+                                "Recovery point objective of a source, from the configuration",
+                                labels=["domain", "source"])
+        for source, seconds in sorted(self.rpo_seconds.items()):
+            rpo.add_metric([self.domain, source], seconds)
+        yield rpo
+
+
+def _rpo_of_sources(domain: Any) -> dict[str, float]:
+    """Each source's RPO in seconds, from the worker's configuration (none without one)."""
+    from workers.runtime import worker_config
+
+    try:
+        dcfg = worker_config().domain(domain)
+    except Exception as exc:  # the metrics must not stop a worker
+        log.warning("source RPOs of domain %s not exported: %s", domain.value, exc)
+        return {}
+    return {src.name: dcfg.rpo_for(src).total_seconds() for src in dcfg.sources}
 
 
 @worker_init.connect
@@ -164,6 +267,12 @@ def _start_exporter(**_: Any) -> None:
             shutil.rmtree(path, ignore_errors=True)
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=directory)
+    from regionvault.domains import queue_name
+    from workers.app import app  # configured for this domain: its own broker
+
+    registry.register(QueueDepthCollector(domain.value, queue_name(domain),
+                                          str(app.conf.broker_url)))
+    registry.register(SourceRPOCollector(domain.value, _rpo_of_sources(domain)))
     port = int(os.environ.get("REGIONVAULT_METRICS_PORT", DEFAULT_PORT))
     start_http_server(port, addr=os.environ.get("REGIONVAULT_METRICS_ADDRESS", "0.0.0.0"),
                       registry=registry)

@@ -8,28 +8,12 @@ from typing import Any
 import promql_parser
 import yaml
 
-from workers.metrics import EXPORTED
+from tests.metric_names import EXPORTED, exported_by_the_code
+from tests.metric_names import metric_names as _metric_names
 
 RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "regionvault-alerts.yml"
 REQUIRED = {"RegionvaultBackupLate", "RegionvaultVerificationMismatch",
             "RegionvaultRestoreDrillFailed", "RegionvaultNoWorker"}
-
-
-def _metric_names(node: Any) -> set[str]:
-    """Every metric a PromQL expression selects, walking its syntax tree."""
-    names: set[str] = set()
-    if isinstance(node, promql_parser.VectorSelector):
-        names.add(node.name or "")
-        for matcher in node.matchers.matchers:
-            if matcher.name == "__name__":
-                names.add(matcher.value)
-    for attribute in ("lhs", "rhs", "expr", "vector_selector", "param"):
-        child = getattr(node, attribute, None)
-        if child is not None and not isinstance(child, (str, int, float)):
-            names |= _metric_names(child)
-    for arg in getattr(node, "args", None) or []:
-        names |= _metric_names(arg)
-    return {n for n in names if n}
 
 
 def _rules() -> list[dict[str, Any]]:
@@ -57,3 +41,7 @@ def test_every_expression_parses_and_names_only_exported_metrics() -> None:
 def test_the_walker_finds_nested_selectors() -> None:
     tree = promql_parser.parse("sum(rate(a_total[5m])) / on(x) b or absent(c{d='e'})")
     assert _metric_names(tree) == {"a_total", "b", "c"}
+
+
+def test_the_hand_kept_list_of_exported_metrics_is_what_the_code_exports() -> None:
+    assert exported_by_the_code() == EXPORTED
