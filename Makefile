@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-faults lint typecheck check dev clean browser servers bench bench-fleet
+.PHONY: demo test test-faults lint typecheck check dev clean browser servers bench bench-fleet dashboard-picture
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -38,6 +38,12 @@ bench: $(STAMP)
 
 bench-fleet: $(STAMP)
 	$(BIN)/python bench/fleet.py
+
+# The README's picture of the Grafana dashboard's panels (docs/dashboard.png): a demo workload on
+# the embedded stack, its workers' metrics scraped and plotted with matplotlib (a few minutes).
+dashboard-picture: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,docs]'
+	$(BIN)/python deploy/grafana/render_preview.py --out docs/dashboard.png
 
 # The browser tests (tests/browser) drive Debian's Chromium, never a browser of Playwright's.
 browser:

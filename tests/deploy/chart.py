@@ -134,10 +134,14 @@ class Rendered:
         return [p for p in self.of_kind("NetworkPolicy")
                 if p["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()]
 
+    def config_map(self) -> Obj:
+        """The ConfigMap holding regionvault's configuration (not the dashboard's)."""
+        (cm,) = [o for o in self.of_kind("ConfigMap") if "config.yaml" in o.get("data", {})]
+        return cm
+
     def config(self) -> dict[str, Any]:
         """The regionvault configuration in the generated ConfigMap."""
-        (cm,) = self.of_kind("ConfigMap")
-        return yaml.safe_load(cm["data"]["config.yaml"])
+        return yaml.safe_load(self.config_map()["data"]["config.yaml"])
 
 
 @functools.lru_cache(maxsize=64)
@@ -328,7 +332,7 @@ def pod_process_view(rendered: Rendered, deployment: Obj,
                      secrets: SecretValues | None = None) -> ProcessView:
     """Where the process of a Deployment's (single regionvault) container connects, its
     Secrets holding ``secrets``."""
-    (cm,) = rendered.of_kind("ConfigMap")
+    cm = rendered.config_map()
     (c,) = pod_spec(deployment)["containers"]
     return process_view(cm["data"]["config.yaml"], container_env_values(c, secrets))
 

@@ -228,7 +228,7 @@ def test_the_chart_cannot_write_what_regionvault_would_reject() -> None:
 
 def test_workers_beat_and_flower_read_the_same_configuration() -> None:
     rendered = render(production_values())
-    (configmap,) = rendered.of_kind("ConfigMap")
+    configmap = rendered.config_map()
     for deployment in rendered.of_kind("Deployment"):
         spec = pod_spec(deployment)
         (volume,) = [v for v in spec["volumes"] if "configMap" in v]

@@ -361,3 +361,27 @@ nodeAffinity:
             values:
               {{- toYaml . | nindent 14 }}
 {{- end }}
+
+{{/*
+OpenTelemetry settings of a regionvault container (regionvault/tracing.py exports traces when
+OTEL_EXPORTER_OTLP_ENDPOINT is set); nothing when tracing.otlpEndpoint is empty. Call with
+(dict "root" $ "service" "regionvault-worker" "domain" D): D ("" for a process of the shared
+broker) becomes the resource attribute regionvault.domain, so a trace names its domain.
+*/}}
+{{- define "regionvault.tracingEnv" -}}
+{{- with .root.Values.tracing.otlpEndpoint }}
+{{- if ne (toString $.root.Values.tracing.protocol) "http/protobuf" }}
+{{- fail (printf "tracing.protocol is %q, but regionvault sends traces with the OTLP/HTTP exporter (regionvault/tracing.py): set it to http/protobuf and otlpEndpoint to the collector's HTTP port (4318)" (toString $.root.Values.tracing.protocol)) }}
+{{- end }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ . | quote }}
+- name: OTEL_EXPORTER_OTLP_PROTOCOL
+  value: {{ $.root.Values.tracing.protocol | quote }}
+- name: OTEL_SERVICE_NAME
+  value: {{ $.service | quote }}
+{{- with $.domain }}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ printf "regionvault.domain=%s" . | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
