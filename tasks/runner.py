@@ -154,6 +154,15 @@ def acquire(store: LeaseStore, backup_id: str, owner: str, *, step: Step, run: i
         pause = min(2 * pause, 1.0, ttl_ms / 1000 / 10)
 
 
+def _let_go(store: LeaseStore, heartbeat: Heartbeat, got: Lease, backup_id: str) -> None:
+    """Stop renewing the lease and release it; one that cannot be released expires."""
+    heartbeat.stop()
+    try:
+        store.release(got)
+    except redis.RedisError as exc:
+        log.warning("lease of %s not released: %s", backup_id, exc)
+
+
 def progress_reporter(task: Any, heartbeat: Heartbeat | None = None) -> Progress:
     """Forward a step's (or a restore's) progress to the result backend at most once a
     second (metadata only: the backup, the stage, the store, byte counts); stop a step that
@@ -193,11 +202,7 @@ def owning(task: Any, ctx: DomainContext, backup_id: str, step: Step) -> Iterato
     try:
         yield heartbeat.ownership()
     finally:
-        heartbeat.stop()
-        try:
-            store.release(got)
-        except redis.RedisError as exc:  # it expires by itself
-            log.warning("lease of %s not released: %s", backup_id, exc)
+        _let_go(store, heartbeat, got, backup_id)
 
 
 def _record(backup_id: str, step: Step, state: StepState, **fields: Any) -> None:
@@ -369,11 +374,7 @@ def _run_step(task: Any, step: Step, *, backup_id: str, domain: str, source: str
         if not outcome.skipped or not _next_already_sent(backup_id, step):
             _handoff(step, backup_id, domain, source, run, deep)
     finally:
-        heartbeat.stop()
-        try:
-            store.release(got)
-        except redis.RedisError as exc:  # it expires by itself
-            log.warning("lease of %s not released: %s", backup_id, exc)
+        _let_go(store, heartbeat, got, backup_id)
     return finish(outcome, domain, source)
 
 

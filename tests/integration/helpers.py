@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import subprocess
 import sys
 import time
@@ -9,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import redis
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
@@ -117,3 +120,57 @@ def regionvault_cli(stack: DevStack, *args: str, env: dict[str, str] | None = No
 
 
 __all__ = ["STEPS", "Step"]
+
+
+# --- what a broker holds ---------------------------------------------------------------------
+
+
+def _decoded(value: bytes) -> list[bytes]:
+    """``value`` and, if it is a Celery/kombu message (JSON with a base64 body), its body:
+    task arguments are inside the body, which a plain search of the bytes cannot see."""
+    found = [value]
+    try:
+        document = json.loads(value)
+    except (UnicodeDecodeError, ValueError):
+        return found
+    stack: list[Any] = [document]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            body = node.get("body")
+            if isinstance(body, str) and node.get("properties", {}).get(
+                    "body_encoding") == "base64":
+                found.append(base64.b64decode(body))
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
+
+
+def redis_contents(url: str) -> bytes:
+    """Every key of a broker or result backend and everything stored under it, decoded
+    where it is a Celery message, as one blob to search."""
+    client = redis.Redis.from_url(url)
+    parts: list[bytes] = []
+    for key in client.scan_iter(count=500):
+        parts.append(key)
+        kind = client.type(key).decode()
+        values: list[bytes]
+        if kind == "string":
+            values = [client.get(key) or b""]
+        elif kind == "hash":
+            values = [b for pair in client.hgetall(key).items() for b in pair]
+        elif kind == "list":
+            values = list(client.lrange(key, 0, -1))
+        elif kind == "set":
+            values = list(client.smembers(key))
+        elif kind == "zset":
+            values = [m for m, _ in client.zrange(key, 0, -1, withscores=True)]
+        elif kind == "stream":
+            values = [b for _, fields in client.xrange(key)
+                      for pair in fields.items() for b in pair]
+        else:
+            raise AssertionError(f"key {key!r} of {url} has a type this scan cannot read: {kind}")
+        for value in values:
+            parts.extend(_decoded(value))
+    return b"\n".join(parts)

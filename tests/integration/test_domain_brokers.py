@@ -11,20 +11,17 @@ broker is stopped: ``status`` reports that domain unreachable and the others fre
 from __future__ import annotations
 
 import base64
-import json
 import subprocess
 import sys
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-import redis
 
 from regionvault.devstack import sample
 from regionvault.devstack.stack import DevStack
 from regionvault.domains import Domain
 from tests.integration.conftest import running_stack
-from tests.integration.helpers import config_of
+from tests.integration.helpers import config_of, redis_contents
 
 pytestmark = pytest.mark.stack
 
@@ -100,57 +97,6 @@ def test_backup_verify_and_restore_in_every_domain(stack: DevStack,
 # --- what each broker holds ------------------------------------------------------------------
 
 
-def _decoded(value: bytes) -> list[bytes]:
-    """``value`` and, if it is a Celery/kombu message (JSON with a base64 body), its body:
-    task arguments are inside the body, which a plain search of the bytes cannot see."""
-    found = [value]
-    try:
-        document = json.loads(value)
-    except (UnicodeDecodeError, ValueError):
-        return found
-    stack: list[Any] = [document]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            body = node.get("body")
-            if isinstance(body, str) and node.get("properties", {}).get(
-                    "body_encoding") == "base64":
-                found.append(base64.b64decode(body))
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-    return found
-
-
-def broker_contents(url: str) -> bytes:
-    """Every key of the broker and everything stored under it, decoded where it is a
-    message, as one blob to search."""
-    client = redis.Redis.from_url(url)
-    parts: list[bytes] = []
-    for key in client.scan_iter(count=500):
-        parts.append(key)
-        kind = client.type(key).decode()
-        values: list[bytes]
-        if kind == "string":
-            values = [client.get(key) or b""]
-        elif kind == "hash":
-            values = [b for pair in client.hgetall(key).items() for b in pair]
-        elif kind == "list":
-            values = list(client.lrange(key, 0, -1))
-        elif kind == "set":
-            values = list(client.smembers(key))
-        elif kind == "zset":
-            values = [m for m, _ in client.zrange(key, 0, -1, withscores=True)]
-        elif kind == "stream":
-            values = [b for _, fields in client.xrange(key)
-                      for pair in fields.items() for b in pair]
-        else:
-            raise AssertionError(f"key {key!r} of {url} has a type this scan cannot read: {kind}")
-        for value in values:
-            parts.extend(_decoded(value))
-    return b"\n".join(parts)
-
-
 def identifiers(stack: DevStack, domain: Domain, ids: list[str]) -> dict[str, str]:
     """What names a domain's data: its backup ids, its buckets, its own source names."""
     dcfg = config_of(stack).domain(domain)
@@ -164,7 +110,7 @@ def identifiers(stack: DevStack, domain: Domain, ids: list[str]) -> dict[str, st
 def test_each_broker_holds_only_its_own_domain(stack: DevStack,
                                                backups: dict[Domain, list[str]]) -> None:
     config = config_of(stack)
-    contents = {d: broker_contents(config.broker_for(d)) for d in Domain}
+    contents = {d: redis_contents(config.broker_for(d)) for d in Domain}
     for domain in Domain:
         own = identifiers(stack, domain, backups[domain])
         # positive control: the scan sees the domain's own backups (journal entries and the
@@ -179,7 +125,7 @@ def test_each_broker_holds_only_its_own_domain(stack: DevStack,
                       if name.encode() in contents[other]]
             assert not leaked, f"the broker of {other.value} holds {domain.value}'s: {leaked}"
     # the shared broker is used by no domain here: none of anything lands there
-    shared = broker_contents(config.broker_url)
+    shared = redis_contents(config.broker_url)
     for domain in Domain:
         leaked = [name for name in identifiers(stack, domain, backups[domain])
                   if name.encode() in shared]

@@ -10,7 +10,6 @@ backend names the domain's own worker.
 
 from __future__ import annotations
 
-import base64
 import json
 import sys
 import time
@@ -26,7 +25,7 @@ from regionvault.devstack.services import ManagedProcess, free_port, start_proce
 from regionvault.devstack.stack import DevStack
 from regionvault.domains import Domain, queue_name
 from tests.integration.conftest import running_stack
-from tests.integration.helpers import config_of, regionvault_cli, run_chain
+from tests.integration.helpers import config_of, redis_contents, regionvault_cli, run_chain
 
 pytestmark = pytest.mark.stack
 
@@ -52,55 +51,6 @@ def task_results(stack: DevStack, domain: Domain, name: str) -> list[dict[str, A
         if meta.get("name") == name and (meta.get("kwargs") or {}).get("domain") == domain.value:
             found.append(meta)
     return found
-
-
-def _decoded(value: bytes) -> list[bytes]:
-    """``value``, and the base64 bodies of the Celery messages in it (task arguments live
-    there, where a plain search of the bytes cannot see them)."""
-    found = [value]
-    try:
-        document = json.loads(value)
-    except (UnicodeDecodeError, ValueError):
-        return found
-    nodes: list[Any] = [document]
-    while nodes:
-        node = nodes.pop()
-        if isinstance(node, dict):
-            body = node.get("body")
-            if isinstance(body, str) and node.get("properties", {}).get(
-                    "body_encoding") == "base64":
-                found.append(base64.b64decode(body))
-            nodes.extend(node.values())
-        elif isinstance(node, list):
-            nodes.extend(node)
-    return found
-
-
-def redis_contents(url: str) -> bytes:
-    """Every key of a broker or result backend and what is stored under it, as one blob."""
-    client = redis.Redis.from_url(url)
-    parts: list[bytes] = []
-    for key in client.scan_iter(count=500):
-        parts.append(key)
-        kind = client.type(key).decode()
-        if kind == "string":
-            values = [client.get(key) or b""]
-        elif kind == "hash":
-            values = [b for pair in client.hgetall(key).items() for b in pair]
-        elif kind == "list":
-            values = list(client.lrange(key, 0, -1))
-        elif kind == "set":
-            values = list(client.smembers(key))
-        elif kind == "zset":
-            values = [m for m, _ in client.zrange(key, 0, -1, withscores=True)]
-        elif kind == "stream":
-            values = [b for _, fields in client.xrange(key) for pair in fields.items()
-                      for b in pair]
-        else:
-            values = []
-        for value in values:
-            parts.extend(_decoded(value))
-    return b"\n".join(parts)
 
 
 def everything_in_redis(stack: DevStack) -> bytes:

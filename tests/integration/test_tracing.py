@@ -17,7 +17,6 @@ import contextlib
 import gzip
 import itertools
 import json
-import os
 import threading
 import time
 import urllib.parse
@@ -35,7 +34,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from regionvault.devstack import sample
-from regionvault.devstack.stack import DevStack
+from regionvault.devstack.stack import DevStack, environment
 from regionvault.domains import Domain
 from regionvault.journal import Journal
 from regionvault.manifest import STEPS, Step
@@ -160,20 +159,6 @@ class Receiver:
 # --- the stack ------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 @dataclass
 class Traced:
     stack: DevStack
@@ -190,7 +175,7 @@ def traced() -> Iterator[Traced]:
             otel.setdefault(name, "")
         # only the workers started now see the variables (DevStack.celery_env reads this
         # process's environment); the command line run by the tests does not
-        with _environment(otel):
+        with environment(otel):
             dev = cleanup.enter_context(running_stack("rv-test-tracing-"))
         assert dev.postgres is not None
         for domain in (Domain.US, Domain.EU):
