@@ -120,11 +120,25 @@ def _pods(rendered: Rendered) -> list[tuple[str, str | None, Obj]]:
     return found
 
 
+COLLECTOR = [{"namespaceSelector": {"matchLabels": {
+    "kubernetes.io/metadata.name": "observability"}}}]
 TRACED = {
-    "defaults": {"tracing": {"otlpEndpoint": ENDPOINT}},
+    "defaults": {"tracing": {"otlpEndpoint": ENDPOINT, "networkPeers": COLLECTOR}},
     "production": production_values(),
     "production-shared-broker": production_shared_values(),
 }
+
+
+def _endpoint(values: dict[str, Any], served: str | None) -> str:
+    """Where a process serving ``served`` (None: every domain) sends traces: its domain's
+    own collector if the domain names one, else the installation's."""
+    own = (values["domains"].get(served or "", {}).get("tracing") or {}).get("otlpEndpoint")
+    return str(own or values["tracing"]["otlpEndpoint"])
+
+
+def _untraced(values: dict[str, Any]) -> dict[str, Any]:
+    return merged(values, {"tracing": {"otlpEndpoint": ""}, "domains": {
+        d: {"tracing": {"otlpEndpoint": ""}} for d in values.get("domains", {})}})
 
 
 @pytest.mark.parametrize("name", TRACED)
@@ -136,8 +150,7 @@ def test_every_pod_gets_the_tracing_environment_when_an_endpoint_is_set(name: st
     for component, served, c in pods:
         values = container_env_values(c)
         where = f"{name}: {component} {served}"
-        assert values["OTEL_EXPORTER_OTLP_ENDPOINT"] == rendered.values["tracing"][
-            "otlpEndpoint"], where
+        assert values["OTEL_EXPORTER_OTLP_ENDPOINT"] == _endpoint(rendered.values, served), where
         assert values["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/protobuf", where
         assert values["OTEL_SERVICE_NAME"] == SERVICES[component], where
         if served is None:  # a shared beat or Flower serves every domain: no domain attribute
@@ -153,10 +166,8 @@ def test_every_pod_gets_the_tracing_environment_when_an_endpoint_is_set(name: st
 
 @pytest.mark.parametrize("values", [
     pytest.param({}, id="defaults"),
-    pytest.param(merged(production_values(), {"tracing": {"otlpEndpoint": ""}}),
-                 id="production-without-endpoint"),
-    pytest.param(merged(production_shared_values(), {"tracing": {"otlpEndpoint": ""}}),
-                 id="production-shared-without-endpoint"),
+    pytest.param(_untraced(production_values()), id="production-without-endpoint"),
+    pytest.param(_untraced(production_shared_values()), id="production-shared-without-endpoint"),
 ])
 def test_no_pod_gets_an_otel_variable_without_an_endpoint(values: dict[str, Any]) -> None:
     rendered = render(values)
@@ -174,4 +185,38 @@ def test_a_protocol_regionvault_does_not_speak_is_refused() -> None:
 
 
 def test_the_tracing_values_are_off_by_default() -> None:
-    assert render({}).values["tracing"] == {"otlpEndpoint": "", "protocol": "http/protobuf"}
+    assert render({}).values["tracing"] == {"otlpEndpoint": "", "protocol": "http/protobuf",
+                                            "networkPeers": []}
+
+
+def _egress_to_collectors(rendered: Rendered, component: str, domain: str) -> list[Obj]:
+    """The egress rules of ``component``'s NetworkPolicy for ``domain`` that lead to a
+    collector (their comment is gone once rendered: found by the port they open)."""
+    [policy] = [p for p in rendered.of_kind("NetworkPolicy")
+                if labels(p)["app.kubernetes.io/component"] == component
+                and p["spec"]["podSelector"]["matchLabels"].get(
+                    "regionvault.io/domain", domain) == domain]
+    return [rule for rule in policy["spec"]["egress"]
+            if {"protocol": "TCP", "port": 4318} in rule.get("ports", [])]
+
+
+def test_each_domains_pods_may_reach_its_own_collector_and_no_other() -> None:
+    rendered = render(production_values())
+    for domain in DOMAINS:
+        own = rendered.values["domains"][domain]["tracing"]["networkPeers"]
+        for component in ("worker", "beat", "flower"):
+            rules = _egress_to_collectors(rendered, component, domain)
+            assert [rule["to"] for rule in rules] == [own], (component, domain, rules)
+        others = [rendered.values["domains"][d]["tracing"]["networkPeers"]
+                  for d in DOMAINS if d != domain]
+        assert own not in others
+
+
+def test_an_endpoint_without_peers_is_refused_while_network_policies_are_on() -> None:
+    with pytest.raises(helm.HelmRenderError, match=r"no networkPeers say where that collector"):
+        render({"tracing": {"otlpEndpoint": ENDPOINT}})
+    with pytest.raises(helm.HelmRenderError, match=r"otel-collector-eu"):
+        render(merged(production_values(), {"domains": {"eu": {"tracing": {
+            "otlpEndpoint": "http://otel-collector-eu:4318", "networkPeers": []}}}}))
+    # without NetworkPolicies there is nothing to open
+    render({"tracing": {"otlpEndpoint": ENDPOINT}, "networkPolicy": {"enabled": False}})

@@ -225,6 +225,17 @@ on the port of its URL) and no other; otherwise the shared broker.
   ports:
     - {protocol: TCP, port: {{ int $root.Values.broker.port }}}
 {{- end }}
+{{- $t := include "regionvault.tracing" (dict "root" $root "domain" .domain) | fromJson }}
+{{- with $t.endpoint }}
+{{- if not $t.peers }}
+{{- fail (printf "traces go to %s, but no networkPeers say where that collector runs (tracing.networkPeers, or domains.<d>.tracing.networkPeers beside its otlpEndpoint): the NetworkPolicies would drop every span" .) }}
+{{- end }}
+# The OpenTelemetry collector these pods send traces to.
+- to:
+    {{- toYaml $t.peers | nindent 4 }}
+  ports:
+    - {protocol: TCP, port: {{ include "regionvault.httpPort" . }}}
+{{- end }}
 {{- end }}
 
 {{/* The port of a redis:// or rediss:// URL (6379 when it names none). */}}
@@ -363,13 +374,41 @@ nodeAffinity:
 {{- end }}
 
 {{/*
+Where a process sends its traces, as JSON {"endpoint": URL or "", "peers": [NetworkPolicyPeer]}:
+its domain's own collector (domains.<d>.tracing.otlpEndpoint) when it serves a domain that
+names one, else tracing.otlpEndpoint. Traces carry backup ids and source names, so a domain
+whose metadata must stay in the domain names a collector inside it. Call with
+(dict "root" $ "domain" D), D "" for a process of the shared broker.
+*/}}
+{{- define "regionvault.tracing" -}}
+{{- $endpoint := .root.Values.tracing.otlpEndpoint }}
+{{- $peers := .root.Values.tracing.networkPeers | default list }}
+{{- if .domain }}
+{{- $d := get .root.Values.domains .domain }}
+{{- with (dig "tracing" "otlpEndpoint" "" $d) }}
+{{- $endpoint = . }}
+{{- $peers = dig "tracing" "networkPeers" list $d }}
+{{- end }}
+{{- end }}
+{{- dict "endpoint" $endpoint "peers" $peers | toJson }}
+{{- end }}
+
+{{/* The port of an http:// or https:// URL (80 or 443 when it names none). */}}
+{{- define "regionvault.httpPort" -}}
+{{- $u := urlParse . }}
+{{- if regexMatch ":[0-9]+$" $u.host }}{{ regexFind "[0-9]+$" $u.host }}{{ else if eq $u.scheme "https" }}443{{ else }}80{{ end }}
+{{- end }}
+
+{{/*
 OpenTelemetry settings of a regionvault container (regionvault/tracing.py exports traces when
-OTEL_EXPORTER_OTLP_ENDPOINT is set); nothing when tracing.otlpEndpoint is empty. Call with
-(dict "root" $ "service" "regionvault-worker" "domain" D): D ("" for a process of the shared
-broker) becomes the resource attribute regionvault.domain, so a trace names its domain.
+OTEL_EXPORTER_OTLP_ENDPOINT is set); nothing when the process has no collector
+("regionvault.tracing"). Call with (dict "root" $ "service" "regionvault-worker" "domain" D):
+D ("" for a process of the shared broker) becomes the resource attribute regionvault.domain,
+so a trace names its domain.
 */}}
 {{- define "regionvault.tracingEnv" -}}
-{{- with .root.Values.tracing.otlpEndpoint }}
+{{- $t := include "regionvault.tracing" (dict "root" .root "domain" .domain) | fromJson }}
+{{- with $t.endpoint }}
 {{- if ne (toString $.root.Values.tracing.protocol) "http/protobuf" }}
 {{- fail (printf "tracing.protocol is %q, but regionvault sends traces with the OTLP/HTTP exporter (regionvault/tracing.py): set it to http/protobuf and otlpEndpoint to the collector's HTTP port (4318)" (toString $.root.Values.tracing.protocol)) }}
 {{- end }}
