@@ -16,12 +16,32 @@ from pathlib import Path
 
 import typer
 
-from regionvault.cli import backups, compliance, keys, operations, provision, restores, stack
+from regionvault.cli import (
+    backups,
+    completion,
+    compliance,
+    keys,
+    operations,
+    provision,
+    restores,
+    stack,
+)
 from regionvault.cli.common import app
 from regionvault.dispatch import Connect
 
-__all__ = ["app", "backups", "compliance", "export_config", "keys", "main", "operations",
-           "provision", "restores", "stack"]
+__all__ = [
+    "app",
+    "backups",
+    "completion",
+    "compliance",
+    "export_config",
+    "keys",
+    "main",
+    "operations",
+    "provision",
+    "restores",
+    "stack",
+]
 
 
 def export_config(argv: Sequence[str]) -> None:

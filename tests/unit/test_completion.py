@@ -38,14 +38,14 @@ def test_commands_and_options_complete(tmp_path: Path) -> None:
     assert "--local" in _complete(tmp_path, ["regionvault", "verify", "--"])
 
 
-def test_install_completion_writes_a_script_that_bash_uses(tmp_path: Path) -> None:
-    # run from bash, as an operator does: the shell to install for is the one it runs in
-    installed = subprocess.run(["bash", "-c", f"'{REGIONVAULT}' --install-completion"],
+def test_completion_install_writes_a_script_that_bash_uses(tmp_path: Path) -> None:
+    installed = subprocess.run([str(REGIONVAULT), "completion", "bash", "--install"],
                                capture_output=True, text=True, timeout=60, check=False,
                                env=_env(tmp_path))
     assert installed.returncode == 0, installed.stderr
     script = tmp_path / ".bash_completions" / "regionvault.sh"
-    assert script.is_file(), installed.stdout
+    assert f"installed in {script}" in installed.stderr
+    assert installed.stdout == ""
     assert f"source '{script}'" in (tmp_path / ".bashrc").read_text()
 
     # a real bash sources what ~/.bashrc names and completes through it
@@ -61,10 +61,24 @@ def test_install_completion_writes_a_script_that_bash_uses(tmp_path: Path) -> No
 @pytest.mark.parametrize(("shell", "marker"), [("bash", "complete -o default -F"),
                                                ("zsh", "#compdef regionvault"),
                                                ("fish", "complete --command regionvault")])
-def test_each_shells_script_is_printed_for_a_by_hand_install(tmp_path: Path, shell: str,
-                                                              marker: str) -> None:
-    # what the README gives for zsh and fish: _REGIONVAULT_COMPLETE=source_<shell> regionvault
-    shown = subprocess.run([str(REGIONVAULT)], capture_output=True, text=True, timeout=60,
-                           check=False, env=_env(tmp_path, _REGIONVAULT_COMPLETE=f"source_{shell}"))
+def test_completion_prints_each_shells_script(tmp_path: Path, shell: str, marker: str) -> None:
+    shown = subprocess.run([str(REGIONVAULT), "completion", shell], capture_output=True,
+                           text=True, timeout=60, check=False, env=_env(tmp_path))
     assert shown.returncode == 0, shown.stderr
     assert marker in shown.stdout and f"complete_{shell}" in shown.stdout, shown.stdout
+    # nothing was installed: printing is all it does without --install
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_shell_defaults_to_the_login_shell_and_an_unknown_one_is_refused(
+        tmp_path: Path) -> None:
+    zsh = subprocess.run([str(REGIONVAULT), "completion"], capture_output=True, text=True,
+                         timeout=60, check=False, env=_env(tmp_path, SHELL="/usr/bin/zsh"))
+    assert zsh.returncode == 0, zsh.stderr
+    assert "#compdef regionvault" in zsh.stdout
+
+    tcsh = subprocess.run([str(REGIONVAULT), "completion", "--install"], capture_output=True,
+                          text=True, timeout=60, check=False, env=_env(tmp_path, SHELL="/bin/tcsh"))
+    assert tcsh.returncode == 2
+    assert "SHELL is tcsh" in tcsh.stderr and "regionvault completion bash" in tcsh.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing written
