@@ -45,12 +45,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
-from importlib import resources
 from typing import Any, Protocol
 
-from regionvault import expiry
+from regionvault import documents, expiry
 from regionvault.config import PII_MAX_RETENTION_DAYS, DataClass
 from regionvault.context import DomainContext
+from regionvault.documents import SCHEMA_VERSION, header, schema_id, seconds
 from regionvault.errors import IntegrityError, NotFound, StoreError
 from regionvault.expiry import Quarantined
 from regionvault.integrity import ReadLedger
@@ -73,10 +73,8 @@ log = logging.getLogger("regionvault.compliance")
 
 #: the stores every domain has (a domain with Cloud Files is judged in "swift" as well)
 STORES: tuple[str, ...] = expiry.STORES
-#: the ``schema`` field of the JSON document, and its JSON Schema (package data)
-SCHEMA_ID = "regionvault/compliance/v1"
-SCHEMA_VERSION = 1
-SCHEMA_RESOURCE = "schemas/compliance.schema.json"
+#: the ``schema`` field of the JSON document (``regionvault.documents``)
+SCHEMA_ID = schema_id("compliance")
 #: an integrity sample older than this fails the report (``--integrity-max-age-days``)
 DEFAULT_INTEGRITY_MAX_AGE = timedelta(days=2)
 #: a store's last complete expiry sweep may be this many sweep intervals old
@@ -667,13 +665,9 @@ def _store_findings(s: StoreCompliance, domain: str, policy: Policy,
 # --- the JSON document ---------------------------------------------------------------------------
 
 
-def _seconds(period: timedelta | None) -> float | None:
-    return period.total_seconds() if period is not None else None
-
-
 def _object_dict(item: JudgedObject) -> dict[str, Any]:
     return {"key": item.key, "backup_id": item.backup_id, "rule": item.rule,
-            "born_at": _iso_or_none(item.born), "age_seconds": _seconds(item.age),
+            "born_at": _iso_or_none(item.born), "age_seconds": seconds(item.age),
             "reason": item.reason, "quarantined": item.quarantined}
 
 
@@ -759,18 +753,13 @@ def compliance_document(reports: Iterable[ComplianceReport],
                         generated_at: datetime) -> dict[str, Any]:
     """The JSON document ``regionvault compliance --json`` prints (schema: ``load_schema``)."""
     domains = [r.as_dict() for r in reports]
-    return {"schema": SCHEMA_ID, "schema_version": SCHEMA_VERSION,
-            "generated_at": generated_at.isoformat(),
+    return {**header("compliance"), "generated_at": generated_at.isoformat(),
             "compliant": all(d["compliant"] for d in domains), "domains": domains}
 
 
 def load_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of ``compliance_document``."""
-    import json
-
-    text = resources.files("regionvault").joinpath(SCHEMA_RESOURCE).read_text("utf-8")
-    schema: dict[str, Any] = json.loads(text)
-    return schema
+    return documents.load_schema("compliance")
 
 
 __all__ = ["DEFAULT_INTEGRITY_MAX_AGE", "SCHEMA_ID", "SCHEMA_VERSION", "STORES",

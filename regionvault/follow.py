@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from rich.console import Console
@@ -18,6 +18,7 @@ from rich.live import Live
 from rich.table import Table
 
 from regionvault.context import utc_now
+from regionvault.documents import header, schema_id, time_text
 from regionvault.journal import BackupRecord, BackupState, Journal, StepState
 from regionvault.manifest import STEPS, Step
 
@@ -81,16 +82,15 @@ def _finished(record: BackupRecord) -> FollowResult | None:
 #: the NDJSON events of ``backup --wait --json`` and ``watch --json``: one line per step
 #: transition, progress lines while a step runs, and an ``end`` line with the final state
 #: (JSON Schema: ``regionvault/schemas/event.schema.json``)
-EVENT_SCHEMA = "regionvault/event/v1"
-EVENT_SCHEMA_VERSION = 1
+EVENT_SCHEMA = schema_id("event")
 
 #: where events go (``regionvault.cli.jsonout.print_event`` prints each as a line)
 EventSink = Callable[[dict[str, Any]], None]
 
 
 def _event(kind: str, backup_id: str, at: datetime, **fields: Any) -> dict[str, Any]:
-    return {"schema": EVENT_SCHEMA, "schema_version": EVENT_SCHEMA_VERSION, "event": kind,
-            "backup_id": backup_id, "at": at.astimezone(UTC).isoformat(), **fields}
+    return {**header("event"), "event": kind, "backup_id": backup_id, "at": time_text(at),
+            **fields}
 
 
 def queued_event(backup_id: str, domain: str, source: str, queue: str,

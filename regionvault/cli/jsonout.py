@@ -1,10 +1,7 @@
 """``--json``: the documents the commands print for machines, and the one way they reach stdout.
 
-Every document names its format in ``schema`` (``regionvault/<kind>/v<N>``) beside
-``schema_version``, as ``regionvault compliance --json`` does; the JSON Schema (draft 2020-12)
-of each kind is ``regionvault/schemas/<kind>.schema.json``. A new optional field keeps the
-version; a field that changes meaning or goes away raises it. Times are ISO 8601 in UTC,
-sizes integers in bytes, ages and durations seconds.
+Every document names its format and version as ``regionvault.documents`` says (the rule and
+the schemas are there, shared with ``compliance`` and the events of ``backup --json``).
 
 Under ``--json`` stdout carries JSON only (one document, or one event per line for ``backup
 --wait`` and ``watch``); every message goes to stderr. The builders here are pure: they turn
@@ -16,10 +13,10 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime, timedelta
-from importlib import resources
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from regionvault.documents import header, seconds, time_text
 from regionvault.manifest import Manifest
 from regionvault.status import EXIT_CODES, AttemptStatus, SourceStatus, worst
 
@@ -30,35 +27,11 @@ if TYPE_CHECKING:  # the command line imports these lazily: they pull in sources
 #: the document kinds with a schema in ``regionvault/schemas/`` (compliance has its own
 #: builder in ``regionvault.compliance``)
 KINDS = ("status", "list", "show", "drills", "check", "event", "compliance")
-SCHEMA_VERSION = 1
-
-
-def schema_id(kind: str) -> str:
-    """What a document of ``kind`` carries in ``schema``, e.g. ``regionvault/status/v1``."""
-    return f"regionvault/{kind}/v{SCHEMA_VERSION}"
-
-
-def load_schema(kind: str) -> dict[str, Any]:
-    """The JSON Schema (draft 2020-12) of documents of ``kind``, as shipped in the package."""
-    text = resources.files("regionvault").joinpath(f"schemas/{kind}.schema.json") \
-        .read_text("utf-8")
-    schema: dict[str, Any] = json.loads(text)
-    return schema
-
-
-def time_text(when: datetime | None) -> str | None:
-    """ISO 8601 in UTC (``+00:00``), as the compliance report writes times."""
-    return when.astimezone(UTC).isoformat() if when is not None else None
-
-
-def seconds(delta: timedelta | None) -> float | None:
-    return delta.total_seconds() if delta is not None else None
 
 
 def document(kind: str, generated_at: datetime, **fields: Any) -> dict[str, Any]:
     """A document of ``kind``: its ``schema`` header, then ``fields``."""
-    return {"schema": schema_id(kind), "schema_version": SCHEMA_VERSION,
-            "generated_at": time_text(generated_at), **fields}
+    return {**header(kind), "generated_at": time_text(generated_at), **fields}
 
 
 def print_document(doc: Mapping[str, Any]) -> None:

@@ -15,8 +15,8 @@ from typing import Any
 import jsonschema
 import pytest
 
-from regionvault.cli.jsonout import load_schema, schema_id
 from regionvault.devstack.stack import DevStack
+from regionvault.documents import load_schema, schema_id
 from regionvault.domains import Domain
 from tests.integration.helpers import STEPS, config_of, context, regionvault_cli, run_chain
 from tests.integration.test_secret_isolation import domain_secrets

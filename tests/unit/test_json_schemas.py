@@ -17,11 +17,10 @@ from regionvault.cli.jsonout import (
     document,
     drills_document,
     list_document,
-    load_schema,
-    schema_id,
     show_document,
     status_document,
 )
+from regionvault.documents import load_schema, schema_id
 from regionvault.drill import CheckResult, DrillReport, SourceDrill
 from regionvault.errors import IntegrityError, ManifestForged
 from regionvault.follow import (
