@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from regionvault import spool as sp
-from regionvault import tracing
 from regionvault.backup_stream import (
     COMPRESSION,
     STREAM_FORMAT,
@@ -143,12 +142,7 @@ def dump(ctx: DomainContext, backup_id: str, progress: Progress = no_progress,
                 writer.write(chunk)
                 progress(ProgressReport(backup_id, Step.DUMP.value, writer.plaintext_size))
 
-            # the source call as a child span of the step's: kind and bytes, never the DSN
-            with tracing.span("regionvault.source dump",
-                              {"source": ref.source, "source_kind": src.kind,
-                               "operation": "dump"}) as traced:
-                info = source.dump(write)
-                traced.set(bytes=writer.plaintext_size)
+            info = source.dump(write)
             facts = writer.close()
     except SpoolFull as exc:
         raise exc.during(Step.DUMP.value) from None

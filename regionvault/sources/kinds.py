@@ -31,8 +31,12 @@ def _build(kind: str, name: str, dsn: str | None, tables: tuple[str, ...] = ()) 
 
 
 def open_source(domain: Domain, config: SourceConfig) -> Source:
-    """The Source implementation for a configured source (its DSN is read here, lazily)."""
-    return _build(config.kind, config.name, read_source_dsn(config, domain), config.tables)
+    """The Source implementation for a configured source (its DSN is read here, lazily).
+    While tracing is on its calls are spans (``sources.traced``)."""
+    from regionvault.sources.traced import traced_source
+
+    return traced_source(
+        _build(config.kind, config.name, read_source_dsn(config, domain), config.tables))
 
 
 def restorer_for(kind: str, name: str) -> Source:

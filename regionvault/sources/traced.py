@@ -1,8 +1,8 @@
-"""A span around the restore-side calls of a ``Source`` (``check_target``, ``row_counts``,
-``restore``), applied where restorers are made (``kinds.restorer_for``) while tracing is on.
-
-The dump's span is made by the step that calls it (``regionvault.chain.dump``). A span names
-the source, its kind and the operation: never the target's DSN, never a row.
+"""A span around every call of a ``Source`` (``dump``, ``check_target``, ``row_counts``,
+``restore``), applied where sources are made (``kinds.open_source``, ``kinds.restorer_for``)
+while tracing is on: the one place source calls are traced, as ``stores.traced`` is for the
+stores. A span names the source, its kind, the operation and the bytes: never a DSN, never a
+row.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from regionvault.sources.base import DumpInfo, Source
 
 
 class TracedSource:
-    """A ``Source`` whose restore-side calls are spans ``regionvault.source <operation>``."""
+    """A ``Source`` whose calls are spans ``regionvault.source <operation>``."""
 
     def __init__(self, inner: Source) -> None:
         self._inner = inner
@@ -31,7 +31,18 @@ class TracedSource:
                              "operation": operation})
 
     def dump(self, write: Callable[[bytes], object]) -> DumpInfo:
-        return self._inner.dump(write)  # the dump step makes this span itself
+        with self._span("dump") as sp:
+            counted = 0
+
+            def counting(chunk: bytes) -> object:
+                nonlocal counted
+                counted += len(chunk)
+                return write(chunk)
+
+            try:
+                return self._inner.dump(counting)
+            finally:
+                sp.set(bytes=counted)
 
     def check_target(self, target_dsn: str, *, clean: bool = False,
                      dump: DumpInfo | None = None) -> None:

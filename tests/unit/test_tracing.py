@@ -4,7 +4,7 @@ is current, naming the error's type only."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import pytest
 from opentelemetry import trace
@@ -175,6 +175,26 @@ def test_restore_side_source_calls_are_spans_without_the_target(
         "regionvault.source": "accounts", "regionvault.source_kind": "postgres",
         "regionvault.operation": "restore", "regionvault.bytes": 5,
         "regionvault.outcome": "done"}
+
+
+def test_a_dump_is_a_span_with_the_bytes_it_wrote(exported: InMemorySpanExporter) -> None:
+    class Dumper:
+        kind, name = "postgres", "accounts"
+
+        def dump(self, write: Callable[[bytes], object]) -> str:
+            write(b"abc")
+            write(b"defg")
+            return "info"
+
+    written: list[bytes] = []
+    source = traced_source(Dumper())  # type: ignore[arg-type]
+    assert source.dump(written.append) == "info"
+    assert written == [b"abc", b"defg"]  # every chunk reaches the writer, unchanged
+    (span,) = exported.get_finished_spans()
+    assert span.name == "regionvault.source dump"
+    assert dict(span.attributes or {}) == {
+        "regionvault.source": "accounts", "regionvault.source_kind": "postgres",
+        "regionvault.operation": "dump", "regionvault.bytes": 7}
 
 
 def test_the_service_is_regionvault_worker_unless_the_environment_names_it(
