@@ -24,6 +24,7 @@ from regionvault.cli.common import (
     guarded,
     operator,
     out,
+    still_running,
 )
 from regionvault.cli.jsonout import (
     document,
@@ -454,6 +455,4 @@ def finished(queue: Dispatcher, task_id: str, timeout: float, what: str,
     try:
         return queue.wait(task_id, timeout=timeout).unwrap()
     except TimeoutError:
-        raise RegionvaultError(
-            f"{what} did not finish within {timeout:.0f}s; it is still running on the "
-            f"workers of domain {domain.value!r} (task {task_id}, in Flower)") from None
+        raise still_running(what, timeout, domain, task_id) from None

@@ -75,6 +75,14 @@ def dispatcher(ctx: typer.Context, domain: str | Domain) -> Dispatcher:
     return found[d]
 
 
+def still_running(what: str, timeout: float, domain: Domain, task_id: str) -> RegionvaultError:
+    """The error for work sent to a domain's workers that did not end while we waited: it
+    goes on there, and this says where to follow it."""
+    return RegionvaultError(
+        f"{what} did not finish within {timeout:.0f}s; it is still running on the workers of "
+        f"domain {domain.value!r} (task {task_id}, in Flower)")
+
+
 def operator() -> str:
     """Who runs this command, for the journal's notes."""
     return os.environ.get("REGIONVAULT_OPERATOR") or getpass.getuser()

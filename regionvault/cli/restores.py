@@ -29,11 +29,12 @@ from regionvault.cli.common import (
     format_age,
     guarded,
     out,
+    still_running,
 )
 from regionvault.context import DomainContext
 from regionvault.dispatch import Dispatcher, NotAReference, RestoreRequest, RestoreTarget
 from regionvault.domains import Domain, parse_domain
-from regionvault.errors import ConfigError, RegionvaultError
+from regionvault.errors import ConfigError
 from regionvault.manifest import BackupRef
 
 
@@ -179,11 +180,7 @@ def _follow_restore(queue: Dispatcher, task_id: str, timeout: float, domain: Dom
                 break
             except TimeoutError:
                 if time.monotonic() >= deadline:
-                    raise RegionvaultError(
-                        f"the restore did not finish within {timeout:.0f}s; it is still "
-                        f"running on the workers of domain {domain.value!r} (task {task_id}, "
-                        "in Flower)"
-                    ) from None
+                    raise still_running("the restore", timeout, domain, task_id) from None
     result = outcome.unwrap()
     if selected and not shown:
         err.print(f"selected backup {result['backup_id']}")
