@@ -82,10 +82,6 @@ MAX_PARTS = 10_000
 
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "404"})
 
-
-def _is_latest(version: Mapping[str, Any]) -> bool:
-    """Whether a ListObjectVersions entry is the key's current version."""
-    return bool(version.get("IsLatest"))
 _TRANSIENT_CODES = frozenset(
     {
         "SlowDown",
@@ -145,6 +141,11 @@ def _utc(moment: datetime | None) -> datetime | None:
 
 def _error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _is_latest(version: Mapping[str, Any]) -> bool:
+    """Whether a ListObjectVersions entry is the key's current version."""
+    return bool(version.get("IsLatest"))
 
 
 def translate_error(exc: BaseException, where: str, action: str) -> StoreError:
