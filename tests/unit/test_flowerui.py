@@ -314,3 +314,12 @@ def test_metrics_need_the_pages_authentication_and_healthcheck_none(
         assert response.headers["Location"].startswith("/login?next=")
     if path.endswith("/metrics"):
         assert ("# HELP flower_events_total" in body) == (status == 200)
+
+
+def test_another_domains_backups_page_is_one_link_whatever_its_flower_url_ends_with() -> None:
+    from workers.flowerui.handlers import backups_page
+
+    assert backups_page("https://flower-eu.example.com/flower", "eu") == \
+        "https://flower-eu.example.com/flower/backups?domain=eu"
+    assert backups_page("https://flower-eu.example.com/flower/", "eu") == \
+        "https://flower-eu.example.com/flower/backups?domain=eu"

@@ -19,6 +19,7 @@ from flower.views import BaseHandler
 from flower.views.monitor import Metrics as FlowerMetrics
 from flower.views.tasks import TaskView
 from tornado import web
+from tornado.escape import url_escape
 from tornado.ioloop import IOLoop
 
 from regionvault.domains import Domain, parse_domain
@@ -127,6 +128,11 @@ class RetryTask(BaseHandler, _Blocking):
             await asyncio.sleep(0.1)
 
 
+def backups_page(flower_url: str, domain: str) -> str:
+    """The Backups page of ``domain`` in the Flower at ``flower_url`` (another domain's)."""
+    return f"{flower_url.rstrip('/')}/backups?domain={url_escape(domain)}"
+
+
 class BackupsPage(BaseHandler, _Blocking):
     """The journal's backups, newest first, with each step's state and task."""
 
@@ -144,7 +150,7 @@ class BackupsPage(BaseHandler, _Blocking):
             if url is None:
                 raise web.HTTPError(404, f"domain {domain} has its own broker and Flower, "
                                          "and no flower_url is configured for it")
-            self.redirect(f"{url.rstrip('/')}/backups?domain={domain}")
+            self.redirect(backups_page(url, domain))
             return
         limit = self.get_argument("limit", 100, type=int)
         if not 1 <= limit <= MAX_BACKUPS:
@@ -158,6 +164,7 @@ class BackupsPage(BaseHandler, _Blocking):
         self.render("backups.html", records=records, steps=STEPS, domain=domain,
                     domains=[d.value for d in here], limit=limit, state_badge=state_badge,
                     elsewhere={d.value: url for d, url in elsewhere.items()},
+                    backups_page=backups_page,
                     # a step not sent yet (after a failure) has a task id but no task page
                     known_task=lambda task_id: get_task_by_id(events, task_id) is not None)
 
