@@ -262,9 +262,6 @@ def _fail(exc: BaseException, backup_id: str, step: Step, task_id: str,
 def run_step(task: Any, step: Step, *, backup_id: str, domain: str, source: str, run: int,
              deep: bool, body: StepBody) -> dict[str, object]:
     """Everything a step task does; ``body`` is the core function."""
-    if not tracing.active():
-        return _run_step(task, step, backup_id=backup_id, domain=domain, source=source,
-                         run=run, deep=deep, body=body, sp=tracing.NO_SPAN)
     with _step_span(task, step, backup_id, domain, source, run) as sp:
         try:
             return _run_step(task, step, backup_id=backup_id, domain=domain, source=source,
@@ -290,7 +287,10 @@ def _step_span(task: Any, step: Step, backup_id: str, domain: str, source: str,
     carries its predecessor's context (Celery's instrumentation), so a message that arrives
     without the backup's trace (sent by hand) is put back into it here. Each attempt links
     to the last attempt of its step and to the attempt that failed last: a retry or a
-    resumption is a new span in the same trace, linked to the one it follows."""
+    resumption is a new span in the same trace, linked to the one it follows. With tracing
+    off: the do-nothing span, and no journal read."""
+    if not tracing.active():
+        return contextlib.nullcontext(tracing.NO_SPAN)
     trace, last, failed = "", "", ""
     try:
         trace, last, failed = journal().trace_of(backup_id, step)
